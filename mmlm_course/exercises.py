@@ -1,0 +1,223 @@
+"""The exercise checks: a registry keyed by exercise id, and the `check` learners call.
+
+A lesson's exercise cell defines a function; the next cell calls
+``check("01.to_float_image", to_float_image)``. The check calls the learner's function on
+fixed inputs and edge cases and compares it with the reference. It prints one line when
+all is well and raises one clear error when not:
+
+- `ExerciseNotAttempted` (a `NotImplementedError`) while the body still reads
+  ``raise NotImplementedError()``;
+- `CheckFailed` (an `AssertionError`) naming what differed and giving a hint, never the
+  answer. A learner function that crashes, returns None or returns the wrong type fails
+  with one line that says so.
+
+Each exercise is registered with its reference and a dict of *typical mistakes*
+(wrong implementations a learner is likely to write). The tests feed every mistake to
+its check and require it to be rejected.
+
+When the environment variable ``MMLM_COURSE_CHECK_LOG`` names a file, each check result
+is appended to it as a JSON line; `mmlm-course check` reads it to print its table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+CHECK_LOG_ENV = "MMLM_COURSE_CHECK_LOG"
+
+
+class CheckFailed(AssertionError):
+    """A check that found a difference. Jupyter shows it as one line, not a traceback."""
+
+    def _render_traceback_(self):
+        return [f"\N{CROSS MARK} {self}"]
+
+
+class ExerciseNotAttempted(NotImplementedError):
+    """The exercise still raises NotImplementedError: nothing to check yet."""
+
+    def _render_traceback_(self):
+        return [f"\N{HOURGLASS} {self}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Exercise:
+    """One registered exercise.
+
+    ``run(checker)`` performs the checks through a `Checker`; ``reference`` is the
+    correct answer; ``mistakes`` maps a description of a typical wrong answer to a
+    function that makes that mistake.
+    """
+
+    id: str
+    reference: Callable
+    mistakes: dict[str, Callable]
+    run: Callable[["Checker"], None]
+
+    @property
+    def lesson(self) -> str:
+        return self.id.split(".", 1)[0]
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(exercise_id: str, reference: Callable, mistakes: dict[str, Callable]):
+    """Decorator that registers a check function ``run(checker)`` under ``exercise_id``."""
+    if len(mistakes) < 2:
+        raise ValueError(f"{exercise_id}: register at least two typical mistakes, got {len(mistakes)}.")
+
+    def register(run: Callable[["Checker"], None]) -> Callable[["Checker"], None]:
+        if exercise_id in _REGISTRY:
+            raise ValueError(f"Exercise id {exercise_id!r} is registered twice.")
+        _REGISTRY[exercise_id] = Exercise(exercise_id, reference, dict(mistakes), run)
+        return run
+
+    return register
+
+
+def registry() -> dict[str, Exercise]:
+    """All registered exercises, by id (importing the lesson check modules first)."""
+    import mmlm_course.checks  # noqa: F401  (registers every lesson's checks)
+
+    return dict(_REGISTRY)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of length {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+class Checker:
+    """What a check function uses: call the learner's code safely, then compare.
+
+    Every ``expect_*`` method raises `CheckFailed` with a message of the form
+    "<what>: expected <x>, got <y>. Hint: <hint>" and records the passed check's name.
+    """
+
+    def __init__(self, exercise_id: str, candidate: Callable):
+        self.exercise_id = exercise_id
+        self.candidate = candidate
+        self.passed: list[str] = []
+
+    def call(self, *args, **kwargs):
+        """Call the learner's function; turn a crash or a missing return into one line."""
+        try:
+            result = self.candidate(*args, **kwargs)
+        except NotImplementedError:
+            raise ExerciseNotAttempted(
+                f"{self.exercise_id} is not attempted yet: replace `raise NotImplementedError()` "
+                "with your code, run that cell, then run this check again.") from None
+        except CheckFailed:
+            raise
+        except Exception as error:  # the learner's own bug: report it in one line
+            shown = ", ".join(_describe(a) for a in args)
+            raise CheckFailed(f"{self.exercise_id}: your function raised {type(error).__name__}: {error} "
+                              f"(called with {shown}).") from None
+        if result is None:
+            raise CheckFailed(f"{self.exercise_id}: your function returned None. "
+                              "Did you forget the `return` statement?")
+        return result
+
+    def fail(self, what: str, message: str, hint: str) -> None:
+        raise CheckFailed(f"{self.exercise_id}: {what}: {message}. Hint: {hint}")
+
+    def expect_type(self, what: str, value, expected_type, hint: str = "") -> None:
+        if not isinstance(value, expected_type):
+            names = getattr(expected_type, "__name__", None) or " or ".join(t.__name__ for t in expected_type)
+            self.fail(what, f"expected a {names}, got {_describe(value)}", hint or f"return a {names}")
+        self.passed.append(f"{what} type")
+
+    def expect_array(self, what: str, value, shape: tuple, dtype=None, hint: str = "") -> np.ndarray:
+        """``value`` must convert to an array of ``shape`` (and ``dtype`` if given)."""
+        if not hasattr(value, "shape"):
+            self.fail(what, f"expected an array of shape {shape}, got {_describe(value)}",
+                      hint or "return a NumPy array (np.asarray(...))")
+        array = np.asarray(value)
+        if tuple(array.shape) != tuple(shape):
+            self.fail(what, f"expected shape {tuple(shape)}, got {tuple(array.shape)}",
+                      hint or "check which axis you reduced, padded or indexed")
+        if dtype is not None and array.dtype != np.dtype(dtype):
+            self.fail(what, f"expected dtype {np.dtype(dtype)}, got {array.dtype}",
+                      hint or f"convert with .astype('{np.dtype(dtype)}')")
+        self.passed.append(f"{what} shape")
+        return array
+
+    def expect_close(self, what: str, value, expected, hint: str, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+        expected = np.asarray(expected)
+        array = self.expect_array(what, value, expected.shape)
+        if not np.allclose(array.astype(np.float64), expected.astype(np.float64), atol=atol, rtol=rtol, equal_nan=False):
+            worst = np.unravel_index(np.argmax(np.abs(array.astype(np.float64) - expected)), expected.shape)
+            self.fail(what, f"values differ (largest difference at index {tuple(int(i) for i in worst)}: "
+                      f"got {array[worst].item()!r})", hint)
+        self.passed.append(f"{what} values")
+
+    def expect_equal(self, what: str, value, expected, hint: str) -> None:
+        if isinstance(expected, np.ndarray):
+            array = self.expect_array(what, value, expected.shape)
+            if not np.array_equal(array, expected):
+                self.fail(what, "values differ", hint)
+        elif value != expected:
+            self.fail(what, f"expected {expected!r}, got {value!r}", hint)
+        self.passed.append(what)
+
+    def expect_raises(self, what: str, error_type, hint: str, *args) -> None:
+        """The learner's function must raise ``error_type`` for ``args``."""
+        try:
+            self.candidate(*args)
+        except error_type:
+            self.passed.append(what)
+            return
+        except NotImplementedError:
+            self.call(*args)  # re-raised as ExerciseNotAttempted
+        except Exception as error:
+            self.fail(what, f"expected {error_type.__name__}, got {type(error).__name__}: {error}", hint)
+        self.fail(what, f"expected {error_type.__name__} to be raised, but nothing was raised", hint)
+
+
+def run_check(exercise_id: str, candidate) -> list[str]:
+    """Run the checks of ``exercise_id`` on ``candidate``; return the passed checks'
+    names or raise `CheckFailed` / `ExerciseNotAttempted`. Prints nothing."""
+    exercises = registry()
+    if exercise_id not in exercises:
+        close = difflib.get_close_matches(exercise_id, list(exercises), n=3)
+        raise KeyError(f"No exercise {exercise_id!r}. Did you mean {close}?" if close
+                       else f"No exercise {exercise_id!r}; known ids start with the lesson number, e.g. '01.'.")
+    if not callable(candidate):
+        raise CheckFailed(f"{exercise_id}: expected your function itself, got {_describe(candidate)}. "
+                          "Pass the name without calling it: check(\"...\", my_function), not my_function(x).")
+    checker = Checker(exercise_id, candidate)
+    exercises[exercise_id].run(checker)
+    return checker.passed
+
+
+def check(exercise_id: str, candidate) -> None:
+    """Check a learner's answer to exercise ``exercise_id``; print one line when it passes."""
+    try:
+        passed = run_check(exercise_id, candidate)
+    except ExerciseNotAttempted as error:
+        _log(exercise_id, "not attempted", str(error))
+        raise
+    except CheckFailed as error:
+        _log(exercise_id, "fail", str(error))
+        raise
+    _log(exercise_id, "pass", "")
+    print(f"\N{WHITE HEAVY CHECK MARK} {exercise_id}: all {len(passed)} checks passed.")
+
+
+def _log(exercise_id: str, status: str, message: str) -> None:
+    path = os.environ.get(CHECK_LOG_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"exercise": exercise_id, "status": status, "message": message}) + "\n")
