@@ -213,7 +213,7 @@ def check(exercise_id: str, candidate) -> None:
         _log(exercise_id, "fail", str(error))
         raise
     _log(exercise_id, "pass", "")
-    print(f"\N{WHITE HEAVY CHECK MARK} {exercise_id}: all {len(passed)} checks passed.")
+    print(f"\N{WHITE HEAVY CHECK MARK} {exercise_id}: passed ({len(passed)} check{'s' if len(passed) != 1 else ''}).")
 
 
 def _log(exercise_id: str, status: str, message: str) -> None:

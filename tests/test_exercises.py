@@ -1,0 +1,55 @@
+"""The check function itself: one clear line for each way a learner's answer goes wrong."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mmlm_course import exercises
+from mmlm_course.exercises import CheckFailed, ExerciseNotAttempted, check
+
+
+def test_pass_prints_one_line(capsys):
+    check("01.to_float_image", lambda img: img.astype(np.float32) / 255)
+    assert capsys.readouterr().out.startswith("✅ 01.to_float_image: passed")
+
+
+def test_not_attempted_is_a_not_implemented_error():
+    def stub(image):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError, match="not attempted yet"):
+        check("01.to_float_image", stub)
+
+
+@pytest.mark.parametrize("answer,message", [
+    (lambda img: None, "returned None. Did you forget the `return`"),
+    (lambda img: 1 / 0, "raised ZeroDivisionError: division by zero"),
+    (lambda img: img.tolist(), "expected an array of shape"),
+    (np.zeros(3), "expected your function itself, got array"),
+])
+def test_wrong_answers_fail_in_one_line(answer, message):
+    with pytest.raises(CheckFailed) as error:
+        check("01.to_float_image", answer)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert error.value._render_traceback_() == [f"❌ {error.value}"]
+
+
+def test_unknown_exercise_suggests_close_ids():
+    with pytest.raises(KeyError, match="01.to_float_image"):
+        check("01.to_float_imag", lambda x: x)
+
+
+def test_results_are_logged_for_the_cli(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(exercises.CHECK_LOG_ENV, str(log))
+    check("00.count_color", lambda scene, color: sum(o.color == color for o in scene.objects))
+    with pytest.raises(ExerciseNotAttempted):
+        check("00.describe_object", lambda obj: (_ for _ in ()).throw(NotImplementedError()))
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["exercise"], e["status"]) for e in entries] == [("00.count_color", "pass"), ("00.describe_object", "not attempted")]
+
+
+def test_registering_needs_two_mistakes():
+    with pytest.raises(ValueError, match="at least two typical mistakes"):
+        exercises.exercise("99.x", reference=abs, mistakes={"one": abs})

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmlm_course import preprocessing as pp
+
+
+def test_to_float_image_range_dtype_and_batches():
+    image = np.array([[[0, 128, 255]]], np.uint8)
+    out = pp.to_float_image(image)
+    assert out.dtype == np.float32 and out.shape == (1, 1, 3)
+    np.testing.assert_allclose(out, [[[0.0, 128 / 255, 1.0]]])
+    assert pp.to_float_image(np.zeros((2, 4, 4, 3), np.uint8)).shape == (2, 4, 4, 3)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros((4, 4, 4), np.uint8), "got 4 \\(RGBA"),
+    (np.zeros((4, 4), np.uint8), "grayscale"),
+    (np.zeros((4, 4, 1), np.uint8), "got 1 \\(grayscale"),
+    (np.full((4, 4, 3), 255.0), "values in \\[0, 1\\]"),
+    (np.zeros((4, 4, 3), np.int32), "expected dtype uint8"),
+    (np.zeros((3, 4, 5), np.uint8), "channels must be last"),
+])
+def test_bad_images_are_rejected_with_a_clear_message(bad, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        pp.to_float_image(bad)
+
+
+def test_standardize_uses_channel_statistics():
+    images = np.random.default_rng(0).integers(0, 256, (10, 5, 5, 3), dtype=np.uint8)
+    floats = images / 255.0
+    out = pp.standardize_image(images, floats.mean((0, 1, 2)), floats.std((0, 1, 2)))
+    np.testing.assert_allclose(out.mean((0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std((0, 1, 2)), 1, atol=1e-4)
+
+
+def test_hflip_swaps_left_and_right_only():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    flipped, caption = pp.hflip_with_caption(image, "a red circle is to the left of a square")
+    assert np.array_equal(flipped, image[:, ::-1])
+    assert caption == "a red circle is to the right of a square"
+    assert pp.flip_caption("left right above") == "right left above"
+
+
+def test_load_image_rgb_resize_and_rejects_rgba(tmp_path):
+    Image.new("RGB", (10, 6), (10, 20, 30)).save(tmp_path / "rgb.png")
+    Image.new("RGBA", (10, 6)).save(tmp_path / "rgba.png")
+    assert pp.load_image(tmp_path / "rgb.png").shape == (6, 10, 3)
+    assert pp.load_image(tmp_path / "rgb.png", size=4).shape == (4, 4, 3)
+    with pytest.raises(ValueError, match="mode 'RGBA'.*convert\\('RGB'\\)"):
+        pp.load_image(tmp_path / "rgba.png")
+
+
+def test_tokenizer_specials_unknown_and_round_trip():
+    tok = pp.Tokenizer.for_shapeworld()
+    assert tok.id_to_token[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    ids = tok.encode("What color is the ZEBRA?", add_bos=True, add_eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.unk_id in ids
+    assert tok.decode(tok.encode("what color is the circle?")) == "what color is the circle?"
+    assert tok.decode([tok.token_to_id["red"], tok.eos_id, tok.token_to_id["circle"]]) == "red"
+
+
+def test_tokenizer_rejects_empty_text_and_bad_ids():
+    tok = pp.Tokenizer.for_shapeworld()
+    with pytest.raises(ValueError, match="empty text"):
+        tok.encode("   ")
+    with pytest.raises(TypeError, match="must be a str"):
+        tok.encode(None)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        tok.decode([999])
+
+
+def test_tokenizer_from_texts_is_deterministic_and_saves(tmp_path):
+    tok = pp.Tokenizer.from_texts(["b a", "a c", "a"], extra_special=["<image>"])
+    assert tok.id_to_token == ["<pad>", "<unk>", "<bos>", "<eos>", "<image>", "a", "b", "c"]
+    tok.save(tmp_path / "vocab.json")
+    loaded = pp.Tokenizer.load(tmp_path / "vocab.json")
+    assert loaded.id_to_token == tok.id_to_token and loaded.special_ids == tok.special_ids
+
+
+def test_pad_sequences_and_mask():
+    ids, mask = pp.pad_sequences([[5, 6, 7], [8]])
+    assert ids.dtype == np.int32 and mask.dtype == bool
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.tolist() == [[True, True, True], [True, False, False]]
+    ids, mask = pp.pad_sequences([[5, 6, 7]], max_length=2)
+    assert ids.tolist() == [[5, 6]] and mask.all()
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        pp.pad_sequences([[1], []])
+    with pytest.raises(ValueError, match="no sequences"):
+        pp.pad_sequences([])
+
+
+def test_tf_data_pipeline_batches_and_checks_batch_sizes():
+    images = np.zeros((10, 8, 8, 3), np.uint8)
+    ids = np.ones((10, 5), np.int32)
+    batches = list(pp.make_image_text_dataset(images, ids, batch_size=4, shuffle=True))
+    assert [int(b[0].shape[0]) for b in batches] == [4, 4, 2]
+    assert batches[0][0].dtype.name == "float32"
+    with pytest.raises(ValueError, match="same batch size.*10 images.*9 token rows"):
+        pp.make_image_text_dataset(images, ids[:9])

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from mmlm_course import shapeworld as sw
+from mmlm_course.shapeworld import Scene, ShapeObject
+
+
+def test_same_seed_same_data_and_splits_differ():
+    a, b = sw.generate(60, "train", seed=3), sw.generate(60, "train", seed=3)
+    assert np.array_equal(a.images, b.images)
+    assert a.captions == b.captions and a.questions == b.questions and a.scenes == b.scenes
+    c = sw.generate(60, "test", seed=3)
+    assert not np.array_equal(a.images, c.images)
+    assert sw.generate(60, "train", seed=4).captions != a.captions
+
+
+def test_shapes_dtypes_and_image_size():
+    data = sw.generate(12, "validation", image_size=32)
+    assert data.images.shape == (12, 32, 32, 3) and data.images.dtype == np.uint8
+    assert len(data) == 12 == len(data.captions) == len(data.answers) == len(data.question_types)
+
+
+def test_every_generated_caption_is_true_and_parses():
+    data = sw.generate(300, "train")
+    assert all(sw.caption_is_true(c, s) for c, s in zip(data.captions, data.scenes))
+
+
+def test_scenes_are_valid():
+    for scene in sw.generate(300, "test").scenes:
+        assert 1 <= len(scene.objects) <= sw.MAX_OBJECTS
+        for i, a in enumerate(scene.objects):
+            assert 0 <= a.x - a.radius and a.x + a.radius <= 1
+            for b in scene.objects[i + 1:]:
+                assert np.hypot(a.x - b.x, a.y - b.y) > a.radius + b.radius  # no overlap
+
+
+def test_held_out_combinations_only_in_compositional_split():
+    for split in ("train", "validation", "test"):
+        data = sw.generate(300, split)
+        assert not any((o.color, o.shape) in sw.HELD_OUT for s in data.scenes for o in s.objects)
+        assert not any(f"{c} {s}" in q for q in data.questions for c, s in sw.HELD_OUT)
+    comp = sw.generate(100, "compositional")
+    assert all(any((o.color, o.shape) in sw.HELD_OUT for o in s.objects) for s in comp.scenes)
+
+
+def test_answers_are_balanced_per_question_type():
+    data = sw.generate(1800, "train")
+    for qtype in sw.QUESTION_TYPES:
+        answers = [a for a, t in zip(data.answers, data.question_types) if t == qtype]
+        assert len(answers) == 300
+        _, counts = np.unique(answers, return_counts=True)
+        assert counts.max() / len(answers) <= 1 / len(counts) + 0.1, (qtype, counts)
+
+
+def test_answers_are_correct_for_their_scene():
+    data = sw.generate(300, "train")
+    for q, a, t, scene in zip(data.questions, data.answers, data.question_types, data.scenes):
+        if t == "count":
+            assert a == sw.NUMBER_WORDS[len(scene.objects)]
+        elif t == "exist":
+            color, shape = q.removeprefix("is there a ").removeprefix("is there an ").rstrip("?").split()
+            assert (a == "yes") == (sw.count_objects(scene, color=color, shape=shape) > 0)
+
+
+def test_verifier_relations_and_articles():
+    scene = Scene((ShapeObject("circle", "red", "large", 0.2, 0.5), ShapeObject("square", "orange", "small", 0.8, 0.5)))
+    assert sw.caption_is_true("a large red circle is to the left of an orange square", scene)
+    assert not sw.caption_is_true("a large red circle is to the right of an orange square", scene)
+    assert not sw.caption_is_true("a circle is above a square", scene)
+    assert sw.caption_is_true("there are two objects and there is a small orange square", scene)
+    assert not sw.caption_parses("a orange square is below a circle")  # wrong article
+    assert not sw.caption_parses("")
+    assert not sw.caption_parses("a red circle is near a square")
+    assert not sw.caption_is_true("a red circle is to the left of a red circle", scene)  # needs two objects
+
+
+def test_scene_round_trips_through_json():
+    scene = sw.generate(3, "train").scenes[2]
+    assert Scene.from_dict(__import__("json").loads(scene.to_json())) == scene
+
+
+def test_sound_encodes_the_objects():
+    scene = Scene((ShapeObject("circle", "red", "large", 0.2, 0.5), ShapeObject("triangle", "blue", "small", 0.8, 0.5)))
+    wave = sw.render_sound(scene)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert np.abs(wave).max() <= 1.0
+    expected = (0.05 * 3 + 0.3 + 0.15) * sw.SOUND_SAMPLE_RATE
+    assert abs(len(wave) - expected) <= 3
+    first = wave[int(0.06 * sw.SOUND_SAMPLE_RATE): int(0.3 * sw.SOUND_SAMPLE_RATE)]
+    peak_hz = np.argmax(np.abs(np.fft.rfft(first))) * sw.SOUND_SAMPLE_RATE / len(first)
+    assert abs(peak_hz - sw.TONE_HZ["red"]) < 10  # the leftmost object plays first
+    with pytest.raises(ValueError, match="sample_rate"):
+        sw.render_sound(scene, sample_rate=4000)
+
+
+def test_bad_arguments_say_what_was_expected():
+    with pytest.raises(ValueError, match="Unknown split 'tran'"):
+        sw.generate(3, "tran")
+    with pytest.raises(ValueError, match="non-negative int"):
+        sw.generate(-1)
+    with pytest.raises(ValueError, match="image_size"):
+        sw.generate(2, image_size=8)
+    with pytest.raises(ValueError, match="unknown attribute"):
+        sw.count_objects(sw.generate(1).scenes[0], colour="red")
+
+
+def test_vocabulary_covers_generated_text():
+    from mmlm_course.preprocessing import split_words
+
+    vocab = set(sw.vocabulary())
+    data = sw.generate(600, "compositional")
+    assert {w for text in data.captions + data.questions + data.answers for w in split_words(text)} <= vocab
