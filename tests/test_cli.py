@@ -7,6 +7,8 @@ from pathlib import Path
 
 import nbformat
 
+from mmlm_course import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "mmlm_course.cli"]
 
@@ -56,7 +58,8 @@ def test_check_reports_pass_fail_and_not_attempted_with_one_line_each(tmp_path):
     path = tmp_path / "mine.ipynb"
     nbformat.write(nb, path)
     result = run("check", str(path))
-    lines = {line.split()[1]: line for line in result.stdout.splitlines() if line.strip().startswith(("✅", "❌", "⏳", "⚠"))}
+    lines = {line.split()[1]: line for line in result.stdout.splitlines()
+             if line.strip().startswith(tuple(cli.SYMBOL.values()))}
     assert result.returncode == 1
     assert "pass" in lines["01.to_float_image"]
     assert "fail" in lines["01.hflip_with_caption"] and "returned None" in lines["01.hflip_with_caption"]
