@@ -40,3 +40,10 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     command = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme, re.S).group(1).strip()
     assert command in ci
+
+
+def test_tensorflow_and_keras_are_floors_only_so_colab_keeps_its_own():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name in ("tensorflow", "keras"):
+        (requirement,) = [d for d in deps if re.match(rf"{name}\b", d) and not d.startswith("tf-")]
+        assert re.fullmatch(rf"{name}>=[\d.]+", requirement), requirement

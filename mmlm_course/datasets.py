@@ -1,0 +1,215 @@
+"""Real image-text datasets for the capstone, read from their published formats.
+
+Nothing here downloads: you fetch the data yourself and point `--data` at it.
+
+- Flickr8k: ``Flickr8k.token.txt`` (lines ``IMAGE.jpg#N<TAB>caption``) and an image folder
+  (``Flicker8k_Dataset/``, ``Flickr8k_Dataset/`` or ``Images/``).
+- COCO captions: ``captions_*.json`` with ``images`` (``id``, ``file_name``) and
+  ``annotations`` (``image_id``, ``caption``), and the image folder.
+- VQA v2: the questions JSON (``questions``: ``image_id``, ``question``, ``question_id``),
+  the annotations JSON (``annotations``: ``question_id``, ``multiple_choice_answer``) and
+  the COCO image folder.
+
+A missing or unreadable image is skipped, counted and reported, never silently dropped;
+if no image at all can be read, loading fails with a clear error. `safe_extract` unpacks
+a zip or tar archive and refuses any member whose path would land outside the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class ImageTextRecord:
+    """One image with its texts. ``captions``: list of str; ``qa``: list of (question, answer)."""
+
+    image_path: Path
+    captions: list[str] = dataclasses.field(default_factory=list)
+    qa: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class LoadedImages:
+    """Decoded images. ``images``: uint8 (N, size, size, 3); ``records`` aligned with them;
+    ``skipped``: (path, reason) for every image that could not be read."""
+
+    images: np.ndarray
+    records: list[ImageTextRecord]
+    skipped: list[tuple[str, str]]
+
+    def report(self) -> str:
+        """One line for the logs: how many images were read and skipped, and why."""
+        line = f"read {len(self.records)} images, skipped {len(self.skipped)}"
+        if self.skipped:
+            reasons = {}
+            for _, reason in self.skipped:
+                reasons[reason.split(":")[0]] = reasons.get(reason.split(":")[0], 0) + 1
+            line += " (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")"
+        return line
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file that does not follow its published format."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Expected the dataset file {path}, but it does not exist.") from None
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{path} is not valid JSON ({error}).") from None
+
+
+def _find_image_folder(root: Path, candidates: tuple[str, ...]) -> Path:
+    for name in candidates:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"No image folder in {root}: expected one of {', '.join(candidates)}.")
+
+
+def load_flickr8k(root) -> list[ImageTextRecord]:
+    """Read Flickr8k from ``root`` (holding ``Flickr8k.token.txt`` and the image folder)."""
+    root = Path(root)
+    token_file = root / "Flickr8k.token.txt"
+    if not token_file.exists():
+        raise FileNotFoundError(f"Expected {token_file} (the Flickr8k caption file) in {root}.")
+    images = _find_image_folder(root, ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images"))
+    records: dict[str, ImageTextRecord] = {}
+    for number, line in enumerate(token_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, caption = line.partition("\t")
+        name = key.split("#")[0]
+        if not sep or "#" not in key or not caption.strip():
+            raise DatasetFormatError(f"{token_file}, line {number}: expected 'IMAGE.jpg#N<TAB>caption', got {line[:60]!r}.")
+        records.setdefault(name, ImageTextRecord(images / name)).captions.append(caption.strip())
+    return list(records.values())
+
+
+def load_coco_captions(annotations_file, image_folder) -> list[ImageTextRecord]:
+    """Read COCO captions: the ``captions_*.json`` file and its image folder."""
+    data = _read_json(Path(annotations_file))
+    if not {"images", "annotations"} <= set(data):
+        raise DatasetFormatError(f"{annotations_file}: expected keys 'images' and 'annotations', got {sorted(data)}.")
+    records = {img["id"]: ImageTextRecord(Path(image_folder) / img["file_name"]) for img in data["images"]}
+    for annotation in data["annotations"]:
+        record = records.get(annotation["image_id"])
+        if record is None:
+            raise DatasetFormatError(f"{annotations_file}: caption for unknown image id {annotation['image_id']}.")
+        record.captions.append(annotation["caption"].strip())
+    return [r for r in records.values() if r.captions]
+
+
+def load_vqa(questions_file, annotations_file, image_folder, image_pattern: str = "COCO_{split}_{id:012d}.jpg",
+             split: str = "train2014") -> list[ImageTextRecord]:
+    """Read VQA v2: questions JSON, annotations JSON and the COCO image folder.
+
+    The answer used is ``multiple_choice_answer`` (the most common human answer).
+    """
+    questions = _read_json(Path(questions_file)).get("questions")
+    annotations = _read_json(Path(annotations_file)).get("annotations")
+    if questions is None or annotations is None:
+        raise DatasetFormatError("VQA files need a 'questions' list and an 'annotations' list.")
+    answers = {a["question_id"]: a["multiple_choice_answer"] for a in annotations}
+    records: dict[int, ImageTextRecord] = {}
+    for q in questions:
+        if q["question_id"] not in answers:
+            raise DatasetFormatError(f"{annotations_file}: no answer for question id {q['question_id']}.")
+        path = Path(image_folder) / image_pattern.format(split=split, id=q["image_id"])
+        records.setdefault(q["image_id"], ImageTextRecord(path)).qa.append((q["question"], answers[q["question_id"]]))
+    return list(records.values())
+
+
+def read_images(records: list[ImageTextRecord], size: int) -> LoadedImages:
+    """Decode and resize every record's image to uint8 (size, size, 3).
+
+    Real datasets contain grayscale and CMYK JPEGs: they are converted to RGB. Missing or
+    corrupt files are skipped and listed in ``skipped``; if none can be read, a
+    ValueError says so.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    images, kept, skipped = [], [], []
+    for record in records:
+        try:
+            with Image.open(record.image_path) as img:
+                images.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)))
+            kept.append(record)
+        except FileNotFoundError:
+            skipped.append((str(record.image_path), "missing: no such file"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            skipped.append((str(record.image_path), f"corrupt: {error}"))
+    if not images:
+        raise ValueError(f"None of the {len(records)} images could be read "
+                         f"(first problem: {skipped[0][0]}: {skipped[0][1]})." if skipped else "The dataset has no images.")
+    return LoadedImages(np.stack(images).astype(np.uint8), kept, skipped)
+
+
+def safe_extract(archive, target) -> list[Path]:
+    """Extract a .zip or .tar(.gz) archive into ``target``; return the extracted paths.
+
+    Refuses (ValueError, nothing extracted) an archive with a member whose path is
+    absolute, climbs out with ``..``, or is a link pointing outside ``target``.
+    """
+    archive, target = Path(archive), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+
+    def inside(name: str) -> bool:
+        return (root / name).resolve().is_relative_to(root)
+
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+            bad = [n for n in names if Path(n).is_absolute() or not inside(n)]
+            if bad:
+                raise ValueError(f"{archive}: refusing to extract members outside {target}: {bad[:3]}.")
+            zf.extractall(root)
+        return [root / n for n in names]
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            bad = [m.name for m in members if Path(m.name).is_absolute() or not inside(m.name)
+                   or ((m.issym() or m.islnk()) and not inside(str(Path(m.name).parent / m.linkname)))]
+            if bad:
+                raise ValueError(f"{archive}: refusing to extract members outside {target}: {bad[:3]}.")
+            tf.extractall(root, filter="data")
+        return [root / m.name for m in members]
+    raise ValueError(f"{archive}: expected a .zip or .tar archive.")
+
+
+def parse_data_spec(spec: str) -> tuple[str, list[str]]:
+    """``"flickr8k:PATH"`` -> ("flickr8k", [PATH]); ``"vqa:Q.json,A.json,IMAGES"`` -> ("vqa", [...]).
+
+    Known kinds: shapeworld (no path), flickr8k:ROOT, coco:CAPTIONS_JSON,IMAGE_DIR,
+    vqa:QUESTIONS_JSON,ANNOTATIONS_JSON,IMAGE_DIR.
+    """
+    kind, _, rest = spec.partition(":")
+    expected = {"shapeworld": 0, "flickr8k": 1, "coco": 2, "vqa": 3}
+    if kind not in expected:
+        raise ValueError(f"Unknown data kind {kind!r} in --data {spec!r}; expected one of "
+                         "shapeworld, flickr8k:ROOT, coco:CAPTIONS_JSON,IMAGE_DIR, vqa:QUESTIONS_JSON,ANNOTATIONS_JSON,IMAGE_DIR.")
+    parts = [p for p in rest.split(",") if p] if rest else []
+    if len(parts) != expected[kind]:
+        raise ValueError(f"--data {spec!r}: {kind} needs {expected[kind]} comma-separated path(s), got {len(parts)}.")
+    return kind, parts
+
+
+def load_records(spec: str) -> list[ImageTextRecord]:
+    """The records for a non-ShapeWorld ``--data`` spec (see `parse_data_spec`)."""
+    kind, parts = parse_data_spec(spec)
+    if kind == "flickr8k":
+        return load_flickr8k(parts[0])
+    if kind == "coco":
+        return load_coco_captions(parts[0], parts[1])
+    if kind == "vqa":
+        return load_vqa(parts[0], parts[1], parts[2])
+    raise ValueError("ShapeWorld is generated, not loaded from records.")
