@@ -1,0 +1,97 @@
+"""Atomic, resumable training checkpoints (used by the capstone and `mmlm-course train`).
+
+A checkpoint is a folder ``step-00001234/`` holding the model weights
+(``model.weights.h5``), the optimizer's variables (``optimizer.npz``, no pickle) and the
+training state (``state.json``: step, epoch, anything JSON-serialisable). It is written
+under a temporary name and renamed into place only when complete, and ``latest.json`` is
+replaced atomically afterwards. A process killed at any moment therefore leaves either
+the previous complete checkpoint or the new complete one as ``latest``, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+LATEST = "latest.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class CheckpointStore:
+    """Save and restore (model weights, optimizer state, training state) in ``folder``.
+
+    ``keep``: how many complete checkpoints to keep (older ones are deleted).
+    """
+
+    def __init__(self, folder, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def save(self, model, optimizer, state: dict) -> Path:
+        """Write a checkpoint for ``state["step"]`` and make it the latest."""
+        step = int(state["step"])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"step-{step:08d}"
+        temporary = self.folder / f".tmp-step-{step:08d}-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        model.save_weights(temporary / "model.weights.h5")
+        arrays = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
+        np.savez(temporary / "optimizer.npz", **arrays)
+        (temporary / "state.json").write_text(json.dumps(state, indent=1))
+        for file in temporary.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _write_atomically(self.folder / LATEST, json.dumps({"checkpoint": final.name, "step": step}))
+        self._prune()
+        return final
+
+    def latest(self) -> tuple[Path, dict] | None:
+        """(checkpoint folder, its state) of the latest complete checkpoint, or None."""
+        pointer = self.folder / LATEST
+        if not pointer.exists():
+            return None
+        folder = self.folder / json.loads(pointer.read_text())["checkpoint"]
+        return folder, json.loads((folder / "state.json").read_text())
+
+    def restore(self, model, optimizer) -> dict | None:
+        """Load the latest checkpoint into a built ``model`` and ``optimizer``; return its
+        training state, or None when there is nothing to resume."""
+        found = self.latest()
+        if found is None:
+            return None
+        folder, state = found
+        model.load_weights(folder / "model.weights.h5")
+        with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:
+            values = [saved[f"v{i:04d}"] for i in range(len(saved.files))]
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        if len(values) != len(optimizer.variables):
+            raise ValueError(f"{folder}: the checkpoint has {len(values)} optimizer variables but this optimizer "
+                             f"has {len(optimizer.variables)}; was the run's preset or model changed?")
+        for variable, value in zip(optimizer.variables, values):
+            variable.assign(value)
+        return state
+
+    def _prune(self) -> None:
+        complete = sorted(p for p in self.folder.glob("step-*") if p.is_dir())
+        for old in complete[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.folder.glob(".tmp-step-*"):
+            if stale.is_dir() and not stale.name.endswith(f"-{os.getpid()}"):
+                shutil.rmtree(stale, ignore_errors=True)
