@@ -1,0 +1,406 @@
+"""Lesson 09, the capstone: train lesson 08's multimodal LLM as a real job.
+
+`train` is what `mmlm-course train` runs and what the capstone notebook calls. It
+- resolves a *preset* (from a 2-core CPU to a large GPU) into a `RunConfig`, prints it
+  with the device found, and writes it to the run folder as ``config.json``;
+- trains in two stages (projector, then everything) with a plain loop over
+  ``model.train_on_batch``, so it runs under any Keras backend; data arrives as NumPy
+  batches, or through a `tf.data` pipeline with prefetching when TensorFlow is the backend;
+- saves an atomic checkpoint every ``checkpoint_every`` steps (`mmlm_course.checkpoints`)
+  and, when started again with the same ``out`` folder, resumes from the last one at the
+  exact batch it had reached, mid-epoch included;
+- logs every step to ``history.jsonl`` and TensorBoard (when TensorFlow is installed);
+- evaluates caption truth and question-answering exact match on the test and
+  compositional splits (ShapeWorld) and writes ``metrics.json`` and ``samples.png``.
+
+Run folder layout::
+
+    OUT/config.json  vocab.json  history.jsonl  metrics.json  samples.png
+    OUT/checkpoints/latest.json  step-00000120/...    OUT/model.keras    OUT/tensorboard/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmlm_course import env, shapeworld
+from mmlm_course.checkpoints import CheckpointStore
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. ``model`` is a dict of `mllm.MLLMConfig` fields."""
+
+    preset: str
+    data: str = "shapeworld"
+    train_examples: int = 6000
+    eval_examples: int = 600
+    batch_size: int = 64
+    stage1_steps: int = 100
+    stage2_steps: int = 900
+    learning_rate: float = 2e-3
+    stage1_learning_rate: float = 3e-3
+    checkpoint_every: int = 100
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+    model: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.stage1_steps + self.stage2_steps
+
+
+PRESETS: dict[str, dict] = {
+    # Seconds: for tests and a first look.
+    "tiny": dict(train_examples=256, eval_examples=60, batch_size=32, stage1_steps=4, stage2_steps=12,
+                 checkpoint_every=4, model=dict(dim=32, num_layers=1, num_heads=2)),
+    # The capstone notebook: within its 180 s budget on a 2-core CPU.
+    "notebook": dict(train_examples=3000, eval_examples=300, batch_size=64, stage1_steps=40, stage2_steps=360,
+                     checkpoint_every=100, model=dict(dim=64, num_layers=2, num_heads=4)),
+    # `mmlm-course train` with no arguments: at most 10 minutes on a 2-core CPU.
+    "cpu": dict(train_examples=8000, eval_examples=600, batch_size=64, stage1_steps=100, stage2_steps=1400,
+                checkpoint_every=100, model=dict(dim=64, num_layers=2, num_heads=4)),
+    # A Colab T4 (16 GB): bigger model and batches, float16 compute, XLA.
+    "colab-t4": dict(train_examples=50000, eval_examples=2000, batch_size=256, stage1_steps=300, stage2_steps=4000,
+                     checkpoint_every=500, learning_rate=1e-3, mixed_precision=True, jit_compile=True,
+                     model=dict(dim=256, num_layers=4, num_heads=8)),
+    # A large GPU (A100 / H100 class).
+    "gpu-large": dict(train_examples=200000, eval_examples=5000, batch_size=512, stage1_steps=500, stage2_steps=8000,
+                      checkpoint_every=1000, learning_rate=8e-4, mixed_precision=True, jit_compile=True,
+                      model=dict(dim=512, num_layers=6, num_heads=8)),
+}
+
+
+def resolve_config(preset: str = "cpu", data: str = "shapeworld", **overrides) -> RunConfig:
+    """The `RunConfig` of a named preset, with ``overrides`` applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(PRESETS)}.")
+    fields = {**PRESETS[preset], **overrides}
+    return RunConfig(preset=preset, data=data, **fields)
+
+
+def describe_device() -> str:
+    """A one-line description of the device the active Keras backend will use."""
+    report = env.environment_report()
+    return f"backend {report['keras_backend']}, devices: {', '.join(report['devices'])}"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class RunData:
+    """Training arrays plus what evaluation needs. ``x``/``y``: dicts of NumPy arrays."""
+
+    x: dict
+    y: object
+    tokenizer: object
+    eval_sets: dict            # name -> ShapeWorldData (ShapeWorld only)
+    report: str
+
+
+def _take(tree, index):
+    if isinstance(tree, dict):
+        return {k: v[index] for k, v in tree.items()}
+    return tree[index]
+
+
+def _num_rows(tree) -> int:
+    return len(next(iter(tree.values()))) if isinstance(tree, dict) else len(tree)
+
+
+def load_run_data(config: RunConfig) -> RunData:
+    """Build the training arrays for ``config.data`` (ShapeWorld or a real dataset)."""
+    from mmlm_course import datasets, mllm
+
+    model_config = mllm.MLLMConfig(**config.model)
+    image_size, max_text_length = model_config.image_size, model_config.max_text_length
+    if config.data == "shapeworld":
+        tokenizer = mllm.mllm_tokenizer()
+        train = shapeworld.generate(config.train_examples, "train", seed=config.seed, image_size=image_size)
+        x, y = mllm.make_examples(train, tokenizer, max_text_length)
+        eval_sets = {split: shapeworld.generate(config.eval_examples, split, seed=config.seed, image_size=image_size)
+                     for split in ("test", "compositional")}
+        return RunData(x, y, tokenizer, eval_sets, f"ShapeWorld: {len(train)} training scenes")
+    records = datasets.load_records(config.data)
+    loaded = datasets.read_images(records[: config.train_examples], image_size)
+    captions = [r.captions[0] if r.captions else "" for r in loaded.records]
+    qa = [r.qa[0] if r.qa else None for r in loaded.records]
+    texts = [c for c in captions if c] + [f"{q} {a}" for pair in qa if pair for q, a in [pair]]
+    tokenizer = mllm.mllm_tokenizer(texts)
+    x, y = mllm.make_examples_from_texts(loaded.images, captions, qa if any(qa) else None, tokenizer,
+                                         max_text_length)
+    return RunData(x, y, tokenizer, {}, f"{config.data}: {loaded.report()}")
+
+
+def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The row indices of global training step ``step``.
+
+    Each epoch is a fresh permutation seeded by ``(seed, epoch)``, and the last partial
+    batch is dropped, so step ``s`` always sees the same rows: that is what lets a resumed
+    run continue at the exact batch it had reached.
+    """
+    steps_per_epoch = num_rows // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {batch_size} is larger than the {num_rows} training rows: lower it.")
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def _batches(data: RunData, config: RunConfig, start_step: int):
+    """Yield (step, x_batch, y_batch) from ``start_step`` to the end of training.
+
+    With the TensorFlow backend the batches go through a `tf.data` pipeline that prepares
+    the next ones on the CPU while the device trains (prefetch); elsewhere plain NumPy.
+    """
+    rows = _num_rows(data.x)
+    steps = range(start_step, config.total_steps)
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import tensorflow as tf
+
+        def generator():
+            for step in steps:
+                index = batch_indices(rows, config.batch_size, config.seed, step)
+                yield _take(data.x, index), _take(data.y, index)
+
+        signature = tf.nest.map_structure(
+            lambda a: tf.TensorSpec((config.batch_size,) + a.shape[1:], tf.as_dtype(a.dtype)), (data.x, data.y))
+        dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(tf.data.AUTOTUNE)
+        for step, (x, y) in zip(steps, dataset.as_numpy_iterator()):
+            yield step, x, y
+        return
+    for step in steps:
+        index = batch_indices(rows, config.batch_size, config.seed, step)
+        yield step, _take(data.x, index), _take(data.y, index)
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+class RunFolder:
+    """Paths and small files of one run."""
+
+    def __init__(self, out):
+        self.root = Path(out)
+        self.checkpoints = CheckpointStore(self.root / "checkpoints")
+
+    config_path = property(lambda self: self.root / "config.json")
+    vocab_path = property(lambda self: self.root / "vocab.json")
+    history_path = property(lambda self: self.root / "history.jsonl")
+    metrics_path = property(lambda self: self.root / "metrics.json")
+    model_path = property(lambda self: self.root / "model.keras")
+    samples_path = property(lambda self: self.root / "samples.png")
+
+    def start(self, config: RunConfig) -> bool:
+        """Create or reopen the folder; True when resuming. A folder that holds another
+        config is refused rather than mixed with this one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
+        if self.config_path.exists():
+            if json.loads(self.config_path.read_text()) != json.loads(text):
+                raise ValueError(f"{self.root} holds a run with a different config ({self.config_path}); "
+                                 "resume it with the same options, or choose a new --out.")
+            return True
+        self.config_path.write_text(text)
+        return False
+
+    def history(self, up_to_step: int) -> list[dict]:
+        """Logged steps 1..up_to_step (later ones were not checkpointed: they are redone)."""
+        if not self.history_path.exists():
+            return []
+        rows = []
+        for line in self.history_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill: its step is redone anyway
+                continue
+        return [r for r in rows if r["step"] <= up_to_step]
+
+    def rewrite_history(self, rows: list[dict]) -> None:
+        temporary = self.history_path.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(temporary, self.history_path)
+
+
+def load_config(run_dir) -> RunConfig:
+    """The `RunConfig` saved in a run folder."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with `mmlm-course train --out DIR`.")
+    return RunConfig(**json.loads(path.read_text()))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _apply_precision(config: RunConfig, has_gpu: bool, log) -> None:
+    import keras
+
+    if config.mixed_precision and not has_gpu:
+        log("note: this preset asks for mixed precision, but no GPU was found: training in float32 instead.")
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision and has_gpu else "float32")
+
+
+def _tensorboard_writer(folder: Path):
+    """A function (step, dict of scalars) -> None writing TensorBoard events, or a no-op
+    when TensorFlow is not installed (JAX / PyTorch set-ups)."""
+    tf = env.quiet_import_tensorflow()
+    if tf is None:
+        return lambda step, scalars: None
+    writer = tf.summary.create_file_writer(str(folder))
+
+    def write(step, scalars):
+        with writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+        writer.flush()
+
+    return write
+
+
+def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
+    """Train (or resume) the run in ``out``; return the final metrics dict."""
+    import keras
+    from tqdm.auto import tqdm
+
+    from mmlm_course import mllm
+
+    folder = RunFolder(out)
+    resuming = folder.start(config)
+    has_gpu = env.has_gpu()
+    log(f"preset {config.preset} on {describe_device()}")
+    _apply_precision(config, has_gpu, log)
+    keras.utils.set_random_seed(config.seed)
+
+    data = load_run_data(config)
+    log(data.report)
+    data.tokenizer.save(folder.vocab_path)
+    model = mllm.build_model(mllm.MLLMConfig(**config.model), data.tokenizer)
+    jit = config.jit_compile and has_gpu
+
+    def compile_stage(stage: int) -> int:
+        learning_rate = config.stage1_learning_rate if stage == 1 else config.learning_rate
+        steps = config.stage1_steps if stage == 1 else config.stage2_steps
+        return mllm.compile_for_stage(model, stage, learning_rate, total_steps=steps, jit_compile=jit)
+
+    state = folder.checkpoints.latest()
+    start_step = state[1]["step"] if state else 0
+    stage = 1 if start_step < config.stage1_steps else 2
+    trainable = compile_stage(stage)
+    if state:
+        folder.checkpoints.restore(model, model.optimizer)
+        log(f"resumed from step {start_step} ({state[0].name})")
+    elif resuming:
+        log("no checkpoint yet in this run folder: starting from step 0")
+    history = folder.history(start_step)
+    folder.rewrite_history(history)
+    last_loss = history[-1].get("loss") if history else None
+    log(f"stage {stage}: {trainable:,} trainable parameters")
+    write_scalars = _tensorboard_writer(folder.root / "tensorboard")
+
+    started = time.perf_counter()
+    bar = tqdm(total=config.total_steps, initial=start_step, disable=not progress, file=sys.stderr,
+               desc="training", unit="step", mininterval=1.0, dynamic_ncols=True)
+    with open(folder.history_path, "a", encoding="utf-8") as history_file:
+        for step, x, y in _batches(data, config, start_step):
+            if step == config.stage1_steps and stage == 1:
+                stage = 2
+                log(f"stage 2: {compile_stage(2):,} trainable parameters")
+            logs = model.train_on_batch(x, y, return_dict=True)
+            row = {"step": step + 1, "stage": stage, **{k: float(v) for k, v in logs.items()}}
+            last_loss = row.get("loss")
+            history_file.write(json.dumps(row) + "\n")
+            write_scalars(step + 1, {f"train/{k}": v for k, v in logs.items()})
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}", stage=stage)
+            done = step + 1
+            if done % config.checkpoint_every == 0 or done == config.stage1_steps or done == config.total_steps:
+                history_file.flush()
+                folder.checkpoints.save(model, model.optimizer, {"step": done, "stage": stage})
+    bar.close()
+    seconds = time.perf_counter() - started
+    trained_steps = config.total_steps - start_step
+    log(f"trained {trained_steps} steps in {seconds:.1f} s "
+        f"({trained_steps * config.batch_size / max(seconds, 1e-9):.0f} examples/s)")
+
+    model.save(folder.model_path)
+    metrics = {"steps": config.total_steps, "train_seconds_this_session": round(seconds, 1),
+               "examples_per_second": round(trained_steps * config.batch_size / max(seconds, 1e-9), 1),
+               "final_loss": last_loss}
+    for split, eval_data in data.eval_sets.items():
+        figures = mllm.evaluate(model, data.tokenizer, eval_data)
+        metrics[split] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
+                          "qa_by_type": figures.get("qa_by_type", {})}
+        log(f"{split}: caption truth {figures['caption_truth']:.1%}, QA exact match {figures['qa_exact_match']:.1%}")
+    folder.metrics_path.write_text(json.dumps(metrics, indent=1))
+    if data.eval_sets:
+        save_samples(model, data.tokenizer, data.eval_sets["test"], folder.samples_path)
+    return metrics
+
+
+def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
+    """Plot ``count`` images with their generated caption and answer into ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmlm_course import mllm
+
+    images = data.images[:count]
+    captions = mllm.generate_texts(model, tokenizer, images, [""] * len(images))
+    answers = mllm.generate_texts(model, tokenizer, images, data.questions[:count])
+    fig, axes = plt.subplots(2, (count + 1) // 2, figsize=(3 * ((count + 1) // 2), 7))
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(images):
+            continue
+        ax.imshow(images[i])
+        verdict = "true" if shapeworld.caption_is_true(captions[i], data.scenes[i]) else "FALSE"
+        ax.set_title(f"{captions[i]} ({verdict})\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})",
+                     fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def load_trained(run_dir):
+    """(model, tokenizer, config) of a finished run (its ``model.keras``), or of its
+    latest checkpoint when the run was interrupted."""
+    import keras
+
+    from mmlm_course import mllm, preprocessing
+
+    folder = RunFolder(run_dir)
+    config = load_config(run_dir)
+    tokenizer = preprocessing.Tokenizer.load(folder.vocab_path)
+    if folder.model_path.exists():
+        return keras.models.load_model(folder.model_path), tokenizer, config
+    latest = folder.checkpoints.latest()
+    if latest is None:
+        raise FileNotFoundError(f"{run_dir} has neither model.keras nor a checkpoint: train it first.")
+    model = mllm.build_model(mllm.MLLMConfig(**config.model), tokenizer)
+    model.load_weights(latest[0] / "model.weights.h5", skip_mismatch=False)
+    return model, tokenizer, config
+
+
+def generate_from_run(run_dir, image_path, prompt: str = "", max_new_tokens: int = 20) -> str:
+    """Answer ``prompt`` (empty: caption the image) about the image file at ``image_path``."""
+    from PIL import Image
+
+    from mmlm_course import mllm
+
+    model, tokenizer, config = load_trained(run_dir)
+    size = mllm.MLLMConfig(**config.model).image_size
+    with Image.open(image_path) as img:
+        image = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    return mllm.generate_texts(model, tokenizer, image[None], [prompt], max_new_tokens=max_new_tokens)[0]
