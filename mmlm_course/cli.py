@@ -1,4 +1,4 @@
-"""The `mmlm-course` command line: build-lessons, check, execute, doctor, benchmark."""
+"""The `mmlm-course` command line: build-lessons, check, execute, doctor, benchmark, grade, train, generate."""
 
 from __future__ import annotations
 
@@ -110,6 +110,54 @@ def cmd_benchmark(args) -> int:
     return 0 if all(r["within"] and not r["errors"] for r in rows) else 1
 
 
+def cmd_grade(args) -> int:
+    from mmlm_course import grading
+
+    try:
+        grades = grading.grade(args.submissions, args.out, timeout=args.timeout, lesson=args.lesson,
+                               solutions_dir=args.solutions, jobs=args.jobs)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nGraded {len(grades)} submission(s): {Path(args.out) / 'grades.csv'}, "
+          f"{Path(args.out) / 'feedback'}/, {Path(args.out) / 'report.json'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mmlm_course import capstone
+
+    env.quiet_import_tensorflow()
+    overrides = {"seed": args.seed} if args.seed is not None else {}
+    if args.steps is not None:
+        if args.steps < 2:
+            print(f"error: --steps must be at least 2 (one per training stage), got {args.steps}", file=sys.stderr)
+            return 2
+        stage1 = max(1, args.steps // 10)
+        overrides.update(stage1_steps=stage1, stage2_steps=args.steps - stage1)
+    try:
+        config = capstone.resolve_config(args.preset, args.data, **overrides)
+        metrics = capstone.train(config, args.out, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"run folder: {args.out} (metrics.json, samples.png, checkpoints/, tensorboard/)")
+    print(json.dumps({k: v for k, v in metrics.items() if k in ("test", "compositional")}, indent=1))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from mmlm_course import capstone
+
+    env.quiet_import_tensorflow()
+    try:
+        print(capstone.generate_from_run(args.run, args.image, args.prompt, args.max_new_tokens))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     root = course_root()
     parser = argparse.ArgumentParser(prog="mmlm-course", description="Tools for the mmlm-course notebooks.")
@@ -148,6 +196,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="quality tasks to run (default: all)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("grade", help="grade learners' notebooks: grades.csv and one feedback file per learner (for teachers)",
+                       description="Run each learner's notebook in its own kernel (scratch folder, per-cell timeout), "
+                                   "then run the course's checks on the learner's exercise functions in a separate, "
+                                   "fresh process that the notebook cannot influence. Writes OUT/grades.csv (one row "
+                                   "per learner, one column per exercise: pass / fail / not attempted / error, and a "
+                                   "total), OUT/feedback/<learner>.md and OUT/report.json. A learner is named after "
+                                   "the file (alice.ipynb, alice_01_images_and_text.ipynb) or, when the file is named "
+                                   "like the lesson (alice/01_images_and_text.ipynb), after its folder.")
+    p.add_argument("submissions", nargs="+", help="learner notebooks, or folders searched for .ipynb files")
+    p.add_argument("--out", type=Path, required=True, help="folder for grades.csv, feedback/ and report.json (created)")
+    p.add_argument("--timeout", type=int, default=60,
+                   help="seconds allowed per notebook cell and per exercise check; the first code cell gets at "
+                        "least 180 s for its imports (default: %(default)s)")
+    p.add_argument("--lesson", help="grade every submission against this lesson (01 or 01_images_and_text) when "
+                                    "the file names do not say which lesson they are")
+    p.add_argument("--jobs", type=int, default=2, help="submissions graded at the same time (default: %(default)s)")
+    p.add_argument("--solutions", type=Path, default=root / "solutions",
+                   help="solution notebooks folder, the source of the exercises (default: %(default)s)")
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("train", help="train the capstone multimodal LLM (the main job); resumable",
+                       description="Train lesson 08's LLaVA-style model as a job: prints the preset and the device, "
+                                   "shows a progress bar, checkpoints atomically, and writes a run folder with "
+                                   "config.json, history.jsonl, metrics.json, samples.png, checkpoints/, "
+                                   "tensorboard/ and model.keras. Started again with the same --out, it resumes "
+                                   "from the last checkpoint.")
+    p.add_argument("--preset", default="cpu",
+                   help="tiny (seconds), notebook, cpu (default: at most 10 min on 2 CPU cores), colab-t4, gpu-large "
+                        "(mixed precision and XLA when a GPU is found)")
+    p.add_argument("--data", default="shapeworld",
+                   help="shapeworld (default, generated), flickr8k:ROOT, coco:CAPTIONS_JSON,IMAGE_DIR or "
+                        "vqa:QUESTIONS_JSON,ANNOTATIONS_JSON,IMAGE_DIR (real data you downloaded yourself)")
+    p.add_argument("--out", type=Path, default=Path("runs") / "capstone",
+                   help="run folder; an existing one is resumed (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="total training steps, overriding the preset's (10%% projector-only)")
+    p.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="caption an image or answer a question with a trained run",
+                       description="Load a run folder written by `mmlm-course train` and answer a prompt about an image.")
+    p.add_argument("--run", type=Path, required=True, help="run folder written by `mmlm-course train`")
+    p.add_argument("--image", type=Path, required=True, help="image file (any size or mode; converted to RGB and resized)")
+    p.add_argument("--prompt", default="", help="a question; empty (default) asks for a caption")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default: %(default)s)")
+    p.set_defaults(func=cmd_generate)
     return parser
 
 

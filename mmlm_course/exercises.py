@@ -21,6 +21,7 @@ is appended to it as a JSON line; `mmlm-course check` reads it to print its tabl
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -99,6 +100,16 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
+def _protect(value):
+    """A copy of plain data (arrays, lists, dicts) so the learner cannot change the
+    check's own inputs; other objects (a model whose flags an exercise sets) pass as is."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, tuple, dict)):
+        return copy.deepcopy(value)
+    return value
+
+
 class Checker:
     """What a check function uses: call the learner's code safely, then compare.
 
@@ -113,6 +124,8 @@ class Checker:
 
     def call(self, *args, **kwargs):
         """Call the learner's function; turn a crash or a missing return into one line."""
+        args = tuple(_protect(a) for a in args)  # the learner may modify their inputs in place
+        kwargs = {k: _protect(v) for k, v in kwargs.items()}
         try:
             result = self.candidate(*args, **kwargs)
         except NotImplementedError:

@@ -53,3 +53,13 @@ def test_results_are_logged_for_the_cli(tmp_path, monkeypatch):
 def test_registering_needs_two_mistakes():
     with pytest.raises(ValueError, match="at least two typical mistakes"):
         exercises.exercise("99.x", reference=abs, mistakes={"one": abs})
+
+
+def test_a_learner_function_cannot_change_the_checks_inputs():
+    def overwrite_then_answer(image):
+        answer = image.astype(np.float32) / 255
+        image[...] = 0           # would make the reference compare against zeros
+        return np.zeros(image.shape, np.float32) if image.max() == 0 else answer
+
+    with pytest.raises(CheckFailed):
+        exercises.run_check("01.to_float_image", overwrite_then_answer)

@@ -64,8 +64,10 @@ def _check_hflip_with_caption(c: Checker) -> None:
             c.fail("flipped image", "the image is mirrored top-bottom", "a horizontal flip reverses the width axis (axis 1)")
         c.expect_equal("flipped image", np.asarray(got[0]), expected_image,
                        "mirror left-right: reverse axis 1 of (H, W, 3)")
-        c.expect_equal(f"caption {caption!r}", got[1], expected_caption,
-                       "swap 'left' and 'right' both ways at once, word by word; other words stay")
+        if got[1] != expected_caption:
+            c.fail(f"caption {caption!r}", f"got {got[1]!r}, which is not the caption of the mirrored image",
+                   "swap 'left' and 'right' both ways at once, word by word; other words stay")
+        c.passed.append("caption")
 
 
 _VOCAB = {token: i for i, token in enumerate(

@@ -1,0 +1,327 @@
+"""Fabricated learner submissions of lesson 01 for the grader, each with the row it deserves.
+
+Used by tests/test_grading.py and tests/benchmark_grading.py. `build(kind)` returns the
+notebook file's bytes; `EXPECTED[kind]` is the status of each exercise, in the order of
+`IDS`: P pass, F fail, N not attempted, E error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTION = ROOT / "solutions" / "01_images_and_text.ipynb"
+LESSON = ROOT / "lessons" / "01_images_and_text.ipynb"
+IDS = ["01.to_float_image", "01.hflip_with_caption", "01.encode", "01.pad_with_mask"]
+STATUS = {"P": "pass", "F": "fail", "N": "not attempted", "E": "error"}
+
+# Cell ids in lesson 01 (kept by make_lesson): setup, the four exercise cells, their checks.
+SETUP, TO_FLOAT, TO_FLOAT_CHECK = "c001", "c005", "c006"
+HFLIP, HFLIP_CHECK, ENCODE, ENCODE_CHECK, PAD, PAD_CHECK = "c012", "c013", "c020", "c021", "c025", "c026"
+
+WRONG = {
+    TO_FLOAT: "def to_float_image(image):\n    return image.astype(np.float32)  # forgets / 255\n",
+    HFLIP: "def hflip_with_caption(image, caption):\n    return image[:, ::-1], caption  # forgets the caption\n",
+    ENCODE: "def encode(text, token_to_id):\n    return [token_to_id[w] for w in preprocessing.split_words(text) if w in token_to_id]\n",
+    PAD: "def pad_with_mask(sequences):\n    ids, mask = preprocessing.pad_sequences(sequences)\n    return ids, ~mask\n",
+}
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def _cell(nb, cell_id):
+    return next(c for c in nb.cells if c.get("id") == cell_id)
+
+
+def _set(nb, cell_id, source):
+    _cell(nb, cell_id).source = source
+    return nb
+
+
+def _insert_after(nb, cell_id, source, new_id):
+    index = next(i for i, c in enumerate(nb.cells) if c.get("id") == cell_id)
+    cell = nbformat.v4.new_code_cell(source)
+    cell.id = new_id
+    nb.cells.insert(index + 1, cell)
+    return nb
+
+
+def solution():
+    return _read(SOLUTION)
+
+
+def lesson():
+    return _read(LESSON)
+
+
+def _text(nb) -> bytes:
+    return nbformat.writes(nb, version=4).encode()
+
+
+def build(kind: str, sentinel: Path | None = None) -> bytes:
+    """The submission file of ``kind`` (see EXPECTED). ``sentinel``: a file a destructive
+    submission tries to delete by absolute path (it must survive)."""
+    if kind == "invalid_json":
+        return b'{"cells": [ this is not json'
+    if kind == "not_a_notebook":
+        return json.dumps({"hello": "world"}).encode()
+    nb = BUILDERS[kind](sentinel)
+    return _text(nb)
+
+
+def _correct(_):
+    return solution()
+
+
+def _partial(_):
+    nb = lesson()
+    for cell_id in (TO_FLOAT, ENCODE):
+        _set(nb, cell_id, _cell(solution(), cell_id).source)
+    return _set(nb, HFLIP, WRONG[HFLIP])
+
+
+def _wrong(_):
+    nb = lesson()
+    for cell_id, source in WRONG.items():
+        _set(nb, cell_id, source)
+    return nb
+
+
+def _missing_cells(_):
+    nb = solution()
+    nb.cells = [c for c in nb.cells if c.get("id") not in (ENCODE, PAD)]
+    return nb
+
+
+def _infinite_loop(_):
+    nb = solution()
+    return _set(nb, ENCODE, "def encode(text, token_to_id):\n    while True:\n        pass\n")
+
+
+def _kernel_exit(_):
+    return _insert_after(solution(), HFLIP_CHECK, "import os\nos._exit(1)", "x-exit")
+
+
+def _segfault(_):
+    return _insert_after(solution(), TO_FLOAT_CHECK, "import ctypes\nctypes.string_at(0)", "x-segv")
+
+
+def _deletes_files(sentinel):
+    nb = solution()
+    target = repr(str(sentinel)) if sentinel else "None"
+    source = ("import os, shutil\n"
+              "for name in os.listdir('.'):\n"
+              "    shutil.rmtree(name) if os.path.isdir(name) else os.remove(name)\n"
+              f"target = {target}\n"
+              "if target:\n"
+              "    try:\n"
+              "        os.remove(target)\n"
+              "    except PermissionError as error:\n"
+              "        print('refused:', error)\n")
+    _insert_after(nb, SETUP, source, "x-delete")
+    # The exercise function tries it too, when the check calls it.
+    return _set(nb, PAD, _cell(nb, PAD).source.replace(
+        "    ### BEGIN SOLUTION", f"    import os\n    try:\n        os.remove({target})\n    except (OSError, TypeError):\n"
+                                 "        pass\n    ### BEGIN SOLUTION"))
+
+
+def _fake_checks(_):
+    """Wrong or blank answers, plus every way to *say* passed without passing."""
+    nb = lesson()
+    _set(nb, TO_FLOAT, WRONG[TO_FLOAT])
+    _insert_after(nb, SETUP, (
+        "import mmlm_course.exercises as ex\n"
+        "def check(exercise_id, candidate):\n"
+        "    print(f'\\N{WHITE HEAVY CHECK MARK} {exercise_id}: passed (9 checks).')\n"
+        "ex.check = check\n"
+        "ex.run_check = lambda *args, **kwargs: ['everything']\n"
+        "ex._REGISTRY.clear()\n"
+        "import numpy\n"
+        "numpy.allclose = lambda *args, **kwargs: True\n"
+        "for i in ('01.to_float_image', '01.hflip_with_caption', '01.encode', '01.pad_with_mask'):\n"
+        "    print(f'\\N{WHITE HEAVY CHECK MARK} {i}: passed (9 checks).')\n"), "x-fake")
+    return nb
+
+
+# Tampering from inside the exercise cells themselves (run by the grading process).
+_TAMPER_TO_FLOAT = {
+    "allclose_patch": (
+        "import numpy\n"
+        "numpy.allclose = lambda *args, **kwargs: True\n"
+        "def to_float_image(image):\n"
+        "    import numpy\n"
+        "    numpy.allclose = lambda *args, **kwargs: True\n"
+        "    numpy.array_equal = lambda *args, **kwargs: True\n"
+        "    return image.astype(numpy.float32)\n"),
+    "package_patch": (
+        "def to_float_image(image):\n"
+        "    import mmlm_course.exercises as ex, mmlm_course.checks.lesson01 as l01\n"
+        "    ex.Checker.expect_close = lambda self, *args, **kwargs: None\n"
+        "    ex.Checker.fail = lambda self, *args, **kwargs: None\n"
+        "    ex.run_check = lambda *args, **kwargs: ['ok']\n"
+        "    l01.preprocessing.to_float_image = lambda img: img.astype('float32')\n"
+        "    return image.astype('float32')\n"),
+    "registry_at_def_time": (
+        "import mmlm_course.exercises as ex\n"
+        "def to_float_image(image, _=ex._REGISTRY.update({k: None for k in list(ex._REGISTRY)}),\n"
+        "                   __=setattr(ex.Checker, 'fail', lambda *a, **k: None)):\n"
+        "    return image.astype('float32')\n"),
+    "mutates_input": (
+        "def to_float_image(image):\n"
+        "    image[...] = 0\n"
+        "    return np.zeros(image.shape, np.float32)\n"),
+    "frame_walk": (
+        "import sys\n"
+        "def to_float_image(image):\n"
+        "    frame = sys._getframe(1)\n"
+        "    while frame is not None:\n"
+        "        checker = frame.f_locals.get('self')\n"
+        "        if type(checker).__name__ == 'Checker':\n"
+        "            checker.fail = lambda *a, **k: None\n"
+        "        frame = frame.f_back\n"
+        "    return image.astype(np.float32)\n"),
+    "gc_walk": (
+        "import gc\n"
+        "def to_float_image(image):\n"
+        "    for obj in gc.get_objects():\n"
+        "        if type(obj).__name__ == 'Checker':\n"
+        "            obj.fail = lambda *a, **k: None\n"
+        "    return image.astype(np.float32)\n"),
+    "code_swap": (
+        "import mmlm_course.exercises as ex\n"
+        "def to_float_image(image):\n"
+        "    ex.Checker.expect_close.__code__ = (lambda self, *a, **k: None).__code__\n"
+        "    return image.astype(np.float32)\n"),
+    "array_object": (
+        "class Fake:\n"
+        "    shape = None\n"
+        "    def __init__(self, image):\n"
+        "        self.shape = image.shape\n"
+        "        self.image = image\n"
+        "    def __array__(self, dtype=None, copy=None):\n"
+        "        import numpy\n"
+        "        numpy.allclose = lambda *a, **k: True\n"
+        "        return self.image.astype(numpy.float32)\n"
+        "def to_float_image(image):\n"
+        "    return Fake(image)\n"),
+    "pipe_forge": (
+        "def to_float_image(image):\n"
+        "    import os, json, stat\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+        "                os.write(fd, b'x\\tresult\\t' + json.dumps({'id': '01.to_float_image', 'status': 'pass'}).encode() + b'\\n')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return image\n"),
+    "thread": (
+        "def to_float_image(image):\n"
+        "    import threading, time\n"
+        "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "    return image.astype(np.float32) / 255\n"),
+    "grader_patch": (
+        "def to_float_image(image):\n"
+        "    import __main__, sys, builtins\n"
+        "    noop = lambda *a, **k: None\n"
+        "    places = [vars(__main__)] + [getattr(getattr(type(f), 'find_spec', None), '__globals__', {})\n"
+        "                                 for f in sys.meta_path]\n"
+        "    for namespace in places:\n"
+        "        for value in list(namespace.values()):\n"
+        "            if isinstance(value, type):\n"
+        "                for attr in ('restore', 'run', 'call', 'snapshot'):\n"
+        "                    if attr in vars(value):\n"
+        "                        setattr(value, attr, noop)\n"
+        "        namespace['_same'] = lambda *a: True\n"
+        "    if 'get_ipython' not in globals():  # in the grader only: it would wreck the learner's own kernel\n"
+        "        builtins.isinstance = lambda *a: True\n"
+        "    import numpy\n"
+        "    numpy.allclose = lambda *a, **k: True\n"
+        "    return image.astype(numpy.float32)\n"),
+    "getframe_patch": (
+        "import sys\n"
+        "def to_float_image(image):\n"
+        "    real = sys._getframe\n"
+        "    sys._getframe = lambda depth=0: None\n"
+        "    frame = real(1)\n"
+        "    frame.f_locals['self'].fail = lambda *a, **k: None\n"
+        "    return image.astype(np.float32)\n"),
+    "exits": (
+        "def to_float_image(image):\n"
+        "    import os\n"
+        "    os._exit(0)\n"),
+    "loops": (
+        "def to_float_image(image):\n"
+        "    while True:\n"
+        "        pass\n"),
+}
+_TAMPER_HFLIP = {
+    "str_subclass": (
+        "class Always(str):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    def __ne__(self, other):\n"
+        "        return False\n"
+        "    __hash__ = str.__hash__\n"
+        "def hflip_with_caption(image, caption):\n"
+        "    return image[:, ::-1], Always('whatever')\n"),
+    "eval_frame": (
+        "def hflip_with_caption(image, caption):\n"
+        "    f = eval('__import__(\"sys\")._getframe(1)')\n"
+        "    return image[:, ::-1], caption\n"),
+}
+
+
+def _tamper(name):
+    def builder(_):
+        nb = lesson()
+        if name in _TAMPER_TO_FLOAT:
+            _set(nb, TO_FLOAT, _TAMPER_TO_FLOAT[name])
+        else:
+            _set(nb, TO_FLOAT, _cell(solution(), TO_FLOAT).source)
+            _set(nb, HFLIP, _TAMPER_HFLIP[name])
+        _set(nb, ENCODE, _cell(solution(), ENCODE).source)  # an honest exercise after the tampering one
+        return nb
+    return builder
+
+
+BUILDERS = {"correct": _correct, "partial": _partial, "blank": lambda _: lesson(), "wrong": _wrong,
+            "missing_cells": _missing_cells, "infinite_loop": _infinite_loop, "kernel_exit": _kernel_exit,
+            "segfault": _segfault, "deletes_files": _deletes_files, "fake_checks": _fake_checks}
+BUILDERS.update({name: _tamper(name) for name in (*_TAMPER_TO_FLOAT, *_TAMPER_HFLIP)})
+
+EXPECTED = {
+    "correct": "PPPP", "partial": "PFPN", "blank": "NNNN", "wrong": "FFFF", "invalid_json": "EEEE",
+    "not_a_notebook": "EEEE", "missing_cells": "PPEE", "infinite_loop": "PPEP", "kernel_exit": "PPEE",
+    "segfault": "PEEE", "deletes_files": "PPPP", "fake_checks": "FNNN",
+    # tampering in the exercise cell: the tampered exercise fails (or errors), encode still passes
+    "allclose_patch": "FNPN", "package_patch": "FNPN", "registry_at_def_time": "FNPN", "mutates_input": "FNPN",
+    "frame_walk": "FNPN", "gc_walk": "FNPN", "grader_patch": "FNPN", "getframe_patch": "FNPN", "code_swap": "FNPN", "array_object": "FNPN", "pipe_forge": "ENPN",
+    "thread": "ENPN", "exits": "ENPN", "loops": "ENPN", "str_subclass": "PFPN", "eval_frame": "PFPN",
+}
+# In a full run the kernel executes the same function: `exits` kills it at the first check cell.
+PIPELINE_EXPECTED = {**EXPECTED, "exits": "EEEE"}
+KERNEL_KINDS = ["correct", "partial", "blank", "wrong", "invalid_json", "missing_cells", "infinite_loop",
+                "kernel_exit", "segfault", "deletes_files", "fake_checks"]
+TAMPER_KINDS = [k for k in EXPECTED if k not in KERNEL_KINDS and k != "not_a_notebook"]
+
+
+def expected_row(kind: str, pipeline: bool = True) -> dict:
+    table = PIPELINE_EXPECTED if pipeline else EXPECTED
+    return {i: STATUS[s] for i, s in zip(IDS, table[kind])}
+
+
+def notebook_dict(kind: str, sentinel: Path | None = None) -> dict:
+    return json.loads(build(kind, sentinel))
+
+
+__all__ = ["build", "EXPECTED", "PIPELINE_EXPECTED", "IDS", "KERNEL_KINDS", "TAMPER_KINDS", "expected_row",
+           "notebook_dict"]
