@@ -43,9 +43,10 @@ class RunConfig:
     train_examples: int = 6000
     eval_examples: int = 600
     batch_size: int = 64
+    pretrain_epochs: int = 1
     stage1_steps: int = 100
     stage2_steps: int = 900
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     stage1_learning_rate: float = 3e-3
     checkpoint_every: int = 100
     mixed_precision: bool = False
@@ -61,21 +62,22 @@ class RunConfig:
 PRESETS: dict[str, dict] = {
     # Seconds: for tests and a first look.
     "tiny": dict(train_examples=256, eval_examples=60, batch_size=32, stage1_steps=4, stage2_steps=12,
-                 checkpoint_every=4, model=dict(dim=32, num_layers=1, num_heads=2)),
+                 checkpoint_every=4, model=dict(dim=32, num_layers=1, num_heads=2, encoder_filters=[16, 32, 32],
+                                                vision_dim=32)),
     # The capstone notebook: within its 180 s budget on a 2-core CPU.
-    "notebook": dict(train_examples=3000, eval_examples=300, batch_size=64, stage1_steps=40, stage2_steps=360,
-                     checkpoint_every=100, model=dict(dim=64, num_layers=2, num_heads=4)),
-    # `mmlm-course train` with no arguments: at most 10 minutes on a 2-core CPU.
-    "cpu": dict(train_examples=8000, eval_examples=600, batch_size=64, stage1_steps=100, stage2_steps=1400,
-                checkpoint_every=100, model=dict(dim=64, num_layers=2, num_heads=4)),
-    # A Colab T4 (16 GB): bigger model and batches, float16 compute, XLA.
-    "colab-t4": dict(train_examples=50000, eval_examples=2000, batch_size=256, stage1_steps=300, stage2_steps=4000,
+    "notebook": dict(train_examples=3000, eval_examples=200, batch_size=64, stage1_steps=40, stage2_steps=400,
+                     learning_rate=3e-3, checkpoint_every=200),
+    # `mmlm-course train` with no arguments: lesson 08's recipe, at most 10 minutes on a 2-core CPU.
+    "cpu": dict(train_examples=24000, eval_examples=1000, batch_size=64, stage1_steps=150, stage2_steps=3000,
+                learning_rate=3e-3, checkpoint_every=200),
+    # A Colab T4 (16 GB): a bigger model and batches, float16 compute, XLA.
+    "colab-t4": dict(train_examples=100000, eval_examples=2000, batch_size=256, stage1_steps=300, stage2_steps=6000,
                      checkpoint_every=500, learning_rate=1e-3, mixed_precision=True, jit_compile=True,
-                     model=dict(dim=256, num_layers=4, num_heads=8)),
+                     model=dict(dim=256, num_layers=4, num_heads=8, encoder_filters=[64, 128, 128], vision_dim=128)),
     # A large GPU (A100 / H100 class).
-    "gpu-large": dict(train_examples=200000, eval_examples=5000, batch_size=512, stage1_steps=500, stage2_steps=8000,
+    "gpu-large": dict(train_examples=300000, eval_examples=5000, batch_size=512, stage1_steps=500, stage2_steps=10000,
                       checkpoint_every=1000, learning_rate=8e-4, mixed_precision=True, jit_compile=True,
-                      model=dict(dim=512, num_layers=6, num_heads=8)),
+                      model=dict(dim=512, num_layers=6, num_heads=8, encoder_filters=[64, 128, 256], vision_dim=256)),
 }
 
 
@@ -102,6 +104,7 @@ class RunData:
 
     x: dict
     y: object
+    texts: list                # text-only rows for pretraining the language model
     tokenizer: object
     eval_sets: dict            # name -> ShapeWorldData (ShapeWorld only)
     report: str
@@ -129,7 +132,8 @@ def load_run_data(config: RunConfig) -> RunData:
         x, y = mllm.make_examples(train, tokenizer, max_text_length)
         eval_sets = {split: shapeworld.generate(config.eval_examples, split, seed=config.seed, image_size=image_size)
                      for split in ("test", "compositional")}
-        return RunData(x, y, tokenizer, eval_sets, f"ShapeWorld: {len(train)} training scenes")
+        return RunData(x, y, mllm.instruction_texts(train), tokenizer, eval_sets,
+                       f"ShapeWorld: {len(train)} training scenes")
     records = datasets.load_records(config.data)
     loaded = datasets.read_images(records[: config.train_examples], image_size)
     captions = [r.captions[0] if r.captions else "" for r in loaded.records]
@@ -138,7 +142,9 @@ def load_run_data(config: RunConfig) -> RunData:
     tokenizer = mllm.mllm_tokenizer(texts)
     x, y = mllm.make_examples_from_texts(loaded.images, captions, qa if any(qa) else None, tokenizer,
                                          max_text_length)
-    return RunData(x, y, tokenizer, {}, f"{config.data}: {loaded.report()}")
+    pretrain_texts = [f"{mllm.CAPTION} {c}" for c in captions if c]
+    pretrain_texts += [f"{mllm.QUESTION} {q} {mllm.ANSWER} {a}" for pair in qa if pair for q, a in [pair]]
+    return RunData(x, y, pretrain_texts, tokenizer, {}, f"{config.data}: {loaded.report()}")
 
 
 def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -270,7 +276,7 @@ def _tensorboard_writer(folder: Path):
 def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     """Train (or resume) the run in ``out``; return the final metrics dict."""
     import keras
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from mmlm_course import mllm
 
@@ -293,10 +299,20 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
         return mllm.compile_for_stage(model, stage, learning_rate, total_steps=steps, jit_compile=jit)
 
     state = folder.checkpoints.latest()
+    pretrained_now = False
+    if state is None and config.pretrain_epochs:
+        # Stage 0: the language model learns the text alone first (lesson 08), so that
+        # stage 1 can align the projector to a model that already speaks ShapeWorld.
+        log(f"stage 0: pretraining the language model on {len(data.texts)} texts")
+        mllm.pretrain_language_model(model, data.texts, data.tokenizer, epochs=config.pretrain_epochs,
+                                     batch_size=config.batch_size, learning_rate=config.stage1_learning_rate)
+        compile_stage(1)
+        folder.checkpoints.save(model, model.optimizer, {"step": 0, "stage": 0})
+        state, pretrained_now = folder.checkpoints.latest(), True
     start_step = state[1]["step"] if state else 0
     stage = 1 if start_step < config.stage1_steps else 2
     trainable = compile_stage(stage)
-    if state:
+    if state and not pretrained_now:
         folder.checkpoints.restore(model, model.optimizer)
         log(f"resumed from step {start_step} ({state[0].name})")
     elif resuming:

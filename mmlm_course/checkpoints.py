@@ -47,6 +47,8 @@ class CheckpointStore:
         temporary = self.folder / f".tmp-step-{step:08d}-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
+        if not optimizer.built:  # a checkpoint taken before the first step still restores
+            optimizer.build(model.trainable_variables)
         model.save_weights(temporary / "model.weights.h5")
         arrays = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
         np.savez(temporary / "optimizer.npz", **arrays)
@@ -76,14 +78,14 @@ class CheckpointStore:
         if found is None:
             return None
         folder, state = found
-        model.load_weights(folder / "model.weights.h5")
-        with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:
-            values = [saved[f"v{i:04d}"] for i in range(len(saved.files))]
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
+        with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:
+            values = [saved[f"v{i:04d}"] for i in range(len(saved.files))]
         if len(values) != len(optimizer.variables):
             raise ValueError(f"{folder}: the checkpoint has {len(values)} optimizer variables but this optimizer "
                              f"has {len(optimizer.variables)}; was the run's preset or model changed?")
+        model.load_weights(folder / "model.weights.h5")
         for variable, value in zip(optimizer.variables, values):
             variable.assign(value)
         return state
