@@ -1,0 +1,173 @@
+"""Checks for lesson 04: fusing image and text features."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmlm_course import fusion
+from mmlm_course.exercises import Checker, exercise
+
+
+def _numpy(result):
+    """Tensors (or tuples of them) from the package functions -> NumPy."""
+    if isinstance(result, tuple):
+        return tuple(np.asarray(r) for r in result)
+    return np.asarray(result)
+
+
+def _softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _tokens(seed: int, batch: int, length: int, dim: int, scale: float = 1.0) -> np.ndarray:
+    return (scale * np.random.default_rng(seed).normal(size=(batch, length, dim))).astype(np.float32)
+
+
+def _mask(lengths, total: int) -> np.ndarray:
+    return np.arange(total)[None, :] < np.asarray(lengths)[:, None]
+
+
+# --------------------------------------------------------------------------- 04.concat_fusion
+
+
+def _wrong_mean_concat(image_tokens, text_tokens, text_mask):
+    return np.concatenate([image_tokens.mean(axis=1), text_tokens.mean(axis=1)], axis=-1)
+
+
+def _text_first_concat(image_tokens, text_tokens, text_mask):
+    text = (text_tokens * text_mask[..., None]).sum(1) / text_mask.sum(1, keepdims=True)
+    return np.concatenate([text, image_tokens.mean(axis=1)], axis=-1)
+
+
+def _feature_axis_concat(image_tokens, text_tokens, text_mask):
+    text = (text_tokens * text_mask[..., None]).sum(-1) / text_mask.sum(1, keepdims=True)
+    return np.concatenate([image_tokens.mean(axis=-1), text], axis=-1)
+
+
+@exercise(
+    "04.concat_fusion",
+    reference=lambda image_tokens, text_tokens, text_mask: _numpy(
+        fusion.concat_fusion(image_tokens, text_tokens, text_mask)),
+    mistakes={
+        "averages the padding tokens too": _wrong_mean_concat,
+        "puts the text vector first": _text_first_concat,
+        "averages over the feature axis instead of the positions": _feature_axis_concat,
+    },
+)
+def _check_concat_fusion(c: Checker) -> None:
+    cases = [(2, 5, 6, 4, 3, [4, 2]), (3, 4, 3, 7, 5, [7, 1, 3]), (1, 9, 8, 5, 8, [5])]
+    for seed, (batch, n, d_image, t, d_text, lengths) in enumerate(cases):
+        image = _tokens(seed, batch, n, d_image)
+        text = _tokens(seed + 10, batch, t, d_text)
+        mask = _mask(lengths, t)
+        text[~mask] = 100.0  # padding rows hold junk that must not leak into the mean
+        got = c.call(image, text, mask)
+        expected = np.concatenate([image.mean(1), (text * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)], -1)
+        c.expect_array("fused vector", got, (batch, d_image + d_text),
+                       hint="pool each modality over its positions (axis 1), then concatenate the features: "
+                            "(batch, D_image + D_text)")
+        got = np.asarray(got)
+        if np.allclose(got[:, :d_text], expected[:, d_image:], atol=1e-4) and d_text != d_image:
+            c.fail("fused vector", "the text features come first", "put the image vector first, then the text vector")
+        c.expect_close("image part (first D_image features)", got[:, :d_image], expected[:, :d_image],
+                       hint="the image vector is the plain mean of the image tokens over the N positions", atol=1e-4)
+        c.expect_close("text part (last D_text features)", got[:, d_image:], expected[:, d_image:],
+                       hint="average only the real tokens: sum of mask-weighted tokens divided by the number of "
+                            "real tokens (padding rows hold junk here)", atol=1e-4)
+
+
+# --------------------------------------------------------------------------- 04.film
+
+
+@exercise(
+    "04.film",
+    reference=lambda features, gamma, beta: _numpy(fusion.film(features, gamma, beta)),
+    mistakes={
+        "swaps gamma and beta": lambda features, gamma, beta: features * beta[:, None, :] + gamma[:, None, :],
+        "modulates positions instead of channels": lambda features, gamma, beta: (
+            features * gamma[:, :, None] + beta[:, :, None]),
+        "adds gamma instead of multiplying": lambda features, gamma, beta: (
+            features + gamma[:, None, :] + beta[:, None, :]),
+        "uses the first example's gamma and beta for the whole batch": lambda features, gamma, beta: (
+            features * gamma[:1, None, :] + beta[:1, None, :]),
+    },
+)
+def _check_film(c: Checker) -> None:
+    cases = [(2, 4, 4), (3, 6, 5), (2, 3, 8)]  # (batch, N, C); the first has N == C
+    for seed, (batch, n, channels) in enumerate(cases):
+        rng = np.random.default_rng(seed)
+        features = rng.normal(size=(batch, n, channels)).astype(np.float32)
+        gamma = rng.normal(size=(batch, channels)).astype(np.float32)
+        beta = rng.normal(size=(batch, channels)).astype(np.float32)
+        got = c.call(features, gamma, beta)
+        c.expect_array("modulated features", got, features.shape,
+                       hint="FiLM keeps the shape of the features: (batch, N, C)")
+        c.expect_close(f"modulated features (batch {batch}, N {n}, C {channels})", got,
+                       features * gamma[:, None, :] + beta[:, None, :],
+                       hint="scale then shift every channel: each example's gamma and beta (batch, C) need a "
+                            "position axis inserted in the middle to broadcast over the N positions", atol=1e-5)
+    identity = c.call(features, np.ones_like(gamma), np.zeros_like(beta))
+    c.expect_close("gamma = 1, beta = 0", identity, features, hint="with gamma 1 and beta 0 FiLM changes nothing")
+
+
+# --------------------------------------------------------------------------- 04.cross_attention
+
+
+def _reference_attention(queries, context, context_mask):
+    scores = queries.astype(np.float64) @ np.swapaxes(context.astype(np.float64), 1, 2) / np.sqrt(queries.shape[-1])
+    scores = np.where(context_mask[:, None, :], scores, -1e9)
+    weights = _softmax(scores, axis=-1)
+    return weights @ context.astype(np.float64), weights
+
+
+def _attention_mistake(scale: str = "sqrt", axis: int = -1, use_mask: bool = True, softmax: bool = True):
+    def attention(queries, context, context_mask):
+        d = queries.shape[-1]
+        divisor = {"sqrt": np.sqrt(d), "none": 1.0, "d": float(d)}[scale]
+        scores = queries @ np.swapaxes(context, 1, 2) / divisor
+        if use_mask:
+            scores = np.where(context_mask[:, None, :], scores, -1e9)
+        weights = _softmax(scores, axis=axis) if softmax else scores
+        return weights @ context, weights
+    return attention
+
+
+@exercise(
+    "04.cross_attention",
+    reference=lambda queries, context, context_mask: _numpy(fusion.cross_attention(queries, context, context_mask)),
+    mistakes={
+        "forgets the 1/sqrt(d) scaling": _attention_mistake(scale="none"),
+        "divides by d instead of sqrt(d)": _attention_mistake(scale="d"),
+        "takes the softmax over the queries axis": _attention_mistake(axis=-2),
+        "ignores the padding mask": _attention_mistake(use_mask=False),
+        "naive similarity weights (no softmax)": _attention_mistake(softmax=False),
+    },
+)
+def _check_cross_attention(c: Checker) -> None:
+    cases = [(2, 5, 4, 16, [4, 2]), (3, 3, 6, 9, [6, 1, 3]), (1, 7, 5, 4, [5])]  # (batch, q_len, k_len, d, lengths)
+    for seed, (batch, q_len, k_len, d, lengths) in enumerate(cases):
+        queries = _tokens(seed, batch, q_len, d)
+        context = _tokens(seed + 20, batch, k_len, d)
+        mask = _mask(lengths, k_len)
+        result = c.call(queries, context, mask)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            c.fail("result", f"expected a tuple (output, weights), got {type(result).__name__}",
+                   "return both the fused output and the attention weights: `return output, weights`")
+        output, weights = result
+        expected_output, expected_weights = _reference_attention(queries, context, mask)
+        c.expect_array("weights", weights, (batch, q_len, k_len),
+                       hint="one weight per (query, context token) pair: queries @ context^T")
+        c.expect_array("output", output, (batch, q_len, d), hint="output = weights @ context: (batch, q_len, D)")
+        weights = np.asarray(weights, np.float64)
+        if not np.allclose(weights.sum(-1), 1.0, atol=1e-4):
+            c.fail("weights", "a query's weights over the context do not sum to 1",
+                   "normalise over the context tokens: softmax over the last axis (k_len)")
+        if np.abs(weights[~np.broadcast_to(mask[:, None, :], weights.shape)]).max(initial=0.0) > 1e-6:
+            c.fail("weights", "padded context tokens get a non-zero weight",
+                   "set the scores of padded tokens to a large negative number before the softmax")
+        c.expect_close(f"weights (d = {d})", weights, expected_weights,
+                       hint="divide the scores by sqrt(d), the square root of the feature size, before the softmax",
+                       atol=1e-4)
+        c.expect_close("output", output, expected_output, hint="output = weights @ context", atol=1e-4)

@@ -1,0 +1,291 @@
+"""Unit tests for mmlm_course.fusion (lesson 04)."""
+
+import numpy as np
+import pytest
+
+import mmlm_course
+
+mmlm_course.setup_notebook(seed=0)
+
+import keras  # noqa: E402
+
+from mmlm_course import fusion, shapeworld  # noqa: E402
+from mmlm_course.shapeworld import Scene, ShapeObject  # noqa: E402
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _normal(*shape, seed=0):
+    return _rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def test_early_fusion_tiles_text_over_every_position():
+    image, text = _normal(2, 4, 5, 3), _normal(2, 6, seed=1)
+    fused = _np(fusion.early_fusion(image, text))
+    assert fused.shape == (2, 4, 5, 9)
+    np.testing.assert_allclose(fused[..., :3], image)
+    np.testing.assert_allclose(fused[:, 2, 3, 3:], text)
+    patches = _np(fusion.early_fusion(_normal(2, 7, 3), text))
+    assert patches.shape == (2, 7, 9)
+
+
+def test_early_fusion_names_mismatched_batch_sizes():
+    with pytest.raises(ValueError, match="mismatched batch sizes: image has 2 examples but text has 3"):
+        fusion.early_fusion(_normal(2, 4, 4, 3), _normal(3, 6))
+    with pytest.raises(ValueError, match=r"text: expected shape \(batch, D\)"):
+        fusion.early_fusion(_normal(2, 4, 4, 3), _normal(2, 1, 6))
+
+
+def test_concat_fusion_ignores_padding():
+    image, text = _normal(2, 5, 3), _normal(2, 4, 2, seed=1)
+    mask = np.array([[True, True, False, False], [True, True, True, True]])
+    text[0, 2:] = 1e6
+    fused = _np(fusion.concat_fusion(image, text, mask))
+    expected_text = np.stack([text[0, :2].mean(0), text[1].mean(0)])
+    np.testing.assert_allclose(fused, np.concatenate([image.mean(1), expected_text], -1), rtol=1e-5, atol=1e-5)
+
+
+def test_concat_fusion_validates_inputs():
+    with pytest.raises(ValueError, match="mismatched batch sizes: image_tokens has 2 examples but text_tokens has 1"):
+        fusion.concat_fusion(_normal(2, 5, 3), _normal(1, 4, 2))
+    with pytest.raises(TypeError, match="text_mask: expected a boolean mask"):
+        fusion.concat_fusion(_normal(2, 5, 3), _normal(2, 4, 2), np.ones((2, 4), np.int32))
+    with pytest.raises(ValueError, match=r"text_mask: expected shape \(batch, length\) = \(2, 4\)"):
+        fusion.concat_fusion(_normal(2, 5, 3), _normal(2, 4, 2), np.ones((2, 5), bool))
+    with pytest.raises(TypeError, match="expected a floating-point array"):
+        fusion.concat_fusion(np.ones((2, 5, 3), np.uint8), _normal(2, 4, 2))
+
+
+def test_product_fusion():
+    a, b = _normal(3, 4), _normal(3, 4, seed=1)
+    np.testing.assert_allclose(_np(fusion.product_fusion(a, b)), a * b)
+    with pytest.raises(ValueError, match="product fusion needs vectors of one size"):
+        fusion.product_fusion(a, _normal(3, 5))
+
+
+def test_film_scales_and_shifts_channels():
+    features, gamma, beta = _normal(2, 3, 4), _normal(2, 4, seed=1), _normal(2, 4, seed=2)
+    np.testing.assert_allclose(_np(fusion.film(features, gamma, beta)), features * gamma[:, None] + beta[:, None],
+                               rtol=1e-6)
+    grid = _normal(2, 3, 3, 4)
+    np.testing.assert_allclose(_np(fusion.film(grid, gamma, beta)), grid * gamma[:, None, None] + beta[:, None, None],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"gamma: expected one value per feature channel, shape \(batch, 4\)"):
+        fusion.film(features, _normal(2, 3), beta)
+    with pytest.raises(ValueError, match="mismatched batch sizes"):
+        fusion.film(features, _normal(1, 4), _normal(1, 4))
+
+
+def test_late_fusion_is_a_weighted_sum_of_log_probabilities():
+    a, b = _normal(2, 5), _normal(2, 5, seed=1)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    np.testing.assert_allclose(_np(fusion.late_fusion(a, b, 0.25)), 0.25 * log_softmax(a) + 0.75 * log_softmax(b),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="image_weight must be in"):
+        fusion.late_fusion(a, b, 1.5)
+    with pytest.raises(ValueError, match="both models must score the same answers"):
+        fusion.late_fusion(a, _normal(2, 4))
+
+
+def test_naive_similarity_weights_grow_with_the_square_of_the_scale():
+    queries, context = _normal(2, 3, 8), _normal(2, 4, 8, seed=1)
+    output, weights = (_np(t) for t in fusion.naive_similarity_fusion(queries, context))
+    np.testing.assert_allclose(weights, queries @ context.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(output, weights @ context, rtol=1e-4, atol=1e-4)
+    _, scaled = fusion.naive_similarity_fusion(10 * queries, 10 * context)
+    np.testing.assert_allclose(_np(scaled), 100 * weights, rtol=1e-4, atol=1e-3)
+
+
+def test_cross_attention_matches_numpy_and_masks_padding():
+    queries, context = _normal(2, 3, 16), _normal(2, 5, 16, seed=1)
+    mask = np.array([[True, True, True, False, False], [True] * 5])
+    output, weights = (_np(t) for t in fusion.cross_attention(queries, context, mask))
+    scores = queries @ context.transpose(0, 2, 1) / 4.0
+    scores = np.where(mask[:, None], scores, -np.inf)
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(output, expected @ context, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+    assert np.all(weights[0, :, 3:] == 0)
+
+
+def test_cross_attention_validates_inputs():
+    with pytest.raises(ValueError, match="mismatched batch sizes: queries has 2 examples but context has 3"):
+        fusion.cross_attention(_normal(2, 3, 4), _normal(3, 5, 4))
+    with pytest.raises(ValueError, match="must have the same feature size D"):
+        fusion.cross_attention(_normal(2, 3, 4), _normal(2, 5, 6))
+    with pytest.raises(ValueError, match=r"queries: expected shape \(batch, q_len, D\)"):
+        fusion.cross_attention(_normal(3, 4), _normal(2, 5, 4))
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _round_trip(model, inputs, tmp_path):
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(_np(loaded(inputs)), _np(model(inputs)), rtol=1e-5, atol=1e-5)
+    return loaded
+
+
+def test_fusion_layers_round_trip_through_keras_files(tmp_path):
+    objects = keras.Input((4, 8), name="objects")
+    words = keras.Input((6, 8), name="words")
+    mask = keras.Input((6,), dtype="bool", name="mask")
+    vector = keras.layers.GlobalAveragePooling1D()(words)
+    tiled = fusion.TileConcat()(objects, vector)  # (B, 4, 16)
+    film = fusion.FiLM(16, name="film")(tiled, vector)
+    gated = fusion.FiLM(16, mode="gate", name="gate")(film, vector)
+    attended = fusion.CrossAttentionFusion(num_heads=2, key_dim=4, output_dim=8)(gated, words, mask)
+    concat = fusion.ConcatFusion(12)(attended, words, mask)
+    product = fusion.ProductFusion(12)(concat, vector)
+    logits_a, logits_b = keras.layers.Dense(5)(product), keras.layers.Dense(5)(vector)
+    out = fusion.LateFusion()(logits_a, logits_b)
+    model = keras.Model({"objects": objects, "words": words, "mask": mask}, out)
+    inputs = {"objects": _normal(3, 4, 8), "words": _normal(3, 6, 8, seed=1),
+              "mask": np.array([[True] * 6, [True] * 2 + [False] * 4, [True] * 5 + [False]])}
+    loaded = _round_trip(model, inputs, tmp_path)
+    assert isinstance(loaded.get_layer("gate"), fusion.FiLM) and loaded.get_layer("gate").mode == "gate"
+
+
+def test_cross_attention_layer_returns_weights_and_checks_batch():
+    layer = fusion.CrossAttentionFusion(num_heads=2, key_dim=4)
+    out, weights = layer(_normal(2, 3, 5), _normal(2, 6, 7), np.ones((2, 6), bool), return_attention_scores=True)
+    assert tuple(out.shape) == (2, 3, 8) and tuple(weights.shape) == (2, 2, 3, 6)
+    np.testing.assert_allclose(_np(weights).sum(-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="mismatched batch sizes: queries \\(image side\\) has 2"):
+        layer(_normal(2, 3, 5), _normal(4, 6, 7))
+
+
+def test_film_layer_starts_as_a_residual_and_validates_channels():
+    layer = fusion.FiLM(4)
+    features = _normal(2, 3, 4)
+    assert tuple(layer(features, _normal(2, 6)).shape) == (2, 3, 4)
+    with pytest.raises(ValueError, match=r"expected features \(batch, N, 4\)"):
+        fusion.FiLM(4)(_normal(2, 3, 5), _normal(2, 6))
+    with pytest.raises(ValueError, match="channels must be a positive int"):
+        fusion.FiLM(0)
+
+
+# --------------------------------------------------------------------------- object encoder
+
+
+def _scene():
+    return Scene((ShapeObject("circle", "red", "small", 0.30, 0.20),  # cell (col 2, row 1)
+                  ShapeObject("square", "blue", "large", 0.75, 0.50)))  # centre on a cell border: x=6.0, y=4.0
+
+
+def test_object_grid_targets_marks_object_cells():
+    targets = fusion.object_grid_targets([_scene()])
+    assert targets["object"].shape == (1, 64, 1) and targets["offset"].shape == (1, 64, 2)
+    red = 1 * 8 + 2
+    assert targets["object"][0, red, 0] == 1 and targets["color"][0, red] == shapeworld.COLOR_NAMES.index("red")
+    np.testing.assert_allclose(targets["offset"][0, red], [0.30 * 8 - 2.5, 0.20 * 8 - 1.5], atol=1e-5)
+    # The blue square sits on the corner of four cells: all four hold it.
+    corner = [3 * 8 + 5, 3 * 8 + 6, 4 * 8 + 5, 4 * 8 + 6]
+    assert targets["object"][0, corner, 0].tolist() == [1, 1, 1, 1]
+    assert set(targets["shape"][0, corner].tolist()) == {shapeworld.SHAPES.index("square")}
+    assert targets["object"].sum() == 5 and np.array_equal(targets["weight"], targets["object"][..., 0])
+    with pytest.raises(TypeError, match="expected a shapeworld.Scene"):
+        fusion.object_grid_targets(["not a scene"])
+
+
+def _perfect_predictions(scenes):
+    """Logits an ideal grid model would output for these scenes."""
+    targets = fusion.object_grid_targets(scenes)
+    big = 20.0
+    return {"object": np.where(targets["object"] > 0, big, -big).astype(np.float32),
+            "color": (big * np.eye(6)[targets["color"]]).astype(np.float32),
+            "shape": (big * np.eye(3)[targets["shape"]]).astype(np.float32),
+            "size": (big * np.eye(2)[targets["size"]]).astype(np.float32),
+            "offset": targets["offset"]}
+
+
+def test_object_tokens_merge_the_cells_of_one_object():
+    tokens = _np(fusion.ObjectTokens(num_objects=4)(_perfect_predictions([_scene()])))
+    assert tokens.shape == (1, 4, len(fusion.OBJECT_FEATURES))
+    objectness = tokens[0, :, -1]
+    assert (objectness > 0.5).sum() == 2, objectness  # four cells of the square count once
+    found = {(fusion.OBJECT_FEATURES[int(np.argmax(t[:6]))], round(float(t[11]), 3), round(float(t[12]), 3))
+             for t in tokens[0] if t[-1] > 0.5}
+    assert found == {("p(red)", 0.3, 0.2), ("p(blue)", 0.75, 0.5)}
+
+
+def test_object_encoder_trains_and_outputs_tokens():
+    data = shapeworld.generate(64, "train", seed=0)
+    token_model, history = fusion.pretrain_object_encoder(data, epochs=1, batch_size=32)
+    assert token_model.trainable is False and "loss" in history.history
+    tokens = token_model.predict(data.images[:5], verbose=0)
+    assert tokens.shape == (5, shapeworld.MAX_OBJECTS, len(fusion.OBJECT_FEATURES))
+    assert np.all((tokens >= 0) & (tokens <= 1))
+    with pytest.raises(TypeError, match="expected shapeworld.ShapeWorldData"):
+        fusion.pretrain_object_encoder(data.images)
+
+
+# --------------------------------------------------------------------------- question answering
+
+
+@pytest.fixture(scope="module")
+def qa_data():
+    data = shapeworld.generate(24, "validation", seed=1)
+    objects = fusion.ObjectTokens()(_perfect_predictions(data.scenes))
+    return fusion.qa_arrays(data, _np(objects))
+
+
+def test_qa_arrays(qa_data):
+    assert qa_data["question"].shape == (24, fusion.QUESTION_LENGTH) and qa_data["question"].dtype == np.int32
+    assert qa_data["answer"].dtype == np.int32 and qa_data["answer"].max() < len(fusion.ANSWERS)
+    assert qa_data["objects"].shape == (24, 4, 14) and qa_data["image"].dtype == np.uint8
+    assert len(fusion.ANSWERS) == 17 and len(set(fusion.ANSWERS)) == 17
+    with pytest.raises(ValueError, match=r"objects: expected shape \(3, K, 14\)"):
+        fusion.qa_arrays(shapeworld.generate(3, "train", seed=0), np.zeros((4, 4, 14)))
+
+
+@pytest.mark.parametrize("method", fusion.FUSION_METHODS)
+def test_every_qa_model_builds_and_predicts(method, qa_data):
+    model = fusion.build_qa_model(method, width=16)
+    logits = model(fusion.inputs_for(model, qa_data))
+    assert tuple(logits.shape) == (24, len(fusion.ANSWERS))
+    assert np.all(np.isfinite(_np(logits)))
+
+
+def test_qa_model_round_trips_and_trains(qa_data, tmp_path):
+    model = fusion.build_qa_model("cross_attention", width=16, text_encoder="gru")
+    history = fusion.fit_qa_model(model, qa_data, epochs=1, batch_size=8)
+    assert np.isfinite(history.history["loss"][0])
+    _round_trip(model, fusion.inputs_for(model, qa_data), tmp_path)
+    predicted = fusion.predict_answers(model, qa_data, batch_size=10)
+    assert predicted.shape == (24,)
+
+
+def test_inputs_for_and_unknown_method(qa_data):
+    model = fusion.build_qa_model("early", width=16)
+    assert sorted(fusion.inputs_for(model, qa_data)) == ["image", "question"]
+    with pytest.raises(KeyError, match="compute the object tokens"):
+        fusion.inputs_for(fusion.build_qa_model("film", width=16), {"question": qa_data["question"]})
+    with pytest.raises(ValueError, match="method must be one of"):
+        fusion.build_qa_model("attention")
+
+
+def test_accuracy_by_type():
+    result = fusion.accuracy_by_type([1, 2, 3, 4], [1, 2, 0, 0], ["color", "color", "count", "relation"])
+    assert result == {"overall": 0.5, "color": 1.0, "count": 0.0, "relation": 0.0}
+    with pytest.raises(ValueError, match="must have one length"):
+        fusion.accuracy_by_type([1, 2], [1], ["color", "color"])
+    with pytest.raises(ValueError, match="take argmax"):
+        fusion.accuracy_by_type(np.zeros((2, 17)), [1, 2], ["color", "color"])
