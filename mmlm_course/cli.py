@@ -88,6 +88,7 @@ def cmd_doctor(args) -> int:
 def cmd_benchmark(args) -> int:
     from mmlm_course import benchmark
 
+    env.quiet_import_tensorflow()
     root = course_root()
     paths = [Path(p) for p in args.notebooks] or sorted((root / "solutions").glob("*.ipynb"))
     print("Executing notebooks ...", flush=True)
