@@ -87,16 +87,20 @@ def cmd_doctor(args) -> int:
 
 def cmd_benchmark(args) -> int:
     from mmlm_course import benchmark
+    from mmlm_course.quality import all_tasks
 
+    unknown = sorted(set(args.only or ()) - set(all_tasks()))
+    if unknown:
+        print(f"error: unknown quality task(s) {unknown}; the tasks are: {', '.join(all_tasks())}", file=sys.stderr)
+        return 2
+    tasks = {} if args.skip_quality else all_tasks()
     env.quiet_import_tensorflow()
     root = course_root()
     paths = [Path(p) for p in args.notebooks] or sorted((root / "solutions").glob("*.ipynb"))
     print("Executing notebooks ...", flush=True)
     rows = [] if args.skip_notebooks else benchmark.time_notebooks(paths)
     quality = []
-    from mmlm_course.quality import all_tasks
-
-    for name, task in all_tasks().items():
+    for name, task in tasks.items():
         if args.only and name not in args.only:
             continue
         print(f"Quality task {name} ...", flush=True)
@@ -195,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", help="notebooks to time (default: all of solutions/)")
     p.add_argument("--skip-notebooks", action="store_true", help="run only the quality tasks")
     p.add_argument("--only", nargs="*", help="quality tasks to run (default: all)")
+    p.add_argument("--skip-quality", action="store_true", help="only time the notebooks")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_benchmark)
 

@@ -127,7 +127,8 @@ class Checker:
         args = tuple(_protect(a) for a in args)  # the learner may modify their inputs in place
         kwargs = {k: _protect(v) for k, v in kwargs.items()}
         try:
-            result = self.candidate(*args, **kwargs)
+            with np.errstate(all="ignore"):  # overflow in the learner's code is reported by the check itself
+                result = self.candidate(*args, **kwargs)
         except NotImplementedError:
             raise ExerciseNotAttempted(
                 f"{self.exercise_id} is not attempted yet: replace `raise NotImplementedError()` "
@@ -151,6 +152,19 @@ class Checker:
             names = getattr(expected_type, "__name__", None) or " or ".join(t.__name__ for t in expected_type)
             self.fail(what, f"expected a {names}, got {_describe(value)}", hint or f"return a {names}")
         self.passed.append(f"{what} type")
+
+    def expect_number(self, what: str, value, hint: str) -> float:
+        """A Python float from a float, a NumPy scalar, or a 0-d array / tensor; fail otherwise."""
+        if isinstance(value, (bool, np.bool_)):
+            self.fail(what, f"expected a number, got {value!r}", hint)
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            return float(value)
+        if hasattr(value, "shape"):
+            array = np.asarray(value)
+            if array.shape != ():
+                self.fail(what, f"expected a single number (shape ()), got shape {array.shape}", hint)
+            return float(array)
+        self.fail(what, f"expected a number, got {type(value).__name__}", hint)
 
     def expect_array(self, what: str, value, shape: tuple, dtype=None, hint: str = "") -> np.ndarray:
         """``value`` must convert to an array of ``shape`` (and ``dtype`` if given)."""

@@ -72,3 +72,9 @@ def test_check_rejects_a_file_that_is_not_a_notebook(tmp_path):
     (tmp_path / "broken.ipynb").write_text("{not json")
     result = run("check", str(tmp_path / "broken.ipynb"))
     assert result.returncode == 2 and "not a readable Jupyter notebook" in result.stderr
+
+
+def test_benchmark_refuses_an_unknown_quality_task_before_running_anything():
+    result = run("benchmark", "--only", "no_such_task")
+    assert result.returncode == 2
+    assert "unknown quality task" in result.stderr and "capstone_train" in result.stderr

@@ -11,26 +11,6 @@ from mmlm_course import losses, metrics
 from mmlm_course.exercises import Checker, exercise
 
 
-def _call(c: Checker, *args):
-    """Call the learner's function without NumPy overflow warnings (the check reports them)."""
-    with np.errstate(all="ignore"):
-        return c.call(*args)
-
-
-def _scalar(c: Checker, what: str, value, hint: str) -> float:
-    """A Python float from a float, a NumPy scalar, or a 0-d array / tensor."""
-    if isinstance(value, (bool, np.bool_)):
-        c.fail(what, f"expected a number, got {value!r}", hint)
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    if hasattr(value, "shape"):
-        array = np.asarray(value)
-        if array.shape != ():
-            c.fail(what, f"expected a single number (shape ()), got shape {array.shape}", hint)
-        return float(array)
-    c.fail(what, f"expected a number, got {type(value).__name__}", hint)
-
-
 def _log_softmax64(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, np.float64)
     m = z.max(axis=-1, keepdims=True)
@@ -71,7 +51,7 @@ def _check_log_softmax(c: Checker) -> None:
         ("logits shifted by +500", (rng.normal(size=(3, 4)) + 500).astype(np.float32)),
     ]
     for what, logits in cases:
-        got = _call(c, logits.copy())
+        got = c.call(logits.copy())
         array = c.expect_array(f"log_softmax of {what}", got, logits.shape,
                                hint="keep the shape (B, C): normalise each row over the class axis (axis=-1)")
         if not np.isfinite(array).all():
@@ -116,7 +96,7 @@ def _check_masked_mean(c: Checker) -> None:
     for what, lengths in (("lengths [5, 2, 3]", [5, 2, 3]), ("a fully padded row, lengths [4, 0, 1]", [4, 0, 1]),
                           ("one token, lengths [1]", [1])):
         values, mask = case(lengths)
-        got = _scalar(c, f"masked mean with {what}", _call(c, values.copy(), mask.copy()),
+        got = c.expect_number(f"masked mean with {what}", c.call(values.copy(), mask.copy()),
                       "return one number: the mean loss over all real tokens of the batch")
         if not np.isfinite(got):
             c.fail(f"masked mean with {what}", f"got {got}", "a row without real tokens must not produce NaN")
@@ -124,7 +104,7 @@ def _check_masked_mean(c: Checker) -> None:
         c.expect_close(f"masked mean with {what}", np.float64(got), expected, atol=1e-4, rtol=1e-5,
                        hint=hint + "; every real token has the same weight, whatever its sequence length")
     values, mask = case([0, 0])
-    got = _scalar(c, "masked mean of a fully padded batch", _call(c, values.copy(), mask.copy()),
+    got = c.expect_number("masked mean of a fully padded batch", c.call(values.copy(), mask.copy()),
                   "return one number")
     if got != 0.0:
         c.fail("masked mean of a fully padded batch", f"expected 0.0, got {got}",
@@ -167,7 +147,7 @@ def _check_symmetric_info_nce(c: Checker) -> None:
         image = (rng.normal(size=(batch, dim)) * rng.uniform(0.5, 4.0, size=(batch, 1))).astype(np.float32)
         text = (0.6 * image + rng.normal(size=(batch, dim))).astype(np.float32)
         what = f"InfoNCE for B={batch}, D={dim}, T={temperature}"
-        got = _scalar(c, what, _call(c, image.copy(), text.copy(), temperature),
+        got = c.expect_number(what, c.call(image.copy(), text.copy(), temperature),
                       "return one number: the mean of the two directions' mean cross-entropies")
         expected = _info_nce64(image, text, temperature)
         if abs(got - expected) > 1e-3 * max(1.0, abs(expected)):
@@ -223,7 +203,7 @@ def _check_recall_at_k(c: Checker) -> None:
     cases += [("constant scores", np.ones((3, 5), np.float32), np.array([0, 2, 4]), k) for k in (1, 5)]
     for what, scores, targets, k in cases:
         label = f"recall@{k} on {what}"
-        got = _scalar(c, label, _call(c, scores.copy(), targets.copy(), k),
+        got = c.expect_number(label, c.call(scores.copy(), targets.copy(), k),
                       "return one number: the fraction of queries whose true item is in the top k")
         expected = _recall64(scores, targets, k)
         if not abs(got - expected) < 1e-6:

@@ -1,0 +1,360 @@
+"""Tests for mmlm_course.retrieval: verifier hits, recall with several right answers,
+zero-shot prediction, hard negatives, the multi-positive loss and the DualEncoder model."""
+
+import keras
+import numpy as np
+import pytest
+
+from mmlm_course import losses, metrics, retrieval as R, shapeworld
+
+RNG = np.random.default_rng(0)
+TINY = dict(embed_dim=16, image_filters=(8, 8), image_features=32, image_token_dim=8, text_dim=16, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return shapeworld.generate(24, "validation", seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return R.make_tokenizer()
+
+
+def unit(x, axis=-1):
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+
+# --------------------------------------------------------------------------- similarities
+
+
+def test_similarity_scores_are_cosines_for_different_gallery_sizes():
+    q, c = RNG.normal(size=(3, 5)) * 4, RNG.normal(size=(7, 5))
+    got = np.asarray(R.similarity_scores(q.astype(np.float32), c.astype(np.float32)))
+    np.testing.assert_allclose(got, unit(q) @ unit(c).T, atol=1e-5)
+
+
+def test_similarity_scores_errors():
+    with pytest.raises(ValueError, match="same embedding space"):
+        R.similarity_scores(np.zeros((2, 4), np.float32), np.ones((3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"expected shape \(Q, D\)"):
+        R.similarity_scores(np.zeros(4, np.float32), np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="float"):
+        R.similarity_scores(np.zeros((2, 4), np.int32), np.ones((3, 4), np.float32))
+
+
+def test_batch_mismatch_is_named_in_similarity_logits():
+    with pytest.raises(ValueError, match="batch mismatch"):
+        R.similarity_logits(np.ones((4, 8), np.float32), np.ones((3, 8), np.float32))
+
+
+# --------------------------------------------------------------------------- verifier hits
+
+
+def test_caption_hit_matrix_equals_the_verifier(data):
+    rng = np.random.default_rng(1)
+    captions = data.captions + [R.perturb_caption(c, rng) for c in data.captions]
+    captions += ["there is a circle", "a square is below a triangle and there is a red circle",
+                 "there are two objects", "not a caption"]
+    expected = np.array([[shapeworld.caption_is_true(c, s) for s in data.scenes] for c in captions])
+    got = R.caption_hit_matrix(captions, data.scenes)
+    assert got.dtype == bool and got.shape == (len(captions), len(data))
+    np.testing.assert_array_equal(got, expected)
+    assert got[np.arange(24), np.arange(24)].all(), "every caption is true of its own scene"
+    assert not got[-1].any(), "an unparseable caption is false everywhere"
+
+
+def test_caption_hit_matrix_errors(data):
+    with pytest.raises(TypeError, match="list of caption strings"):
+        R.caption_hit_matrix("there is a red circle", data.scenes)
+    with pytest.raises(TypeError, match="shapeworld.Scene"):
+        R.caption_hit_matrix(["there is a red circle"], [data.images[0]])
+    with pytest.raises(ValueError, match="at least one caption"):
+        R.caption_hit_matrix([], data.scenes)
+
+
+# --------------------------------------------------------------------------- recall with hits
+
+
+def np_first_hit_ranks(scores, hits):
+    best = np.where(hits, scores, -np.inf).max(axis=1, keepdims=True)
+    return 1 + ((scores >= best) & ~hits).sum(axis=1)
+
+
+def test_first_hit_ranks_match_numpy_with_several_hits():
+    scores = RNG.normal(size=(20, 30)).astype(np.float32)
+    hits = RNG.random((20, 30)) < 0.2
+    hits[:, 0] = True
+    np.testing.assert_array_equal(np.asarray(R.first_hit_ranks(scores, hits)), np_first_hit_ranks(scores, hits))
+    for k in (1, 5, 30):
+        assert float(R.recall_at_k_with_hits(scores, hits, k)) == pytest.approx(
+            np.mean(np_first_hit_ranks(scores, hits) <= k))
+
+
+def test_one_hit_per_row_equals_lesson05_ranks():
+    scores = RNG.normal(size=(6, 6)).astype(np.float32)
+    scores[2, 4] = scores[2, 2]  # a tie with the true item
+    np.testing.assert_array_equal(np.asarray(R.first_hit_ranks(scores, np.eye(6, dtype=bool))),
+                                  np.asarray(metrics.retrieval_ranks(scores)))
+
+
+def test_ties_and_nan_count_against_the_query():
+    scores = np.array([[0.5, 0.5, 0.1], [1.0, 1.0, 1.0], [np.nan, 0.2, 0.1]], np.float32)
+    hits = np.array([[False, True, False], [True, False, False], [False, True, False]])
+    np.testing.assert_array_equal(np.asarray(R.first_hit_ranks(scores, hits)), [2, 3, 2])
+    assert float(R.recall_at_k_with_hits(np.ones((4, 4), np.float32), np.eye(4, dtype=bool), 3)) == 0.0
+
+
+def test_a_second_hit_in_the_top_k_counts():
+    scores = np.array([[0.1, 0.9, 0.5]], np.float32)
+    assert float(R.recall_at_k_with_hits(scores, np.array([[True, True, False]]), 1)) == 1.0
+    assert float(R.recall_at_k_with_hits(scores, np.array([[True, False, False]]), 2)) == 0.0
+
+
+def test_recall_with_hits_errors():
+    scores = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"expected the shape of scores \(2, 3\)"):
+        R.recall_at_k_with_hits(scores, np.ones((3, 2), bool), 1)
+    with pytest.raises(TypeError, match="bool matrix"):
+        R.recall_at_k_with_hits(scores, np.ones((2, 3), np.int32), 1)
+    with pytest.raises(ValueError, match="no right answer"):
+        R.recall_at_k_with_hits(scores, np.array([[True, False, False], [False, False, False]]), 1)
+    with pytest.raises(ValueError, match=r"k must lie in \[1, N\] = \[1, 3\]"):
+        R.recall_at_k_with_hits(scores, np.ones((2, 3), bool), 4)
+    with pytest.raises(TypeError, match="k must be an int"):
+        R.recall_at_k_with_hits(scores, np.ones((2, 3), bool), 1.0)
+
+
+# --------------------------------------------------------------------------- zero-shot
+
+
+def test_zero_shot_predict_uses_cosine_and_prompt_classes():
+    prompts = np.array([[1.0, 0.0], [0.0, 10.0], [0.7, 0.7]], np.float32)
+    images = np.array([[1.0, 0.1], [0.6, 0.8], [0.1, 1.0]], np.float32)
+    np.testing.assert_array_equal(np.asarray(R.zero_shot_predict(images, prompts)), [0, 2, 1])
+    got = R.zero_shot_predict(images, prompts, np.array([1, 0, 1]))
+    assert keras.backend.standardize_dtype(got.dtype) == "int32"
+    np.testing.assert_array_equal(np.asarray(got), [1, 1, 0])
+
+
+def test_zero_shot_predict_errors():
+    with pytest.raises(ValueError, match="same embedding space"):
+        R.zero_shot_predict(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"expected shape \(4,\)"):
+        R.zero_shot_predict(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.arange(3))
+    with pytest.raises(TypeError, match="integer class ids"):
+        R.zero_shot_predict(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.zeros(4))
+
+
+@pytest.mark.parametrize("attribute,num_classes", [("color", 6), ("shape", 3), ("size", 2)])
+def test_zero_shot_prompts_name_their_class(attribute, num_classes):
+    prompts, classes, names = R.zero_shot_prompts(attribute)
+    assert len(prompts) == 36 and classes.shape == (36,) and len(names) == num_classes
+    for prompt, cls in zip(prompts, classes):
+        assert shapeworld.caption_parses(prompt)
+        assert names[cls] in prompt.split()
+    with pytest.raises(ValueError, match="attribute must be one of"):
+        R.zero_shot_prompts("position")
+
+
+def test_single_object_data_is_deterministic_and_single():
+    a, b = R.single_object_data(5, "compositional", seed=2), R.single_object_data(5, "compositional", seed=2)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.shape == (5, 64, 64, 3) and a.images.dtype == np.uint8
+    assert all(len(s.objects) == 1 and (s.objects[0].color, s.objects[0].shape) in shapeworld.HELD_OUT
+               for s in a.scenes)
+    assert all(shapeworld.caption_is_true(c, s) for c, s in zip(a.captions, a.scenes))
+
+
+# --------------------------------------------------------------------------- augmentation and hard negatives
+
+
+def test_perturb_caption_changes_one_detail_and_avoids_held_out_pairs(data):
+    rng = np.random.default_rng(4)
+    false = 0
+    for _ in range(10):
+        for caption, scene in zip(data.captions, data.scenes):
+            negative = R.perturb_caption(caption, rng)
+            assert shapeworld.caption_parses(negative), negative
+            assert negative != caption
+            changed = [a for a, b in zip(caption.split(), negative.split()) if a != b and a not in ("a", "an")]
+            assert len(changed) == 1 and len(caption.split()) == len(negative.split())
+            words = negative.split()
+            assert not any((words[i - 1], w) in shapeworld.HELD_OUT for i, w in enumerate(words)), negative
+            false += not shapeworld.caption_is_true(negative, scene)
+    assert false / (10 * len(data)) > 0.8  # usually a true hard negative
+
+
+def test_relation_accuracy_is_chance_for_an_untrained_model(data, tokenizer):
+    model = R.DualEncoder(len(tokenizer), **TINY)
+    assert 0.0 <= R.relation_accuracy(model, tokenizer, data) <= 1.0
+    assert R.reverse_relation("a red circle is to the left of a blue square") == \
+        "a red circle is to the right of a blue square"
+    with pytest.raises(ValueError, match="no relational caption"):
+        R.relation_accuracy(model, tokenizer, data.subset([i for i, c in enumerate(data.captions)
+                                                            if c.startswith("there")]))
+
+
+def test_caption_training_set_flips_keep_captions_true(data):
+    images, captions, scenes = R.caption_training_set(data, np.random.default_rng(0))
+    assert images.shape == data.images.shape and len(captions) == len(scenes) == len(data)
+    assert all(shapeworld.caption_is_true(c, s) for c, s in zip(captions, scenes))
+    flipped = [i for i in range(len(data)) if not np.array_equal(images[i], data.images[i])]
+    assert 0 < len(flipped) < len(data)
+    for i in flipped:
+        np.testing.assert_array_equal(images[i], data.images[i][:, ::-1])
+        assert scenes[i] == R.mirror_scene(data.scenes[i])
+
+
+def test_counterfactual_twins_turn_the_relation_around(data):
+    rng = np.random.default_rng(5)
+    kinds = set()
+    for image, caption, scene in zip(data.images, data.captions, data.scenes):
+        twin_image, twin_caption, twin_scene = R.counterfactual_twin(image, caption, scene, rng)
+        assert twin_image.shape == image.shape and twin_image.dtype == np.uint8
+        assert shapeworld.caption_is_true(twin_caption, twin_scene)
+        words = caption.split()
+        if "above" in words or "below" in words:
+            kinds.add("vertical")
+            assert twin_caption == R.reverse_relation(caption)
+            assert all(abs(a.y + b.y - 1) < 1e-3 and a.x == b.x for a, b in zip(scene.objects, twin_scene.objects))
+        else:
+            kinds.add("horizontal" if caption != twin_caption else "exists")
+            np.testing.assert_array_equal(twin_image, image[:, ::-1])
+            assert twin_scene == R.mirror_scene(scene)
+    assert kinds == {"vertical", "horizontal", "exists"}
+
+
+def test_batch_positives_marks_every_true_caption(data):
+    captions, scenes = data.captions[:16], data.scenes[:16]
+    negatives = [R.perturb_caption(c, np.random.default_rng(i)) for i, c in enumerate(captions)]
+    targets = R.batch_positives(captions, scenes, 8, negatives)
+    assert targets.shape == (16, 16) and targets.dtype == np.float32
+    np.testing.assert_array_equal(targets[:8, :8], R.caption_hit_matrix(captions[:8], scenes[:8]).T)
+    np.testing.assert_array_equal(targets[8:, 8:], R.caption_hit_matrix(negatives[8:], scenes[8:]).T)
+    assert np.all(targets[np.arange(16), np.arange(16) % 8] == 1)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        R.batch_positives(captions[:10], scenes[:10], 8)
+
+
+# --------------------------------------------------------------------------- multi-positive InfoNCE
+
+
+def np_soft_info_nce(logits, positives):
+    b = logits.shape[0]
+    def log_softmax(z, axis):
+        z = z - z.max(axis=axis, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+    rows = positives / positives.sum(1, keepdims=True)
+    cols = positives[:, :b] / positives[:, :b].sum(0, keepdims=True)
+    i2t = -(rows * log_softmax(logits, 1)).sum(1).mean()
+    t2i = -(cols * log_softmax(logits[:, :b], 0)).sum(0).mean()
+    return (i2t + t2i) / 2
+
+
+def test_multi_positive_info_nce_reduces_to_info_nce_with_diagonal_targets():
+    logits = (RNG.normal(size=(5, 5)) * 3).astype(np.float32)
+    got = float(R.multi_positive_info_nce(logits, np.eye(5, dtype=np.float32)))
+    assert got == pytest.approx(float(losses.info_nce_from_logits(logits)), rel=1e-5)
+
+
+def test_multi_positive_info_nce_matches_numpy_with_hard_negative_columns():
+    logits = (RNG.normal(size=(4, 8)) * 3).astype(np.float64)
+    positives = np.zeros((4, 8))
+    positives[np.arange(4), np.arange(4)] = 1
+    positives[0, 2] = positives[3, 6] = 1  # a second true caption and a "negative" that is true
+    got = float(R.multi_positive_info_nce(logits.astype(np.float32), positives.astype(np.float32)))
+    assert got == pytest.approx(np_soft_info_nce(logits, positives), rel=1e-5)
+    with pytest.raises(ValueError, match="expected the shape of logits"):
+        R.multi_positive_info_nce(logits.astype(np.float32), np.eye(4, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_add_coordinate_channels():
+    out = np.asarray(R.add_coordinate_channels(np.zeros((2, 3, 5, 3), np.float32)))
+    assert out.shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(out[0, 0, :, 3], np.linspace(-1, 1, 5), atol=1e-6)  # x grows to the right
+    np.testing.assert_allclose(out[1, :, 0, 4], [-1, 0, 1], atol=1e-6)  # y grows downwards
+
+
+def test_spatial_moments_locate_features():
+    tokens = np.zeros((2, 9, 2), np.float32)
+    tokens[0, 2, 0] = 1.0  # row 0, column 2: top right
+    tokens[1, 3, 1] = 2.0  # row 1, column 0: middle left
+    got = np.asarray(R.spatial_moments(tokens, 3))
+    np.testing.assert_allclose(got[0], np.array([1, 0, 1, 0, -1, 0]) / 9, atol=1e-6)  # mean | x * t | y * t
+    np.testing.assert_allclose(got[1], np.array([0, 2, 0, -2, 0, 0]) / 9, atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected shape \(batch, 9, features\)"):
+        R.spatial_moments(tokens[:, :8], 3)
+
+
+def test_dual_encoder_shapes_norms_and_loss(data, tokenizer):
+    model = R.DualEncoder(len(tokenizer), **TINY)
+    ids = R.encode_captions(tokenizer, data.captions[:6])
+    logits = model({"images": data.images[:6], "ids": ids})
+    assert tuple(logits.shape) == (6, 6) and keras.backend.standardize_dtype(logits.dtype) == "float32"
+    with_negatives = model({"images": data.images[:6], "ids": ids, "negative_ids": ids[::-1]})
+    assert tuple(with_negatives.shape) == (6, 12)
+    for embeddings in (model.encode_images(data.images[:6]), model.encode_texts(ids)):
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(embeddings), axis=1), 1.0, atol=1e-5)
+    cosine = np.asarray(model.encode_images(data.images[:6])) @ np.asarray(model.encode_texts(ids)).T
+    np.testing.assert_allclose(np.asarray(logits), cosine / float(model.temperature), rtol=1e-4, atol=1e-4)
+    loss = model.compute_loss(y_pred=logits)
+    assert float(loss) == pytest.approx(float(losses.info_nce_from_logits(logits)), rel=1e-6)
+
+
+def test_dual_encoder_input_errors(data, tokenizer):
+    model = R.DualEncoder(len(tokenizer), **TINY)
+    ids = R.encode_captions(tokenizer, data.captions[:4])
+    with pytest.raises(ValueError, match="Image/text batch mismatch: got 3 images and 4 captions"):
+        model({"images": data.images[:3], "ids": ids})
+    with pytest.raises(ValueError, match="built for 64x64 images, got 32x32"):
+        model({"images": data.images[:4, ::2, ::2], "ids": ids})
+    with pytest.raises(TypeError, match="integer token ids"):
+        model({"images": data.images[:4], "ids": ids.astype(np.float32)})
+    with pytest.raises(ValueError, match="longer than max_length=16"):
+        model({"images": data.images[:4], "ids": np.ones((4, 20), np.int32)})
+    with pytest.raises(ValueError, match="keys 'images', 'ids'"):
+        model({"image": data.images[:4], "ids": ids})
+    with pytest.raises(ValueError, match="text_encoder must be one of"):
+        R.DualEncoder(len(tokenizer), text_encoder="lstm")
+    with pytest.raises(ValueError, match="image_pooling must be one of"):
+        R.DualEncoder(len(tokenizer), image_pooling="max")
+    with pytest.raises(ValueError, match="must be divisible"):
+        R.DualEncoder(len(tokenizer), image_size=60)
+
+
+@pytest.mark.parametrize("text_encoder,pooling,coordinates",
+                         [("transformer", "moments", True), ("gru", "flatten", False), ("bag", "flatten", True)])
+def test_dual_encoder_keras_round_trip(tmp_path, data, tokenizer, text_encoder, pooling, coordinates):
+    model = R.DualEncoder(len(tokenizer), text_encoder=text_encoder, image_pooling=pooling, coordinates=coordinates,
+                          **TINY)
+    inputs = {"images": data.images[:4], "ids": R.encode_captions(tokenizer, data.captions[:4])}
+    expected = np.asarray(model(inputs))
+    path = tmp_path / "dual.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, R.DualEncoder) and loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_lowers_the_loss_and_saves(tmp_path, data, tokenizer):
+    keras.utils.set_random_seed(0)
+    model = R.DualEncoder(len(tokenizer), **TINY)
+    history = R.train_dual_encoder(model, tokenizer, data, epochs=3, batch_size=8, learning_rate=3e-3, twins=True)
+    assert set(history) == {"loss", "temperature", "seconds"} and len(history["loss"]) == 3
+    assert np.isfinite(history["loss"]).all()
+    assert 0.01 <= history["temperature"][-1] <= 1.0
+    model.save(tmp_path / "trained.keras")  # the compiled optimizer and its schedule are saved too
+    loaded = keras.models.load_model(tmp_path / "trained.keras")
+    np.testing.assert_allclose(R.embed_images(loaded, data.images[:3]), R.embed_images(model, data.images[:3]),
+                               atol=1e-5)
+    report = R.retrieval_report(model, tokenizer, data, ks=(1, 5))
+    assert set(report) == {"t2i_recall@1", "t2i_recall@5", "i2t_recall@1", "i2t_recall@5"}
+    assert all(0.0 <= v <= 1.0 for v in report.values())
+    with pytest.raises(ValueError, match="batch_size must be an int >= 2"):
+        R.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=1)
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        R.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=7, twins=True)
