@@ -86,6 +86,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    env.quiet_import_tensorflow()              # before the quality modules import it
     from mmlm_course import benchmark
     from mmlm_course.quality import all_tasks
 
@@ -94,7 +95,6 @@ def cmd_benchmark(args) -> int:
         print(f"error: unknown quality task(s) {unknown}; the tasks are: {', '.join(all_tasks())}", file=sys.stderr)
         return 2
     tasks = {} if args.skip_quality else all_tasks()
-    env.quiet_import_tensorflow()
     root = course_root()
     paths = [Path(p) for p in args.notebooks] or sorted((root / "solutions").glob("*.ipynb"))
     print("Executing notebooks ...", flush=True)

@@ -1,0 +1,72 @@
+"""`mmlm-course train` as a real job: run folder, SIGKILL mid-run and resume, generate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = [sys.executable, "-m", "mmlm_course.cli", "train", "--preset", "tiny", "--no-progress"]
+
+
+def _history(run):
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen(TRAIN + ["--steps", "60", "--out", str(run)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    latest = run / "checkpoints" / "latest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 8:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed: " + process.stdout.read()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved_step = json.loads(latest.read_text())["step"]
+    assert 8 <= saved_step < 60
+    before = [r for r in _history(run) if r["step"] <= saved_step]
+    assert [r["step"] for r in before] == list(range(1, saved_step + 1))
+
+    resumed = subprocess.run(TRAIN + ["--steps", "60", "--out", str(run)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from step {saved_step}" in resumed.stdout
+    after = _history(run)
+    assert [r["step"] for r in after] == list(range(1, 61))          # every step once, none lost or repeated
+    assert after[:saved_step] == before                              # what was saved is kept as it was
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 60 and {"test", "compositional"} <= set(metrics)
+    for name in ("config.json", "vocab.json", "samples.png", "model.keras"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+
+    image = tmp_path / "photo.png"
+    Image.new("RGBA", (100, 80), (200, 30, 30, 255)).save(image)
+    answer = subprocess.run([sys.executable, "-m", "mmlm_course.cli", "generate", "--run", str(run), "--image",
+                             str(image), "--prompt", "how many objects are there?"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() == answer.stdout.strip().splitlines()[0]    # one line of text
+
+
+def test_train_refuses_a_folder_of_another_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"preset": "cpu"}))
+    result = subprocess.run(TRAIN + ["--out", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "different config" in result.stderr
+
+
+def test_generate_needs_a_run_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mmlm_course.cli", "generate", "--run", str(tmp_path),
+                             "--image", "x.png"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "not a run folder" in result.stderr

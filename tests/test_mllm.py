@@ -1,0 +1,413 @@
+"""Tests for mmlm_course.mllm (lesson 08)."""
+
+import mmlm_course
+
+mmlm_course.setup_notebook(seed=0)
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import ops  # noqa: E402
+
+from mmlm_course import language_model as lm  # noqa: E402
+from mmlm_course import mllm, preprocessing, shapeworld  # noqa: E402
+
+TINY = mllm.MLLMConfig(image_size=16, encoder_filters=(4, 8), vision_dim=8, dim=16, num_layers=2, num_heads=2,
+                       max_text_length=20)
+TOKENIZER = mllm.mllm_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return shapeworld.generate(6, "validation", seed=1, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(3)
+    return mllm.build_model(TINY, TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def cross_model():
+    keras.utils.set_random_seed(4)
+    m = mllm.build_model(dataclasses.replace(TINY, architecture="cross_attention"), TOKENIZER)
+    for layer in m.cross_attention:  # open the gates so the image matters in the tests
+        layer.gate.assign(1.0)
+    return m
+
+
+def _batch(data, model_config=TINY, tasks=mllm.TASKS):
+    return mllm.make_examples(data, TOKENIZER, model_config.max_text_length, tasks)
+
+
+# --------------------------------------------------------------------------- tokens and the instruction format
+
+
+def test_tokenizer_has_task_tokens_after_the_specials():
+    assert TOKENIZER.id_to_token[:7] == ["<pad>", "<unk>", "<bos>", "<eos>", "<caption>", "<question>", "<answer>"]
+    assert mllm.TASK_TOKENS[:2] == lm.TASK_TOKENS
+    real = mllm.mllm_tokenizer(["a dog runs", "a cat"])
+    assert real.id_to_token[4:8] == ["<caption>", "<question>", "<answer>", "a"]
+    assert {4, 5, 6} <= real.special_ids
+    with pytest.raises(TypeError, match="list of strings"):
+        mllm.mllm_tokenizer("a dog")
+
+
+def test_prompt_ids_formats():
+    ids = TOKENIZER.token_to_id
+    assert mllm.prompt_ids("", TOKENIZER) == [TOKENIZER.bos_id, ids["<caption>"]]
+    question = mllm.prompt_ids("what color is the circle?", TOKENIZER)
+    assert question[:2] == [TOKENIZER.bos_id, ids["<question>"]] and question[-1] == ids["<answer>"]
+    assert TOKENIZER.decode(question) == "what color is the circle?"
+
+
+def test_answer_only_targets_matches_a_loop():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 30, size=(4, 9)).astype(np.int32)
+    lengths = np.array([1, 2, 5, 8])
+    inputs, targets = mllm.answer_only_targets(ids, lengths)
+    assert inputs.dtype == targets.dtype == np.int32 and inputs.shape == targets.shape == (4, 8)
+    for b in range(4):
+        for t in range(8):
+            assert inputs[b, t] == ids[b, t]
+            assert targets[b, t] == (ids[b, t + 1] if t + 1 >= lengths[b] else 0)
+
+
+def test_answer_only_targets_errors():
+    ids = np.ones((2, 5), np.int32)
+    with pytest.raises(ValueError, match=r"prompt_lengths: expected int \(2,\)"):
+        mllm.answer_only_targets(ids, np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="keeps at least one answer token"):
+        mllm.answer_only_targets(ids, np.array([1, 5]))
+    with pytest.raises(ValueError, match="expected int"):
+        mllm.answer_only_targets(ids.astype(np.float32), np.array([1, 1]))
+
+
+def test_make_examples_rows_and_masks(data):
+    x, y = _batch(data)
+    n = len(data)
+    assert set(x) == {"images", "token_ids"}
+    assert x["images"].shape == (2 * n, 16, 16, 3) and x["images"].dtype == np.uint8
+    assert x["token_ids"].shape == y.shape == (2 * n, TINY.max_text_length)
+    assert x["token_ids"].dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(x["images"][0], x["images"][1])        # image 0: caption row, question row
+    caption_row, question_row = x["token_ids"][0], x["token_ids"][1]
+    assert TOKENIZER.decode(caption_row) == data.captions[0]
+    assert TOKENIZER.decode(y[0]) == data.captions[0]                       # every caption token is a target
+    assert TOKENIZER.decode(y[1]) == data.answers[0]                        # only the answer is a target
+    assert TOKENIZER.id_to_token[caption_row[1]] == "<caption>"
+    assert TOKENIZER.id_to_token[question_row[1]] == "<question>"
+    x_qa, y_qa = _batch(data, tasks=("qa",))
+    assert len(y_qa) == n
+    np.testing.assert_array_equal(y_qa, y[1::2])
+
+
+def test_make_examples_errors(data):
+    with pytest.raises(ValueError, match="tasks must be a non-empty subset"):
+        mllm.make_examples(data, TOKENIZER, 20, tasks=("vqa",))
+    with pytest.raises(ValueError, match="task tokens"):
+        mllm.make_examples(data, preprocessing.Tokenizer.for_shapeworld(), 20)
+    with pytest.raises(ValueError, match="leaves no room for an answer"):
+        mllm.make_examples(data, TOKENIZER, 5, tasks=("qa",))
+    with pytest.raises(TypeError, match="ShapeWorldData"):
+        mllm.make_examples(data.images, TOKENIZER, 20)
+
+
+def test_make_examples_from_texts_for_real_data():
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    captions = ["a dog runs on the grass", "two people walk along a long sandy beach near the sea"]
+    qa = [("what animal is this?", "dog"), ("how many people", "two")]
+    tokenizer = mllm.mllm_tokenizer(captions + [q for q, _ in qa] + [a for _, a in qa])
+    x, y = mllm.make_examples_from_texts(images, captions, qa, tokenizer, max_text_length=8)
+    assert x["token_ids"].shape == y.shape == (4, 8)
+    assert TOKENIZER.id_to_token[x["token_ids"][3, 1]] == "<question>"
+    assert tokenizer.decode(y[3]) == "two"                                  # no "?" needed: <answer> marks it
+    assert tokenizer.decode(y[2]) == "two people walk along a long sandy"  # a long caption is cut
+    x, y = mllm.make_examples_from_texts(images, captions, None, tokenizer, max_text_length=20)
+    assert len(y) == 2 and tokenizer.decode(y[1]) == captions[1]
+    with pytest.raises(ValueError, match="same batch size.*2 images and 1 captions"):
+        mllm.make_examples_from_texts(images, captions[:1], None, tokenizer, 20)
+    with pytest.raises(ValueError, match="give captions, qa or both"):
+        mllm.make_examples_from_texts(images, None, None, tokenizer, 20)
+    with pytest.raises(ValueError, match="expected 3 colour channels"):
+        mllm.make_examples_from_texts(images[..., :2], captions, None, tokenizer, 20)
+
+
+# --------------------------------------------------------------------------- configuration and models
+
+
+def test_config_round_trips_and_validates():
+    config = mllm.MLLMConfig()
+    assert mllm.MLLMConfig(**dataclasses.asdict(config)) == config
+    assert mllm.MLLMConfig(**json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    assert config.image_size == 64 and config.num_image_tokens == 16 and config.grid_size == 4
+    assert mllm.MLLMConfig(image_size=32, stem=1).grid_size == 4
+    with pytest.raises(ValueError, match="divisible by stem"):
+        mllm.MLLMConfig(image_size=60)
+    with pytest.raises(ValueError, match="image_std must be positive"):
+        mllm.MLLMConfig(image_std=(0.1, 0.0, 0.1))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        mllm.MLLMConfig(dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        mllm.MLLMConfig(architecture="late")
+
+
+def test_grid_encoder_space_to_depth_and_coordinates():
+    encoder = mllm.GridImageEncoder(image_size=8, filters=(4,), embed_dim=6, stem=2)
+    images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    packed = ops.convert_to_numpy(encoder.space_to_depth(images))               # (2, 4, 4, 12)
+    assert packed.shape == (2, 4, 4, 12)
+    np.testing.assert_array_equal(packed[:, 1, 2], images[:, 2:4, 4:6].reshape(2, 12))   # no pixel lost
+    with_xy = ops.convert_to_numpy(encoder.add_coordinates(packed))             # (2, 4, 4, 14)
+    np.testing.assert_allclose(with_xy[0, :, :, 12], np.tile(np.linspace(-1, 1, 4), (4, 1)), atol=1e-6)  # columns
+    np.testing.assert_allclose(with_xy[0, :, :, 13], np.tile(np.linspace(-1, 1, 4), (4, 1)).T, atol=1e-6)  # rows
+    assert tuple(encoder(images).shape) == (2, 4, 6)                             # 2x2 grid of tokens
+    with pytest.raises(ValueError, match="divisible by stem"):
+        mllm.GridImageEncoder(image_size=10, filters=(4,), stem=2)
+
+
+def test_llava_forward_shapes_and_image_dtypes(model, data):
+    x, _ = _batch(data)
+    logits = model(x)
+    assert tuple(logits.shape) == (2 * len(data), TINY.max_text_length, len(TOKENIZER))
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    as_float = dict(x, images=x["images"].astype(np.float32) / 255.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(model(as_float)), ops.convert_to_numpy(logits), atol=1e-5)
+    assert model.language_model.max_length == TINY.num_image_tokens + TINY.max_text_length
+
+
+def test_llava_is_the_language_model_with_an_image_prefix(model, data):
+    x, _ = _batch(data)
+    prefix = model.image_tokens(x["images"])
+    assert tuple(prefix.shape) == (2 * len(data), TINY.num_image_tokens, TINY.dim)
+    expected = model.language_model(x["token_ids"], prefix_embeddings=prefix)
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), ops.convert_to_numpy(expected), atol=1e-5)
+    # the exercise's concatenation + positions is exactly what the language model does
+    decoder = model.language_model
+    table = decoder.position_embedding.embeddings
+    sequence = mllm.prepend_image_tokens(prefix, decoder.embed(x["token_ids"]), table)
+    x_manual = sequence
+    for block in decoder.blocks:
+        x_manual = block(x_manual)
+    manual = decoder.head(decoder.final_norm(x_manual))[:, TINY.num_image_tokens:]
+    np.testing.assert_allclose(ops.convert_to_numpy(manual), ops.convert_to_numpy(expected), atol=1e-4)
+
+
+def test_projector_is_the_exercise_mlp(model):
+    features = np.random.default_rng(0).normal(size=(2, TINY.num_image_tokens, TINY.vision_dim)).astype(np.float32)
+    projector = model.projector
+    expected = mllm.project_tokens(features, projector.hidden.kernel, projector.hidden.bias,
+                                   projector.output_layer.kernel, projector.output_layer.bias)
+    np.testing.assert_allclose(ops.convert_to_numpy(projector(features)), ops.convert_to_numpy(expected), atol=1e-5)
+
+
+def test_image_changes_the_prediction(model, cross_model, data):
+    x, _ = _batch(data)
+    for m in (model, cross_model):
+        swapped = dict(x, images=x["images"][::-1])
+        assert not np.allclose(ops.convert_to_numpy(m(x)), ops.convert_to_numpy(m(swapped)), atol=1e-4)
+
+
+def test_input_errors(model, data):
+    x, _ = _batch(data)
+    with pytest.raises(ValueError, match="same batch size, got 12 images and 3 token rows"):
+        model({"images": x["images"], "token_ids": x["token_ids"][:3]})
+    with pytest.raises(ValueError, match=r"images must have shape \(batch, 16, 16, 3\)"):
+        model({"images": np.zeros((2, 32, 32, 3), np.uint8), "token_ids": x["token_ids"][:2]})
+    with pytest.raises(ValueError, match="expected a dict"):
+        model(x["images"])
+    with pytest.raises(ValueError, match="exceed max_text_length"):
+        model({"images": x["images"][:1], "token_ids": np.ones((1, 30), np.int32)})
+
+
+@pytest.mark.parametrize("architecture", mllm.ARCHITECTURES)
+def test_keras_round_trip(architecture, data, tmp_path):
+    keras.utils.set_random_seed(5)
+    config = dataclasses.replace(TINY, architecture=architecture)
+    original = mllm.build_model(config, TOKENIZER)
+    x, _ = _batch(data)
+    path = tmp_path / f"{architecture}.keras"
+    original.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(original) and loaded.config == config
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(original(x)), atol=1e-5)
+    for cls in (mllm.LLaVAModel, mllm.CrossAttentionMLLM, mllm.ImageTokenProjector, mllm.GatedCrossAttention):
+        assert keras.saving.get_registered_name(cls) == f"mmlm_course>{cls.__name__}"
+
+
+# --------------------------------------------------------------------------- two-stage training
+
+
+def _weights(layer):
+    return [np.array(ops.convert_to_numpy(w)) for w in layer.weights]
+
+
+def _changed(before, after):
+    return any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("architecture", mllm.ARCHITECTURES)
+def test_stages_train_the_right_parts(architecture, data):
+    keras.utils.set_random_seed(6)
+    model = mllm.build_model(dataclasses.replace(TINY, architecture=architecture), TOKENIZER)
+    x, y = _batch(data)
+    parts = {"image_encoder": model.image_encoder, "projector": model.projector,
+             "language_model": model.language_model}
+    count = mllm.compile_for_stage(model, 1, 1e-2)
+    connector = sum(int(np.prod(w.shape)) for w in model.projector.weights)
+    if architecture == "cross_attention":
+        connector += sum(int(np.prod(w.shape)) for layer in model.cross_attention for w in layer.weights)
+    assert count == connector == mllm.trainable_parameter_count(model)
+    before = {name: _weights(part) for name, part in parts.items()}
+    for _ in range(2):  # two steps: a closed cross-attention gate passes no gradient to the projector at first
+        loss = model.train_on_batch(x, y)
+    assert math.isfinite(float(loss))
+    changed = {name: _changed(before[name], _weights(part)) for name, part in parts.items()}
+    assert changed == {"image_encoder": False, "projector": True, "language_model": False}
+    assert mllm.compile_for_stage(model, 2, 1e-2, total_steps=10) == model.count_params()
+    before = {name: _weights(part) for name, part in parts.items()}
+    for _ in range(2):  # the warmup's learning rate is 0 at step 0
+        model.train_on_batch(x, y)
+    assert all(_changed(before[name], _weights(part)) for name, part in parts.items())
+    with pytest.raises(ValueError, match="stage must be 1"):
+        mllm.compile_for_stage(model, 3, 1e-3)
+
+
+def test_train_steps_runs_exactly_the_steps(data):
+    keras.utils.set_random_seed(8)
+    model = mllm.build_model(TINY, TOKENIZER)
+    x, y = _batch(data)                                                         # 12 rows
+    mllm.compile_for_stage(model, 2, 1e-2, total_steps=7)
+    log = mllm.train_steps(model, x, y, steps=7, batch_size=5, log_every=3)
+    assert log["steps"] == [3, 6, 7] and len(log["loss"]) == 3
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 7
+    assert all(math.isfinite(v) for v in log["loss"]) and log["rows_per_second"] > 0
+    with pytest.raises(ValueError, match="same number of rows"):
+        mllm.train_steps(model, x, y[:3], steps=1)
+    with pytest.raises(ValueError, match="larger than the 12 training rows"):
+        mllm.train_steps(model, x, y, steps=1, batch_size=13)
+
+
+def test_language_model_weights_move_between_architectures(model, data):
+    keras.utils.set_random_seed(9)
+    cross = mllm.build_model(dataclasses.replace(TINY, architecture="cross_attention"), TOKENIZER)
+    source = model.language_model
+    mllm.load_language_model_weights(cross, source.get_weights(), offset=TINY.num_image_tokens)
+    table_variable = cross.language_model.position_embedding.embeddings
+    for target, original in zip(cross.language_model.weights, source.weights):
+        if target is not table_variable:
+            np.testing.assert_array_equal(ops.convert_to_numpy(target), ops.convert_to_numpy(original))
+    table = ops.convert_to_numpy(table_variable)
+    np.testing.assert_array_equal(table, ops.convert_to_numpy(source.position_embedding.embeddings)[
+        TINY.num_image_tokens:TINY.num_image_tokens + TINY.max_text_length])
+    with pytest.raises(ValueError, match="weight arrays"):
+        mllm.load_language_model_weights(cross, source.get_weights()[:-1])
+
+
+def test_loss_counts_answer_tokens_only(model, data):
+    x, y = _batch(data)
+    logits = model(x)
+    loss = float(model.compute_loss(x, y, logits))
+    log_probs = ops.convert_to_numpy(ops.log_softmax(logits, axis=-1))
+    real = y != 0
+    expected = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0][real].mean()
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_pretraining_puts_text_behind_a_blank_image(data):
+    keras.utils.set_random_seed(7)
+    model = mllm.build_model(TINY, TOKENIZER)
+    texts = mllm.instruction_texts(data)
+    assert texts[1] == f"<question> {data.questions[0]} <answer> {data.answers[0]}"
+    encoder_before = _weights(model.image_encoder)
+    history = mllm.pretrain_language_model(model, texts, TOKENIZER, epochs=2, batch_size=4)
+    assert len(history.history["loss"]) == 2 and math.isfinite(history.history["loss"][-1])
+    assert not _changed(encoder_before, _weights(model.image_encoder))
+
+
+# --------------------------------------------------------------------------- generation, evaluation, attention
+
+
+def _greedy_by_full_forward(m, images, prompt: str, steps: int) -> str:
+    ids = mllm.prompt_ids(prompt, TOKENIZER)
+    for _ in range(steps):
+        logits = m({"images": images[None], "token_ids": np.array([ids], np.int32)})
+        token = int(np.argmax(ops.convert_to_numpy(logits)[0, -1]))
+        ids.append(token)
+        if token == TOKENIZER.eos_id or len(ids) == TINY.max_text_length:
+            break
+    return TOKENIZER.decode(ids[len(mllm.prompt_ids(prompt, TOKENIZER)):])
+
+
+def test_generate_texts_matches_greedy_full_forward(model, cross_model, data):
+    prompts = ["", data.questions[0], "", data.questions[3]]
+    images = data.images[:4]
+    for m in (model, cross_model):
+        texts = mllm.generate_texts(m, TOKENIZER, images, prompts, max_new_tokens=6, batch_size=3)
+        assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+        expected = [_greedy_by_full_forward(m, image, prompt, 6) for image, prompt in zip(images, prompts)]
+        assert texts == expected
+
+
+def test_generate_texts_errors(model, data):
+    with pytest.raises(ValueError, match="same batch size.*3 images and 2 prompts"):
+        mllm.generate_texts(model, TOKENIZER, data.images[:3], ["", ""])
+    with pytest.raises(ValueError, match="built for 16x16 images, got 64x64"):
+        mllm.generate_texts(model, TOKENIZER, np.zeros((1, 64, 64, 3), np.uint8), [""])
+    with pytest.raises(ValueError, match="float image must hold values in \\[0, 1\\]"):
+        mllm.generate_texts(model, TOKENIZER, np.full((1, 16, 16, 3), 200.0, np.float32), [""])
+    with pytest.raises(TypeError, match="list of strings"):
+        mllm.generate_texts(model, TOKENIZER, data.images[:1], "")
+
+
+def test_evaluate_reports_the_figures(model, data):
+    result = mllm.evaluate(model, TOKENIZER, data, batch_size=4)
+    for key in ("caption_truth", "caption_parses", "qa_exact_match"):
+        assert 0.0 <= result[key] <= 1.0
+    assert set(result["qa_by_type"]) == set(data.question_types)
+    assert len(result["captions"]) == len(result["answers"]) == len(data)
+    truth = np.mean([shapeworld.caption_is_true(c, s) for c, s in zip(result["captions"], data.scenes)])
+    assert result["caption_truth"] == pytest.approx(truth)
+
+
+def test_image_attention_shapes_and_consistency(model, cross_model, data):
+    x, _ = _batch(data)
+    ids = x["token_ids"][:3, :8]
+    maps = mllm.image_attention(model, x["images"][:3], ids)
+    assert maps.shape == (3, TINY.num_layers, TINY.num_heads, 8, TINY.num_image_tokens) and maps.dtype == np.float32
+    assert np.all(maps >= 0) and np.all(maps.sum(-1) <= 1 + 1e-5)
+    # the reconstruction reproduces the first block's attention output
+    decoder, prefix = model.language_model, model.image_tokens(x["images"][:3])
+    sequence = ops.concatenate([prefix, decoder.embed(ids)], axis=1)
+    sequence = sequence + decoder.position_embedding(ops.arange(sequence.shape[1]))[None]
+    weights = mllm._self_attention_weights(model, x["images"][:3], ids)[0]          # (B, H, S, S)
+    block = decoder.blocks[0]
+    _, _, v = np.split(ops.convert_to_numpy(block.attention.qkv(block.norm1(sequence))), 3, axis=-1)
+    v = v.reshape(3, sequence.shape[1], TINY.num_heads, -1).transpose(0, 2, 1, 3)
+    merged = (weights @ v).transpose(0, 2, 1, 3).reshape(3, sequence.shape[1], TINY.dim)
+    np.testing.assert_allclose(ops.convert_to_numpy(block.attention.out(merged)),
+                               ops.convert_to_numpy(block.attention(block.norm1(sequence))), atol=1e-5)
+    cross = mllm.image_attention(cross_model, x["images"][:3], ids)
+    assert cross.shape == maps.shape
+    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
+
+
+def test_module_has_no_tensorflow():
+    import inspect
+
+    assert "tensorflow" not in inspect.getsource(mllm) and "tf." not in inspect.getsource(mllm)
+
+
+def test_grid_coordinates_make_column_and_row_linearly_readable():
+    table = np.asarray(mllm.GridCoordinates(4, seed=3)((16, 32)))                 # (16 cells, 32)
+    xy = mllm.grid_coordinate_features(4)[:, :2]                                  # (16, 2): column, row
+    readout, *_ = np.linalg.lstsq(table, xy, rcond=None)
+    np.testing.assert_allclose(table @ readout, xy, atol=1e-4)
+    assert xy[1, 0] > xy[0, 0] and xy[4, 1] > xy[0, 1]                            # reading order
+    with pytest.raises(ValueError, match=r"makes a \(16, D\) table"):
+        mllm.GridCoordinates(4)((9, 32))
