@@ -123,6 +123,19 @@ def test_cross_attention_matches_numpy_and_masks_padding():
     assert np.all(weights[0, :, 3:] == 0)
 
 
+def test_object_pairs_holds_every_ordered_pair():
+    objects = _normal(2, 3, 4)
+    pairs = _np(fusion.object_pairs(objects))
+    assert pairs.shape == (2, 3, 3, 8)
+    for i in range(3):
+        for j in range(3):
+            np.testing.assert_allclose(pairs[:, i, j], np.concatenate([objects[:, i], objects[:, j]], -1))
+    with pytest.raises(ValueError, match=r"objects: expected shape \(batch, K, D\)"):
+        fusion.object_pairs(_normal(2, 3))
+    with pytest.raises(TypeError, match="expected a floating-point array"):
+        fusion.object_pairs(np.ones((2, 3, 4), np.int32))
+
+
 def test_cross_attention_validates_inputs():
     with pytest.raises(ValueError, match="mismatched batch sizes: queries has 2 examples but context has 3"):
         fusion.cross_attention(_normal(2, 3, 4), _normal(3, 5, 4))
@@ -180,6 +193,73 @@ def test_film_layer_starts_as_a_residual_and_validates_channels():
         fusion.FiLM(4)(_normal(2, 3, 5), _normal(2, 6))
     with pytest.raises(ValueError, match="channels must be a positive int"):
         fusion.FiLM(0)
+
+
+def _relation_inputs(batch=3, k=4, length=6):
+    mask = np.arange(length)[None, :] < np.array([6, 2, 5])[:batch, None]
+    objectness = np.ones((batch, k, 1), np.float32)
+    objectness[:, -1] = 0.0  # the last slot is empty
+    return (_normal(batch, k, 14), _normal(batch, length, 8, seed=1), _normal(batch, 5, seed=2), mask, objectness)
+
+
+def test_relation_fusion_shapes_grounding_and_empty_slots():
+    objects, tokens, question, mask, objectness = _relation_inputs()
+    layer = fusion.RelationFusion(units=12, key_dim=4)
+    fused, grounding = layer(objects, tokens, question, mask, objectness, return_grounding=True)
+    assert tuple(fused.shape) == (3, 24) and tuple(grounding.shape) == (3, 4, 6)
+    assert np.all(_np(grounding)[1, :, 2:] == 0)  # padded words describe no object
+    assert layer.count_params() == (14 + 1) * 4 + (8 + 1) * 4 + (2 * (14 + 6) + 5 + 1) * 12 + (12 + 1) * 12
+    changed = objects.copy()
+    changed[:, -1] = 100.0  # what an empty slot holds does not matter
+    np.testing.assert_allclose(_np(layer(changed, tokens, question, mask, objectness)), _np(fused), rtol=1e-5,
+                               atol=1e-5)
+    assert tuple(layer(objects, tokens, question).shape) == (3, 24)  # no mask, every slot an object
+
+
+def test_relation_fusion_validates_inputs():
+    objects, tokens, question, mask, objectness = _relation_inputs()
+    layer = fusion.RelationFusion(units=8, key_dim=4)
+    with pytest.raises(ValueError, match=r"mismatched batch sizes: objects \(image side\) has 3 examples but "
+                                         r"question_tokens \(text side\) has 2"):
+        layer(objects, tokens[:2], question)
+    with pytest.raises(ValueError, match=r"objectness: expected one value per object slot, shape \(batch, 4, 1\)"):
+        layer(objects, tokens, question, mask, objectness[:, :3])
+    with pytest.raises(TypeError, match="question_mask: expected a boolean mask"):
+        layer(objects, tokens, question, mask.astype(np.int32))
+    with pytest.raises(ValueError, match=r"question: expected shape \(batch, D_q\)"):
+        layer(objects, tokens, tokens)
+    with pytest.raises(ValueError, match="units must be a positive int"):
+        fusion.RelationFusion(units=0)
+    with pytest.raises(ValueError, match="with a known length T"):
+        fusion.RelationFusion()(keras.Input((4, 14)), keras.Input((None, 8)), keras.Input((5,)))
+
+
+def test_centred_positions_rescales_only_the_centre():
+    objects = _rng().uniform(size=(2, 4, 14)).astype(np.float32)
+    centred = _np(fusion.CentredPositions()(objects))
+    x = fusion.OBJECT_FEATURES.index("x")
+    np.testing.assert_allclose(centred[..., x:x + 2], 5.0 * (objects[..., x:x + 2] - 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(centred, [x, x + 1], -1), np.delete(objects, [x, x + 1], -1))
+    with pytest.raises(ValueError, match=r"objects: expected object tokens \(batch, K, 14\)"):
+        fusion.CentredPositions()(_normal(2, 4, 8))
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        fusion.CentredPositions(scale=0)
+
+
+def test_relation_layers_round_trip_through_keras_files(tmp_path):
+    objects = keras.Input((4, 14), name="objects")
+    tokens = keras.Input((6, 8), name="tokens")
+    mask = keras.Input((6,), dtype="bool", name="mask")
+    question = keras.layers.GlobalAveragePooling1D()(tokens)
+    centred = fusion.CentredPositions(scale=4.0, name="centred")(objects)
+    fused = fusion.RelationFusion(units=8, key_dim=4, name="relation")(centred, tokens, question, mask,
+                                                                       fusion.Objectness()(objects))
+    model = keras.Model({"objects": objects, "tokens": tokens, "mask": mask}, keras.layers.Dense(3)(fused))
+    inputs = {"objects": _rng().uniform(size=(3, 4, 14)).astype(np.float32), "tokens": _normal(3, 6, 8, seed=1),
+              "mask": _relation_inputs()[3]}
+    loaded = _round_trip(model, inputs, tmp_path)
+    assert loaded.get_layer("centred").scale == 4.0
+    assert (loaded.get_layer("relation").units, loaded.get_layer("relation").key_dim) == (8, 4)
 
 
 # --------------------------------------------------------------------------- object encoder
@@ -271,6 +351,23 @@ def test_qa_model_round_trips_and_trains(qa_data, tmp_path):
     _round_trip(model, fusion.inputs_for(model, qa_data), tmp_path)
     predicted = fusion.predict_answers(model, qa_data, batch_size=10)
     assert predicted.shape == (24,)
+
+
+def test_only_the_relation_model_tells_subject_from_reference(qa_data):
+    from mmlm_course.preprocessing import Tokenizer
+
+    ids, _ = Tokenizer.for_shapeworld().encode_batch(
+        ["is the red circle to the left of the blue square?", "is the blue square to the left of the red circle?"],
+        max_length=fusion.QUESTION_LENGTH)
+    objects = np.repeat(qa_data["objects"][:1], 2, axis=0)
+    logits = {}
+    for method in ("concat", "relation"):
+        keras.utils.set_random_seed(0)
+        model = fusion.build_qa_model(method, width=16)
+        logits[method] = _np(model({"objects": objects, "question": ids}))
+    # A mean over (word + position) embeddings is a bag of words: both questions look the same.
+    np.testing.assert_allclose(logits["concat"][0], logits["concat"][1], rtol=1e-5, atol=1e-6)
+    assert np.abs(logits["relation"][0] - logits["relation"][1]).max() > 1e-4
 
 
 def test_inputs_for_and_unknown_method(qa_data):

@@ -171,3 +171,46 @@ def _check_cross_attention(c: Checker) -> None:
                        hint="divide the scores by sqrt(d), the square root of the feature size, before the softmax",
                        atol=1e-4)
         c.expect_close("output", output, expected_output, hint="output = weights @ context", atol=1e-4)
+
+
+# --------------------------------------------------------------------------- 04.object_pairs
+
+
+def _pairs_mistake(order: str):
+    def object_pairs(objects):
+        k = objects.shape[1]
+        first = np.repeat(objects[:, :, None, :], k, axis=2)  # (B, K, K, D): o_i
+        second = np.repeat(objects[:, None, :, :], k, axis=1)  # (B, K, K, D): o_j
+        if order == "swapped":
+            return np.concatenate([second, first], axis=-1)
+        if order == "self":
+            return np.concatenate([first, first], axis=-1)
+        upper = np.triu_indices(k, 1)  # unordered pairs i < j only
+        return np.concatenate([first, second], axis=-1)[:, upper[0], upper[1]]
+    return object_pairs
+
+
+@exercise(
+    "04.object_pairs",
+    reference=lambda objects: _numpy(fusion.object_pairs(objects)),
+    mistakes={
+        "puts object j first": _pairs_mistake("swapped"),
+        "pairs every object with itself": _pairs_mistake("self"),
+        "keeps each unordered pair once (i < j)": _pairs_mistake("unordered"),
+    },
+)
+def _check_object_pairs(c: Checker) -> None:
+    cases = [(2, 4, 3), (3, 3, 5), (1, 1, 2)]  # (batch, K, D); K = 1 has a single pair, (0, 0)
+    for seed, (batch, k, d) in enumerate(cases):
+        objects = _tokens(seed + 30, batch, k, d)
+        got = c.call(objects)
+        c.expect_array(f"pairs (batch {batch}, K {k}, D {d})", got, (batch, k, k, 2 * d),
+                       hint="one entry per ordered pair (i, j), both orders and i == j included: "
+                            "(batch, K, K, 2 D)")
+        got = np.asarray(got)
+        c.expect_close(f"pairs[:, i, j, :D] (K {k})", got[..., :d], np.repeat(objects[:, :, None, :], k, axis=2),
+                       hint="the first half of entry (i, j) is object i: repeat the objects along a new axis 2",
+                       atol=1e-6)
+        c.expect_close(f"pairs[:, i, j, D:] (K {k})", got[..., d:], np.repeat(objects[:, None, :, :], k, axis=1),
+                       hint="the second half of entry (i, j) is object j: repeat the objects along a new axis 1",
+                       atol=1e-6)

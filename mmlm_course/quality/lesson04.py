@@ -1,9 +1,11 @@
 """Quality task of lesson 04: ShapeWorld question answering with the best fusion.
 
-Trains the shared object encoder, then the cross-attention fusion model longer and on
-more data than the notebook can, and reports test accuracy overall and per question type
-next to the question-only and image-only baselines trained with the same budget.
-Target: 0.97 test accuracy within 5 minutes on a 2-core CPU.
+Trains the shared object encoder, then the best fusion of the lesson, the relation network
+(``method="relation"``, `fusion.RelationFusion`), longer and on more data than the notebook
+can, and reports test accuracy overall and per question type next to the question-only and
+image-only baselines trained with the same budget. With this budget ``cross_attention``
+reaches 0.917 and stays at chance (0.50) on relation questions; the relation network
+answers them too. Target: 0.97 test accuracy within 5 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import numpy as np
 TARGET = 0.97
 
 
-def fusion_qa(train_size: int = 16_000, test_size: int = 3_000, encoder_epochs: int = 3, epochs: int = 10,
-              batch_size: int = 64, learning_rate: float = 2e-3, method: str = "cross_attention",
+def fusion_qa(train_size: int = 32_000, test_size: int = 3_000, encoder_epochs: int = 3, epochs: int = 12,
+              batch_size: int = 64, learning_rate: float = 2e-3, method: str = "relation",
               text_encoder: str = "embedding", seed: int = 0, verbose: int = 0) -> dict:
     """Train and evaluate; return a flat dict of measured figures."""
     import mmlm_course
