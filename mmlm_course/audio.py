@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from mmlm_course.shapeworld import SOUND_SAMPLE_RATE
+from mmlm_course.validation import positive_int
 
 COURSE_SAMPLE_RATE = SOUND_SAMPLE_RATE  # 16 kHz, the rate every lesson works at
 FRAME_LENGTH = 400  # 25 ms at 16 kHz
@@ -77,12 +78,6 @@ def validate_waveform(signal, name: str = "signal", max_ndim: int = 1, min_lengt
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name}: contains NaN or inf values; a waveform must be finite.")
     return array.astype(np.float32, copy=False)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _sample_rate(value, name: str = "sample_rate") -> int:
@@ -237,7 +232,7 @@ def lowpass_fir(cutoff_hz: float, sample_rate: float, num_taps: int = 101) -> np
     if not isinstance(cutoff_hz, (int, float, np.integer, np.floating)) or not 0 < cutoff_hz < nyquist:
         raise ValueError(f"cutoff_hz must lie strictly between 0 and the Nyquist frequency "
                          f"sample_rate / 2 = {nyquist:g} Hz, got {cutoff_hz!r}.")
-    num_taps = _positive_int(num_taps, "num_taps")
+    num_taps = positive_int(num_taps, "num_taps")
     if num_taps % 2 == 0:
         raise ValueError(f"num_taps must be odd (a centre tap keeps the delay a whole number of "
                          f"samples), got {num_taps}; use {num_taps + 1}.")
@@ -271,7 +266,7 @@ def frequency_response(taps, sample_rate: float, num_points: int = 2048) -> tupl
     h = np.asarray(taps, np.float64)
     if h.ndim != 1 or h.size == 0:
         raise ValueError(f"taps: expected shape (num_taps,), got {h.shape}.")
-    num_points = _positive_int(num_points, "num_points")
+    num_points = positive_int(num_points, "num_points")
     if num_points < h.size:
         raise ValueError(f"num_points must be at least the number of taps ({h.size}), got {num_points}.")
     gain = np.abs(np.fft.rfft(h, n=num_points))
@@ -287,7 +282,7 @@ def decimate(signal, factor: int, antialias: bool = True, num_taps: int = 101) -
     folded to lower frequencies that were never in the sound.
     """
     x = validate_waveform(signal, "signal")
-    factor = _positive_int(factor, "factor")
+    factor = positive_int(factor, "factor")
     if factor == 1:
         return x.copy()
     if antialias:
@@ -307,7 +302,7 @@ def resample(signal, orig_rate: int, target_rate: int, num_zeros: int = 16, roll
     """
     x = validate_waveform(signal, "signal", min_length=0)
     orig_rate, target_rate = _sample_rate(orig_rate, "orig_rate"), _sample_rate(target_rate, "target_rate")
-    num_zeros = _positive_int(num_zeros, "num_zeros")
+    num_zeros = positive_int(num_zeros, "num_zeros")
     if not 0.0 < rolloff <= 1.0:
         raise ValueError(f"rolloff must lie in (0, 1], got {rolloff!r}.")
     if orig_rate == target_rate or x.size == 0:
@@ -351,8 +346,8 @@ def frame_signal(signal, frame_length: int = FRAME_LENGTH, hop_length: int = HOP
     dropped and the signal must hold at least one frame; with it the end is padded with
     zeros so every sample lands in a frame.
     """
-    frame_length = _positive_int(frame_length, "frame_length")
-    hop_length = _positive_int(hop_length, "hop_length")
+    frame_length = positive_int(frame_length, "frame_length")
+    hop_length = positive_int(hop_length, "hop_length")
     x = validate_waveform(signal, "signal", max_ndim=8, min_length=0)
     n = x.shape[-1]
     if not pad_end and n < frame_length:
@@ -374,7 +369,7 @@ def hann_window(frame_length: int, periodic: bool = True) -> np.ndarray:
     D = frame_length - 1. Like TensorFlow, an odd-length "periodic" window is the
     symmetric one, and a window of length 1 is [1.0].
     """
-    frame_length = _positive_int(frame_length, "frame_length")
+    frame_length = positive_int(frame_length, "frame_length")
     if frame_length == 1:
         return np.ones(1, np.float32)
     denominator = frame_length if (periodic and frame_length % 2 == 0) else frame_length - 1
@@ -383,7 +378,7 @@ def hann_window(frame_length: int, periodic: bool = True) -> np.ndarray:
 
 
 def _check_fft_length(fft_length, frame_length: int) -> int:
-    fft_length = _positive_int(fft_length, "fft_length")
+    fft_length = positive_int(fft_length, "fft_length")
     if fft_length < frame_length:
         raise ValueError(f"fft_length must be at least frame_length={frame_length} (the frame is "
                          f"zero-padded up to it), got {fft_length}; use {1 << (frame_length - 1).bit_length()}.")
@@ -398,7 +393,7 @@ def stft(signal, frame_length: int = FRAME_LENGTH, hop_length: int = HOP_LENGTH,
     multiplied by a periodic Hann window, zero-padded to ``fft_length`` and transformed
     with a real FFT. Bin ``k`` is the frequency ``k * sample_rate / fft_length``.
     """
-    frame_length = _positive_int(frame_length, "frame_length")
+    frame_length = positive_int(frame_length, "frame_length")
     fft_length = _check_fft_length(fft_length, frame_length)
     frames = frame_signal(signal, frame_length, hop_length, pad_end)
     windowed = frames.astype(np.float64) * hann_window(frame_length).astype(np.float64)
@@ -419,7 +414,7 @@ def power_spectrogram(signal, frame_length: int = FRAME_LENGTH, hop_length: int 
 
 def fft_frequencies(fft_length: int = FFT_LENGTH, sample_rate: int = COURSE_SAMPLE_RATE) -> np.ndarray:
     """The centre frequency in Hz of each STFT bin: float64 (fft_length // 2 + 1,)."""
-    return np.fft.rfftfreq(_positive_int(fft_length, "fft_length"), d=1.0 / _sample_rate(sample_rate))
+    return np.fft.rfftfreq(positive_int(fft_length, "fft_length"), d=1.0 / _sample_rate(sample_rate))
 
 
 # --------------------------------------------------------------------------- mel scale
@@ -458,8 +453,8 @@ def mel_filterbank(num_mel_bins: int = NUM_MEL_BINS, num_spectrogram_bins: int =
     the Nyquist frequency); filter ``j`` rises from edge j to 1 at edge j+1 and falls to 0
     at edge j+2, the slopes measured in mel. The 0 Hz (DC) row is all zeros.
     """
-    num_mel_bins = _positive_int(num_mel_bins, "num_mel_bins")
-    num_spectrogram_bins = _positive_int(num_spectrogram_bins, "num_spectrogram_bins")
+    num_mel_bins = positive_int(num_mel_bins, "num_mel_bins")
+    num_spectrogram_bins = positive_int(num_spectrogram_bins, "num_spectrogram_bins")
     if num_spectrogram_bins < 2:
         raise ValueError(f"num_spectrogram_bins must be at least 2 (fft_length // 2 + 1), got {num_spectrogram_bins}.")
     sample_rate = _sample_rate(sample_rate)
@@ -570,7 +565,7 @@ def pad_waveforms(waveforms: Sequence, length: int | None = None) -> tuple[np.nd
     if len(waveforms) == 0:
         raise ValueError("waveforms: expected at least one waveform, got an empty sequence.")
     arrays = [validate_waveform(w, f"waveforms[{i}]", min_length=0) for i, w in enumerate(waveforms)]
-    length = max(a.size for a in arrays) if length is None else _positive_int(length, "length")
+    length = max(a.size for a in arrays) if length is None else positive_int(length, "length")
     batch = np.zeros((len(arrays), length), np.float32)
     mask = np.zeros((len(arrays), length), bool)
     for i, a in enumerate(arrays):
@@ -642,7 +637,7 @@ def plot_spectrogram(spectrogram, sample_rate: int = COURSE_SAMPLE_RATE, hop_len
         raise ValueError(f"spectrogram: expected a real float array (frames, bins), got shape {spec.shape} "
                          f"and dtype {spec.dtype}.")
     sample_rate = _sample_rate(sample_rate)
-    hop_length = _positive_int(hop_length, "hop_length")
+    hop_length = positive_int(hop_length, "hop_length")
     ax = ax if ax is not None else plt.gca()
     seconds = spec.shape[0] * hop_length / sample_rate
     top = spec.shape[1] if mel else sample_rate / 2

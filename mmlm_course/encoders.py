@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 from keras import ops
+from mmlm_course.validation import dtype_name, positive_int, static_shape
 
 __all__ = [
     "scaled_dot_product_attention", "masked_mean", "patchify", "conv2d_param_count",
@@ -48,15 +49,6 @@ _register = keras.saving.register_keras_serializable(package="mmlm_course")
 # --------------------------------------------------------------------------- validation helpers
 
 
-def _shape(x) -> tuple:
-    """Static shape as a tuple (entries may be None for symbolic tensors)."""
-    return tuple(x.shape)
-
-
-def _dtype(x) -> str:
-    return keras.backend.standardize_dtype(x.dtype)
-
-
 def _as_tensor(x, name: str):
     if x is None:
         raise TypeError(f"{name}: expected a tensor or array, got None.")
@@ -71,21 +63,21 @@ def _as_tensor(x, name: str):
 
 
 def _require_float(x, name: str, fix: str = "") -> None:
-    dtype = _dtype(x)
+    dtype = dtype_name(x)
     if "float" not in dtype:
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {dtype}"
                         + (f"; {fix}" if fix else f"; convert it with keras.ops.cast({name}, 'float32')") + ".")
 
 
 def _require_bool_mask(mask, name: str) -> None:
-    dtype = _dtype(mask)
+    dtype = dtype_name(mask)
     if dtype != "bool":
         raise TypeError(f"{name}: expected a boolean mask (True = real position), got dtype {dtype}; convert it "
                         f"with keras.ops.cast({name}, 'bool') or ids != 0 (an additive 0/-inf mask is not accepted).")
 
 
 def _require_rank(x, ranks: Sequence[int], name: str, layout: str) -> tuple:
-    shape = _shape(x)
+    shape = static_shape(x)
     if len(shape) not in ranks:
         raise ValueError(f"{name}: expected shape {layout} (rank {' or '.join(map(str, ranks))}), "
                          f"got shape {shape} (rank {len(shape)}).")
@@ -94,12 +86,6 @@ def _require_rank(x, ranks: Sequence[int], name: str, layout: str) -> tuple:
 
 def _same_dim(a, b) -> bool:
     return a is None or b is None or a == b
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _rate(value, name: str = "dropout") -> float:
@@ -114,7 +100,7 @@ def _int_tuple(values, name: str) -> tuple[int, ...]:
     values = tuple(values)
     if not values:
         raise ValueError(f"{name} must name at least one layer, got an empty sequence.")
-    return tuple(_positive_int(v, f"{name}[{i}]") for i, v in enumerate(values))
+    return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(values))
 
 
 def _choice(value, options: Sequence, name: str):
@@ -138,9 +124,9 @@ def conv2d_param_count(kernel_size: int, in_channels: int, filters: int, use_bia
     plus one bias each: ``k*k*C_in*F + F``. The image size does not appear: a convolution
     shares its weights across positions.
     """
-    k = _positive_int(kernel_size, "kernel_size")
-    c = _positive_int(in_channels, "in_channels")
-    f = _positive_int(filters, "filters")
+    k = positive_int(kernel_size, "kernel_size")
+    c = positive_int(in_channels, "in_channels")
+    f = positive_int(filters, "filters")
     return k * k * c * f + (f if use_bias else 0)
 
 
@@ -173,8 +159,8 @@ def padding_mask(ids, pad_id: int = PAD_ID):
     """Boolean (batch, time) mask of real tokens: ``ids != pad_id``."""
     ids = _as_tensor(ids, "ids")
     _require_rank(ids, (2,), "ids", "(batch, time)")
-    if "int" not in _dtype(ids):
-        raise TypeError(f"ids: expected integer token ids, got dtype {_dtype(ids)}.")
+    if "int" not in dtype_name(ids):
+        raise TypeError(f"ids: expected integer token ids, got dtype {dtype_name(ids)}.")
     return ops.not_equal(ids, pad_id)
 
 
@@ -183,8 +169,8 @@ def causal_mask(q_len: int, k_len: int | None = None):
 
     With ``k_len > q_len`` the queries are the last ``q_len`` positions (as with a cache).
     """
-    q_len = _positive_int(q_len, "q_len")
-    k_len = q_len if k_len is None else _positive_int(k_len, "k_len")
+    q_len = positive_int(q_len, "q_len")
+    k_len = q_len if k_len is None else positive_int(k_len, "k_len")
     if k_len < q_len:
         raise ValueError(f"causal_mask: k_len ({k_len}) must be >= q_len ({q_len}).")
     rows = ops.expand_dims(ops.arange(q_len) + (k_len - q_len), 1)
@@ -196,7 +182,7 @@ def _attention_mask_for(mask, scores_shape: tuple):
     """Bring a mask to the rank of the scores; validate it. See scaled_dot_product_attention."""
     mask = _as_tensor(mask, "mask")
     _require_bool_mask(mask, "mask")
-    rank, mask_shape = len(scores_shape), _shape(mask)
+    rank, mask_shape = len(scores_shape), static_shape(mask)
     if len(mask_shape) == 2:  # key padding mask (batch, k_len)
         if not (_same_dim(mask_shape[0], scores_shape[0]) and _same_dim(mask_shape[1], scores_shape[-1])):
             raise ValueError(f"mask: a rank-2 mask is a key padding mask of shape (batch, k_len) = "
@@ -208,7 +194,7 @@ def _attention_mask_for(mask, scores_shape: tuple):
     elif len(mask_shape) != rank:
         raise ValueError(f"mask: expected rank 2 (batch, k_len) or rank {rank} broadcastable to the scores "
                          f"{scores_shape}, got shape {mask_shape}.")
-    for axis, (m, s) in enumerate(zip(_shape(mask), scores_shape)):
+    for axis, (m, s) in enumerate(zip(static_shape(mask), scores_shape)):
         if m is not None and s is not None and m not in (1, s):
             raise ValueError(f"mask: shape {mask_shape} does not broadcast to the attention scores "
                              f"(batch, [heads,] q_len, k_len) = {scores_shape} (axis {axis}: {m} vs {s}).")
@@ -243,9 +229,9 @@ def scaled_dot_product_attention(query, key, value, mask=None):
                          f"and {v_shape}.")
     for t, n in ((query, "query"), (key, "key"), (value, "value")):
         _require_float(t, n)
-    if not _dtype(query) == _dtype(key) == _dtype(value):
-        raise TypeError(f"query, key and value must share one dtype, got {_dtype(query)}, {_dtype(key)} "
-                        f"and {_dtype(value)}.")
+    if not dtype_name(query) == dtype_name(key) == dtype_name(value):
+        raise TypeError(f"query, key and value must share one dtype, got {dtype_name(query)}, {dtype_name(key)} "
+                        f"and {dtype_name(value)}.")
     for axis in range(len(q_shape) - 2):
         if not (_same_dim(q_shape[axis], k_shape[axis]) and _same_dim(k_shape[axis], v_shape[axis])):
             what = "batch size" if axis == 0 else "number of heads"
@@ -264,7 +250,7 @@ def scaled_dot_product_attention(query, key, value, mask=None):
     if mask is not None:
         scores_shape = q_shape[:-1] + (k_shape[-2],)
         mask = _attention_mask_for(mask, scores_shape)
-        scores = ops.where(mask, scores, ops.cast(_large_negative(_dtype(scores)), scores.dtype))
+        scores = ops.where(mask, scores, ops.cast(_large_negative(dtype_name(scores)), scores.dtype))
     weights = ops.softmax(scores, axis=-1)
     if mask is not None:
         weights = ops.where(mask, weights, ops.zeros_like(weights))
@@ -282,7 +268,7 @@ def patchify(images, patch_size: int):
     """
     images = _as_tensor(images, "images")
     shape = _require_rank(images, (4,), "images", "(batch, H, W, C)")
-    p = _positive_int(patch_size, "patch_size")
+    p = positive_int(patch_size, "patch_size")
     _, height, width, channels = shape
     if height is None or width is None or channels is None:
         raise ValueError(f"patchify needs a known image size, got shape {shape}; give the Input a full shape "
@@ -329,8 +315,8 @@ class PositionEmbedding(keras.layers.Layer):
 
     def __init__(self, max_length: int, embed_dim: int, initializer="random_normal", **kwargs):
         super().__init__(**kwargs)
-        self.max_length = _positive_int(max_length, "max_length")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
+        self.max_length = positive_int(max_length, "max_length")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
         self.initializer = keras.initializers.get(initializer)
         self.supports_masking = True
 
@@ -387,10 +373,10 @@ class ScratchMultiHeadAttention(keras.layers.Layer):
                  dropout: float = 0.0, use_bias: bool = True, use_causal_mask: bool = False,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = _positive_int(num_heads, "num_heads")
-        self.key_dim = _positive_int(key_dim, "key_dim")
-        self.value_dim = self.key_dim if value_dim is None else _positive_int(value_dim, "value_dim")
-        self.output_dim = None if output_dim is None else _positive_int(output_dim, "output_dim")
+        self.num_heads = positive_int(num_heads, "num_heads")
+        self.key_dim = positive_int(key_dim, "key_dim")
+        self.value_dim = self.key_dim if value_dim is None else positive_int(value_dim, "value_dim")
+        self.output_dim = None if output_dim is None else positive_int(output_dim, "output_dim")
         self.dropout = _rate(dropout)
         self.use_bias = bool(use_bias)
         self.use_causal_mask = bool(use_causal_mask)
@@ -499,9 +485,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
     def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float = 0.0,
                  use_causal_mask: bool = False, layer_norm_epsilon: float = 1e-6, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
-        self.num_heads = _positive_int(num_heads, "num_heads")
-        self.mlp_dim = _positive_int(mlp_dim, "mlp_dim")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
+        self.num_heads = positive_int(num_heads, "num_heads")
+        self.mlp_dim = positive_int(mlp_dim, "mlp_dim")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads}) so "
                              "each head gets embed_dim // num_heads features.")
@@ -585,10 +571,10 @@ class ConvImageEncoder(keras.layers.Layer):
                  output: str = "vector", pooling: str = "avg", channels: int = 3, **kwargs):
         super().__init__(**kwargs)
         self.filters = _int_tuple(filters, "filters")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
-        self.kernel_size = _positive_int(kernel_size, "kernel_size")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
+        self.kernel_size = positive_int(kernel_size, "kernel_size")
         self.output_mode = _choice(output, ("vector", "tokens"), "output")
-        self.channels = _positive_int(channels, "channels")
+        self.channels = positive_int(channels, "channels")
         policy = self.dtype_policy
         self.convs = [keras.layers.Conv2D(f, self.kernel_size, padding="same", activation="relu", name=f"conv{i + 1}",
                                           dtype=policy) for i, f in enumerate(self.filters)]
@@ -646,7 +632,7 @@ def _pair(value, name: str) -> tuple[int, int]:
     value = tuple(value)
     if len(value) != 2:
         raise ValueError(f"{name} must be an int or (height, width), got {value!r}.")
-    return _positive_int(value[0], f"{name}[0]"), _positive_int(value[1], f"{name}[1]")
+    return positive_int(value[0], f"{name}[0]"), positive_int(value[1], f"{name}[1]")
 
 
 @_register
@@ -664,9 +650,9 @@ class PatchEmbedding(keras.layers.Layer):
                  use_class_token: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.image_size = _pair(image_size, "image_size")
-        self.patch_size = _positive_int(patch_size, "patch_size")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
-        self.channels = _positive_int(channels, "channels")
+        self.patch_size = positive_int(patch_size, "patch_size")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
+        self.channels = positive_int(channels, "channels")
         self.use_class_token = bool(use_class_token)
         height, width = self.image_size
         if height % self.patch_size or width % self.patch_size:
@@ -707,8 +693,8 @@ class PatchEmbedding(keras.layers.Layer):
 
 def _check_ids(ids, name: str = "ids", max_length: int | None = None):
     shape = _require_rank(ids, (2,), name, "(batch, time)")
-    if "int" not in _dtype(ids):
-        raise TypeError(f"{name}: expected integer token ids (batch, time), got dtype {_dtype(ids)}; "
+    if "int" not in dtype_name(ids):
+        raise TypeError(f"{name}: expected integer token ids (batch, time), got dtype {dtype_name(ids)}; "
                         "use Tokenizer.encode_batch, which returns int32 ids.")
     if max_length is not None and shape[1] is not None and shape[1] > max_length:
         raise ValueError(f"{name}: {shape[1]} tokens is longer than max_length={max_length}; truncate with "
@@ -739,8 +725,8 @@ class BagOfEmbeddings(keras.layers.Layer):
 
     def __init__(self, vocab_size: int, embed_dim: int = 64, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = _positive_int(vocab_size, "vocab_size")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
         self.embedding = keras.layers.Embedding(self.vocab_size, self.embed_dim, name="embedding",
                                                 dtype=self.dtype_policy)
 
@@ -774,9 +760,9 @@ class RecurrentTextEncoder(keras.layers.Layer):
     def __init__(self, vocab_size: int, embed_dim: int = 32, units: int = 64, cell: str = "gru",
                  bidirectional: bool = False, return_sequences: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = _positive_int(vocab_size, "vocab_size")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
-        self.units = _positive_int(units, "units")
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
+        self.units = positive_int(units, "units")
         self.cell = _choice(cell, ("gru", "lstm"), "cell")
         self.bidirectional = bool(bidirectional)
         self.return_sequences = bool(return_sequences)
@@ -823,12 +809,12 @@ class TransformerTextEncoder(keras.layers.Layer):
                  mlp_dim: int = 128, num_layers: int = 2, dropout: float = 0.0, pooling: str | None = "mean",
                  **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = _positive_int(vocab_size, "vocab_size")
-        self.max_length = _positive_int(max_length, "max_length")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
-        self.num_heads = _positive_int(num_heads, "num_heads")
-        self.mlp_dim = _positive_int(mlp_dim, "mlp_dim")
-        self.num_layers = _positive_int(num_layers, "num_layers")
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.max_length = positive_int(max_length, "max_length")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
+        self.num_heads = positive_int(num_heads, "num_heads")
+        self.mlp_dim = positive_int(mlp_dim, "mlp_dim")
+        self.num_layers = positive_int(num_layers, "num_layers")
         self.dropout = _rate(dropout)
         self.pooling = _choice(pooling, ("mean", None), "pooling")
         policy = self.dtype_policy
@@ -895,13 +881,13 @@ class AudioEncoder(keras.layers.Layer):
     def __init__(self, mel_bins: int, filters: Sequence[int] = (64, 64), strides: Sequence[int] = (2, 2),
                  kernel_size: int = 5, embed_dim: int = 64, output: str = "vector", **kwargs):
         super().__init__(**kwargs)
-        self.mel_bins = _positive_int(mel_bins, "mel_bins")
+        self.mel_bins = positive_int(mel_bins, "mel_bins")
         self.filters = _int_tuple(filters, "filters")
         self.strides = _int_tuple(strides, "strides")
         if len(self.strides) != len(self.filters):
             raise ValueError(f"strides must have one entry per conv layer ({len(self.filters)}), got {self.strides}.")
-        self.kernel_size = _positive_int(kernel_size, "kernel_size")
-        self.embed_dim = _positive_int(embed_dim, "embed_dim")
+        self.kernel_size = positive_int(kernel_size, "kernel_size")
+        self.embed_dim = positive_int(embed_dim, "embed_dim")
         self.output_mode = _choice(output, ("vector", "tokens"), "output")
         policy = self.dtype_policy
         self.convs = [keras.layers.Conv1D(f, self.kernel_size, strides=s, padding="causal", activation="relu",

@@ -42,6 +42,7 @@ import numpy as np
 from keras import ops
 
 from mmlm_course import encoders, shapeworld
+from mmlm_course.validation import dtype_name, positive_int
 
 __all__ = [
     "early_fusion", "concat_fusion", "product_fusion", "film", "late_fusion",
@@ -71,18 +72,14 @@ def _as_tensor(x, name: str):
     return x
 
 
-def _dtype(x) -> str:
-    return keras.backend.standardize_dtype(x.dtype)
-
-
 def _check(x, name: str, ranks: Sequence[int], layout: str, floating: bool = True) -> tuple:
     """Check rank (and float dtype); return the static shape."""
     shape = tuple(x.shape)
     if len(shape) not in ranks:
         raise ValueError(f"{name}: expected shape {layout} (rank {' or '.join(map(str, ranks))}), got shape "
                          f"{shape} (rank {len(shape)}).")
-    if floating and "float" not in _dtype(x):
-        raise TypeError(f"{name}: expected a floating-point array {layout}, got dtype {_dtype(x)}; convert it "
+    if floating and "float" not in dtype_name(x):
+        raise TypeError(f"{name}: expected a floating-point array {layout}, got dtype {dtype_name(x)}; convert it "
                         f"with keras.ops.cast({name}, 'float32') (pixels: divide uint8 by 255 first).")
     return shape
 
@@ -101,20 +98,14 @@ def _same_batch(first: tuple, second: tuple, first_name: str, second_name: str) 
 def _check_mask(mask, name: str, shape: tuple, of: str):
     """A boolean (batch, length) mask matching ``shape[:2]``."""
     mask = _as_tensor(mask, name)
-    if _dtype(mask) != "bool":
-        raise TypeError(f"{name}: expected a boolean mask (True = real token), got dtype {_dtype(mask)}; "
+    if dtype_name(mask) != "bool":
+        raise TypeError(f"{name}: expected a boolean mask (True = real token), got dtype {dtype_name(mask)}; "
                         f"use ids != 0 or mask.astype(bool).")
     m_shape = tuple(mask.shape)
     if len(m_shape) != 2 or not (_same(m_shape[0], shape[0]) and _same(m_shape[1], shape[1])):
         raise ValueError(f"{name}: expected shape (batch, length) = {shape[:2]} to match {of} {shape}, got "
                          f"{m_shape}.")
     return mask
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _choice(value, options: Sequence, name: str):
@@ -138,8 +129,8 @@ def early_fusion(image, text):
     i_shape = _check(image, "image", (3, 4), "(batch, H, W, C) or (batch, N, C)")
     t_shape = _check(text, "text", (2,), "(batch, D)")
     _same_batch(i_shape, t_shape, "image", "text")
-    if _dtype(image) != _dtype(text):
-        raise TypeError(f"image and text must share one float dtype, got {_dtype(image)} and {_dtype(text)}.")
+    if dtype_name(image) != dtype_name(text):
+        raise TypeError(f"image and text must share one float dtype, got {dtype_name(image)} and {dtype_name(text)}.")
     batch = ops.shape(image)[0]
     spatial = i_shape[1:-1]
     tiled = ops.reshape(text, (-1,) + (1,) * len(spatial) + (t_shape[-1],))  # (B, 1, [1,] D)
@@ -232,9 +223,9 @@ def _check_attention_inputs(queries, context, context_mask, names):
     if not _same(q_shape[-1], c_shape[-1]):
         raise ValueError(f"{names[0]} and {names[1]} must have the same feature size D to be compared, got "
                          f"{q_shape[-1]} and {c_shape[-1]}; project one of them with Dense({q_shape[-1]}).")
-    if _dtype(queries) != _dtype(context):
-        raise TypeError(f"{names[0]} and {names[1]} must share one float dtype, got {_dtype(queries)} and "
-                        f"{_dtype(context)}.")
+    if dtype_name(queries) != dtype_name(context):
+        raise TypeError(f"{names[0]} and {names[1]} must share one float dtype, got {dtype_name(queries)} and "
+                        f"{dtype_name(context)}.")
     if context_mask is not None:
         context_mask = _check_mask(context_mask, "context_mask", c_shape, names[1])
     return queries, context, context_mask
@@ -305,7 +296,7 @@ class ConcatFusion(keras.layers.Layer):
 
     def __init__(self, units: int = 128, **kwargs):
         super().__init__(**kwargs)
-        self.units = _positive_int(units, "units")
+        self.units = positive_int(units, "units")
         self.dense = keras.layers.Dense(self.units, activation="relu", name="dense")
 
     def build(self, image_tokens_shape, text_tokens_shape, text_mask_shape=None):
@@ -327,7 +318,7 @@ class ProductFusion(keras.layers.Layer):
 
     def __init__(self, units: int = 128, **kwargs):
         super().__init__(**kwargs)
-        self.units = _positive_int(units, "units")
+        self.units = positive_int(units, "units")
         self.image_projection = keras.layers.Dense(self.units, activation="tanh", name="image_projection")
         self.text_projection = keras.layers.Dense(self.units, activation="tanh", name="text_projection")
 
@@ -358,7 +349,7 @@ class FiLM(keras.layers.Layer):
 
     def __init__(self, channels: int, mode: str = "film", **kwargs):
         super().__init__(**kwargs)
-        self.channels = _positive_int(channels, "channels")
+        self.channels = positive_int(channels, "channels")
         self.mode = _choice(mode, ("film", "gate"), "mode")
         self.gamma = keras.layers.Dense(self.channels, name="gamma")
         if self.mode == "film":
@@ -430,9 +421,9 @@ class CrossAttentionFusion(keras.layers.Layer):
 
     def __init__(self, num_heads: int = 2, key_dim: int = 32, output_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = _positive_int(num_heads, "num_heads")
-        self.key_dim = _positive_int(key_dim, "key_dim")
-        self.output_dim = self.num_heads * self.key_dim if output_dim is None else _positive_int(output_dim,
+        self.num_heads = positive_int(num_heads, "num_heads")
+        self.key_dim = positive_int(key_dim, "key_dim")
+        self.output_dim = self.num_heads * self.key_dim if output_dim is None else positive_int(output_dim,
                                                                                                   "output_dim")
         width = self.num_heads * self.key_dim
         self.query_projection = keras.layers.Dense(width, name="query")
@@ -503,8 +494,8 @@ class RelationFusion(keras.layers.Layer):
 
     def __init__(self, units: int = 64, key_dim: int = 32, **kwargs):
         super().__init__(**kwargs)
-        self.units = _positive_int(units, "units")
-        self.key_dim = _positive_int(key_dim, "key_dim")
+        self.units = positive_int(units, "units")
+        self.key_dim = positive_int(key_dim, "key_dim")
         self.object_projection = keras.layers.Dense(self.key_dim, name="object_key")
         self.word_projection = keras.layers.Dense(self.key_dim, name="word_query")
         self.pair_hidden = keras.layers.Dense(self.units, activation="relu", name="g_hidden")
@@ -587,7 +578,7 @@ def object_grid_targets(scenes: Sequence[shapeworld.Scene], grid: int = GRID) ->
       neighbouring cells agree on where an object is; ``offset_weight`` float32 (N, G)
       marks those cells.
     """
-    grid = _positive_int(grid, "grid")
+    grid = positive_int(grid, "grid")
     if isinstance(scenes, shapeworld.ShapeWorldData):
         scenes = scenes.scenes
     n, cells = len(scenes), grid * grid
@@ -642,8 +633,8 @@ class ObjectTokens(keras.layers.Layer):
     def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, grid: int = GRID, nms_radius: float = NMS_RADIUS,
                  **kwargs):
         super().__init__(**kwargs)
-        self.num_objects = _positive_int(num_objects, "num_objects")
-        self.grid = _positive_int(grid, "grid")
+        self.num_objects = positive_int(num_objects, "num_objects")
+        self.grid = positive_int(grid, "grid")
         if self.num_objects > self.grid ** 2:
             raise ValueError(f"num_objects={num_objects} is more than the {self.grid ** 2} grid cells.")
         if not isinstance(nms_radius, (int, float)) or not 0.0 <= nms_radius < 1.0:
@@ -794,9 +785,9 @@ class QuestionEncoder(keras.layers.Layer):
     def __init__(self, vocab_size: int, max_length: int = QUESTION_LENGTH, width: int = 64, kind: str = "embedding",
                  **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = _positive_int(vocab_size, "vocab_size")
-        self.max_length = _positive_int(max_length, "max_length")
-        self.width = _positive_int(width, "width")
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.max_length = positive_int(max_length, "max_length")
+        self.width = positive_int(width, "width")
         self.kind = _choice(kind, ("embedding", "gru"), "kind")
         if self.kind == "embedding":
             self.embedding = keras.layers.Embedding(self.vocab_size, self.width, name="embedding")

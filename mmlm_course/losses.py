@@ -31,6 +31,7 @@ import math
 import keras
 import numpy as np
 from keras import ops
+from mmlm_course.validation import dtype_name, static_shape
 
 # --------------------------------------------------------------------------- validation helpers
 
@@ -50,20 +51,12 @@ def _tensor(x, name: str):
     return ops.convert_to_tensor(x)
 
 
-def _dtype(x) -> str:
-    return keras.backend.standardize_dtype(x.dtype)
-
-
 def _is_float(x) -> bool:
-    return _dtype(x).startswith(("float", "bfloat"))
+    return dtype_name(x).startswith(("float", "bfloat"))
 
 
 def _is_int(x) -> bool:
-    return _dtype(x).startswith(("int", "uint"))
-
-
-def _shape(x) -> tuple:
-    return tuple(x.shape)
+    return dtype_name(x).startswith(("int", "uint"))
 
 
 def _values(x) -> np.ndarray | None:
@@ -75,14 +68,14 @@ def _values(x) -> np.ndarray | None:
 
 
 def _compute_dtype(x) -> str:
-    dtype = _dtype(x)
+    dtype = dtype_name(x)
     return "float64" if dtype == "float64" else "float32"
 
 
 def _float_input(x, name: str, what: str = "logits"):
     x = _tensor(x, name)
     if not _is_float(x):
-        raise TypeError(f"{name}: expected float {what}, got dtype {_dtype(x)}. "
+        raise TypeError(f"{name}: expected float {what}, got dtype {dtype_name(x)}. "
                         f"Cast with ops.cast(x, 'float32') (were {what} and labels swapped?).")
     return ops.cast(x, _compute_dtype(x))
 
@@ -96,18 +89,18 @@ def _check_labels(labels, logits, name: str = "labels"):
     """Integer class ids of shape ``logits.shape[:-1]`` with values in [0, C)."""
     labels = _tensor(labels, name)
     if not _is_int(labels):
-        raise TypeError(f"{name}: expected integer class ids, got dtype {_dtype(labels)}. Labels are indices "
+        raise TypeError(f"{name}: expected integer class ids, got dtype {dtype_name(labels)}. Labels are indices "
                         "(int32), not one-hot vectors or probabilities; did you swap labels and logits?")
-    expected = _shape(logits)[:-1]
-    if not _same_dims(_shape(labels), expected):
+    expected = static_shape(logits)[:-1]
+    if not _same_dims(static_shape(labels), expected):
         batch_note = ""
-        if len(_shape(labels)) >= 1 and len(expected) >= 1 and None not in (_shape(labels)[0], expected[0]) \
-                and _shape(labels)[0] != expected[0]:
-            batch_note = (f" The batch sizes differ: {_shape(labels)[0]} labels for {expected[0]} rows of logits "
+        if len(static_shape(labels)) >= 1 and len(expected) >= 1 and None not in (static_shape(labels)[0], expected[0]) \
+                and static_shape(labels)[0] != expected[0]:
+            batch_note = (f" The batch sizes differ: {static_shape(labels)[0]} labels for {expected[0]} rows of logits "
                           "(did the labels and the model inputs come from different batches?).")
-        raise ValueError(f"{name}: expected shape {expected} (logits shape {_shape(logits)} without the class "
-                         f"axis: one class id per prediction), got shape {_shape(labels)}.{batch_note}")
-    num_classes = _shape(logits)[-1]
+        raise ValueError(f"{name}: expected shape {expected} (logits shape {static_shape(logits)} without the class "
+                         f"axis: one class id per prediction), got shape {static_shape(labels)}.{batch_note}")
+    num_classes = static_shape(logits)[-1]
     values = _values(labels)
     if values is not None and values.size and num_classes is not None:
         low, high = int(values.min()), int(values.max())
@@ -120,10 +113,10 @@ def _check_labels(labels, logits, name: str = "labels"):
 def _check_mask(mask, reference_shape: tuple, name: str = "mask"):
     """A bool or non-negative numeric mask of ``reference_shape``, returned as float."""
     mask = _tensor(mask, name)
-    if not _same_dims(_shape(mask), reference_shape):
+    if not _same_dims(static_shape(mask), reference_shape):
         raise ValueError(f"{name}: expected shape {reference_shape} (one entry per token, True on real tokens), "
-                         f"got shape {_shape(mask)}.")
-    dtype = _dtype(mask)
+                         f"got shape {static_shape(mask)}.")
+    dtype = dtype_name(mask)
     if dtype != "bool" and not (_is_int(mask) or _is_float(mask)):
         raise TypeError(f"{name}: expected a bool mask (or 0/1 numbers), got dtype {dtype}.")
     if dtype != "bool":
@@ -146,7 +139,7 @@ def log_softmax(logits, axis: int = -1):
     computed in float32).
     """
     logits = _float_input(logits, "log_softmax: logits")
-    if len(_shape(logits)) == 0:
+    if len(static_shape(logits)) == 0:
         raise ValueError("log_softmax: expected logits with a class axis, e.g. shape (B, C), got a scalar.")
     m = ops.stop_gradient(ops.max(logits, axis=axis, keepdims=True))
     shifted = logits - m
@@ -167,7 +160,7 @@ def sparse_cross_entropy(labels, logits, label_smoothing: float = 0.0):
         float (...,): one loss per prediction (no reduction).
     """
     logits = _float_input(logits, "sparse_cross_entropy: logits")
-    if len(_shape(logits)) < 1:
+    if len(static_shape(logits)) < 1:
         raise ValueError("sparse_cross_entropy: expected logits of shape (..., C), got a scalar.")
     labels = _check_labels(labels, logits, "sparse_cross_entropy: labels")
     if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
@@ -222,7 +215,7 @@ def masked_mean(values, mask):
     Returns: a float scalar.
     """
     values = _float_input(values, "masked_mean: values", "values")
-    weights = ops.cast(_check_mask(mask, _shape(values), "masked_mean: mask"), values.dtype)
+    weights = ops.cast(_check_mask(mask, static_shape(values), "masked_mean: mask"), values.dtype)
     # where() (not values * weights) keeps inf / NaN at padded positions out of the sum.
     total = ops.sum(ops.where(weights > 0, values * weights, ops.zeros_like(values)))
     return total / ops.maximum(ops.sum(weights), ops.cast(1.0, values.dtype))
@@ -245,8 +238,8 @@ def masked_sequence_loss(labels, logits, mask=None, label_smoothing: float = 0.0
         when ``mask = labels != pad_id``.
     """
     logits = _float_input(logits, "masked_sequence_loss: logits")
-    if len(_shape(logits)) != 3:
-        raise ValueError(f"masked_sequence_loss: expected logits of shape (B, T, V), got shape {_shape(logits)}.")
+    if len(static_shape(logits)) != 3:
+        raise ValueError(f"masked_sequence_loss: expected logits of shape (B, T, V), got shape {static_shape(logits)}.")
     per_token = sparse_cross_entropy(labels, logits, label_smoothing)  # (B, T)
     if mask is None:
         return ops.mean(per_token)
@@ -267,10 +260,10 @@ def _check_embeddings(image_embeddings, text_embeddings):
     images = _float_input(image_embeddings, "image_embeddings", "embeddings")
     texts = _float_input(text_embeddings, "text_embeddings", "embeddings")
     for name, value in (("image_embeddings", images), ("text_embeddings", texts)):
-        if len(_shape(value)) != 2:
+        if len(static_shape(value)) != 2:
             raise ValueError(f"{name}: expected shape (B, D) (one embedding vector per example), "
-                             f"got shape {_shape(value)}.")
-    (b_img, d_img), (b_txt, d_txt) = _shape(images), _shape(texts)
+                             f"got shape {static_shape(value)}.")
+    (b_img, d_img), (b_txt, d_txt) = static_shape(images), static_shape(texts)
     if None not in (b_img, b_txt) and b_img != b_txt:
         raise ValueError(f"Image/text batch mismatch: got {b_img} image embeddings and {b_txt} text embeddings. "
                          "Contrastive training needs one matching text per image (row i of each is a pair).")
@@ -285,8 +278,8 @@ def _temperature(temperature, dtype):
         if not temperature > 0 or math.isinf(temperature):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
     t = _tensor(temperature, "temperature")
-    if len(_shape(t)) != 0:
-        raise ValueError(f"temperature must be a scalar, got shape {_shape(t)}.")
+    if len(static_shape(t)) != 0:
+        raise ValueError(f"temperature must be a scalar, got shape {static_shape(t)}.")
     return ops.cast(t, dtype)
 
 
@@ -298,7 +291,7 @@ def similarity_logits(image_embeddings, text_embeddings, temperature=0.07):
     Inputs: float (B, D) each, same B and D (errors name the mismatch).
     """
     images, texts = _check_embeddings(image_embeddings, text_embeddings)
-    dtype = "float64" if "float64" in (_dtype(images), _dtype(texts)) else "float32"
+    dtype = "float64" if "float64" in (dtype_name(images), dtype_name(texts)) else "float32"
     images, texts = ops.cast(images, dtype), ops.cast(texts, dtype)
     cosine = ops.matmul(l2_normalize(images), ops.transpose(l2_normalize(texts)))
     return cosine / _temperature(temperature, dtype)
@@ -312,7 +305,7 @@ def info_nce_from_logits(logits):
     Returns a float scalar.
     """
     logits = _float_input(logits, "info_nce_from_logits: logits")
-    shape = _shape(logits)
+    shape = static_shape(logits)
     if len(shape) != 2 or (None not in shape and shape[0] != shape[1]):
         raise ValueError(f"info_nce_from_logits: expected a square (B, B) similarity matrix (images x texts), "
                          f"got shape {shape}.")
@@ -398,7 +391,7 @@ class LearnedTemperature(keras.layers.Layer):
 
     def call(self, similarities):
         if not _is_float(similarities):
-            raise TypeError(f"LearnedTemperature: expected float similarities, got dtype {_dtype(similarities)}.")
+            raise TypeError(f"LearnedTemperature: expected float similarities, got dtype {dtype_name(similarities)}.")
         return ops.cast(similarities, "float32") / self.temperature
 
     def compute_output_shape(self, input_shape):

@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 from keras import ops
 
-from mmlm_course.losses import (_check_labels, _check_mask, _dtype, _float_input, _is_int, _shape, _tensor, _values,
-                                masked_mean)
+from mmlm_course.losses import _check_labels, _check_mask, _float_input, _is_int, _tensor, _values, masked_mean
+from mmlm_course.validation import dtype_name, static_shape
 from mmlm_course.preprocessing import split_words
 
 # --------------------------------------------------------------------------- classification
@@ -41,13 +41,13 @@ def accuracy(labels, logits, mask=None):
     Returns: float32 scalar tensor in [0, 1].
     """
     logits = _float_input(logits, "accuracy: logits", "scores")
-    if len(_shape(logits)) < 2:
-        raise ValueError(f"accuracy: expected scores of shape (B, C) (or (B, T, C)), got shape {_shape(logits)}.")
+    if len(static_shape(logits)) < 2:
+        raise ValueError(f"accuracy: expected scores of shape (B, C) (or (B, T, C)), got shape {static_shape(logits)}.")
     labels = _check_labels(labels, logits, "accuracy: labels")
     correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(labels, "int32")), "float32")
     if mask is None:
         return ops.mean(correct)
-    return masked_mean(correct, _check_mask(mask, _shape(correct), "accuracy: mask"))
+    return masked_mean(correct, _check_mask(mask, static_shape(correct), "accuracy: mask"))
 
 
 # --------------------------------------------------------------------------- retrieval
@@ -55,10 +55,10 @@ def accuracy(labels, logits, mask=None):
 
 def _check_retrieval(scores, targets):
     scores = _float_input(scores, "scores", "scores")
-    if len(_shape(scores)) != 2:
+    if len(static_shape(scores)) != 2:
         raise ValueError(f"scores: expected shape (Q, N): one row of N candidate scores per query, "
-                         f"got shape {_shape(scores)}.")
-    num_queries, num_candidates = _shape(scores)
+                         f"got shape {static_shape(scores)}.")
+    num_queries, num_candidates = static_shape(scores)
     if targets is None:
         if None not in (num_queries, num_candidates) and num_queries > num_candidates:
             raise ValueError(f"targets=None means query i matches candidate i, which needs Q <= N, got "
@@ -67,11 +67,11 @@ def _check_retrieval(scores, targets):
     targets = _tensor(targets, "targets")
     if not _is_int(targets):
         raise TypeError(f"targets: expected integer candidate indices (one per query), got dtype "
-                        f"{_dtype(targets)}.")
-    if len(_shape(targets)) != 1 or (None not in (_shape(targets)[0], num_queries)
-                                      and _shape(targets)[0] != num_queries):
+                        f"{dtype_name(targets)}.")
+    if len(static_shape(targets)) != 1 or (None not in (static_shape(targets)[0], num_queries)
+                                      and static_shape(targets)[0] != num_queries):
         raise ValueError(f"targets: expected shape ({num_queries},) (one true candidate index per query row of "
-                         f"scores {_shape(scores)}), got shape {_shape(targets)}.")
+                         f"scores {static_shape(scores)}), got shape {static_shape(targets)}.")
     values = _values(targets)
     if values is not None and values.size and num_candidates is not None and (
             values.min() < 0 or values.max() >= num_candidates):
@@ -110,7 +110,7 @@ def recall_at_k(scores, targets=None, k: int = 1):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an int (the number of top results that count), got {type(k).__name__} {k!r}.")
     scores = _tensor(scores, "scores")
-    num_candidates = _shape(scores)[-1] if len(_shape(scores)) == 2 else None
+    num_candidates = static_shape(scores)[-1] if len(static_shape(scores)) == 2 else None
     if k < 1 or (num_candidates is not None and k > num_candidates):
         raise ValueError(f"k must lie in [1, N] = [1, {num_candidates}] (N candidates per query), got k={k}.")
     ranks = retrieval_ranks(scores, targets)

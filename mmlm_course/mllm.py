@@ -59,6 +59,7 @@ from mmlm_course.encoders import (ConvImageEncoder, PositionEmbedding, ScratchMu
                                   TransformerEncoderBlock, patchify)
 from mmlm_course.encoders import scaled_dot_product_attention
 from mmlm_course.training import WarmupCosineDecay
+from mmlm_course.validation import require_int
 
 __all__ = [
     "TASK_TOKENS", "CAPTION", "QUESTION", "ANSWER", "TASKS", "MLLMConfig", "mllm_tokenizer", "prompt_ids",
@@ -81,14 +82,6 @@ _register = keras.saving.register_keras_serializable(package="mmlm_course")
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def _int(name: str, value, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}.")
-    return int(value)
 
 
 def _images(images, name: str = "images", size: int | None = None) -> np.ndarray:
@@ -128,7 +121,7 @@ def mllm_tokenizer(texts: Sequence[str] | None = None, min_count: int = 1) -> pr
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give the captions / questions / answers to build the vocabulary from.")
-    return preprocessing.Tokenizer.from_texts(texts, min_count=_int("min_count", min_count, 1),
+    return preprocessing.Tokenizer.from_texts(texts, min_count=require_int("min_count", min_count, 1),
                                               extra_special=TASK_TOKENS)
 
 
@@ -208,7 +201,7 @@ def make_examples_from_texts(images, captions: Sequence[str] | None, qa: Sequenc
     """
     images = _images(images)
     _check_tokenizer(tokenizer)
-    max_text_length = _int("max_text_length", max_text_length, 3)
+    max_text_length = require_int("max_text_length", max_text_length, 3)
     if captions is None and qa is None:
         raise ValueError("give captions, qa or both: there is nothing to train on.")
     columns = []
@@ -292,7 +285,7 @@ def project_tokens(features, w1, b1, w2, b2):
 def grid_coordinate_features(grid_size: int) -> np.ndarray:
     """float32 (grid_size**2, 6): for each cell in reading order its column x and row y
     in [-1, 1], then sin(pi x), sin(pi y), cos(pi x), cos(pi y)."""
-    steps = np.linspace(-1.0, 1.0, _int("grid_size", grid_size, 1))
+    steps = np.linspace(-1.0, 1.0, require_int("grid_size", grid_size, 1))
     rows, columns = np.meshgrid(steps, steps, indexing="ij")
     xy = np.stack([columns.ravel(), rows.ravel()], axis=1)
     return np.concatenate([xy, np.sin(np.pi * xy), np.cos(np.pi * xy)], axis=1).astype(np.float32)
@@ -312,7 +305,7 @@ class GridCoordinates(keras.initializers.Initializer):
     """
 
     def __init__(self, grid_size: int, scale: float = 0.2, seed: int | None = None):
-        self.grid_size = _int("grid_size", grid_size, 1)
+        self.grid_size = require_int("grid_size", grid_size, 1)
         self.scale = float(scale)
         self.seed = seed
 
@@ -340,10 +333,10 @@ class ImageTokenProjector(keras.layers.Layer):
 
     def __init__(self, num_tokens: int, input_dim: int, dim: int, hidden_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.num_tokens = _int("num_tokens", num_tokens, 1)
-        self.input_dim = _int("input_dim", input_dim, 1)
-        self.dim = _int("dim", dim, 1)
-        self.hidden_dim = self.dim if hidden_dim is None else _int("hidden_dim", hidden_dim, 1)
+        self.num_tokens = require_int("num_tokens", num_tokens, 1)
+        self.input_dim = require_int("input_dim", input_dim, 1)
+        self.dim = require_int("dim", dim, 1)
+        self.hidden_dim = self.dim if hidden_dim is None else require_int("hidden_dim", hidden_dim, 1)
         self.hidden = keras.layers.Dense(self.hidden_dim, activation="gelu", name="hidden", dtype=self.dtype_policy)
         self.output_layer = keras.layers.Dense(self.dim, name="output", dtype=self.dtype_policy)
 
@@ -387,10 +380,10 @@ class GridImageEncoder(keras.layers.Layer):
     def __init__(self, image_size: int = 64, filters: Sequence[int] = (32, 64, 64), embed_dim: int = 64,
                  stem: int = 2, coordinates: bool = True, blocks: int = 0, num_heads: int = 4, **kwargs):
         super().__init__(**kwargs)
-        self.image_size = _int("image_size", image_size, 1)
-        self.filters = tuple(_int(f"filters[{i}]", f, 1) for i, f in enumerate(filters))
-        self.embed_dim = _int("embed_dim", embed_dim, 1)
-        self.stem = _int("stem", stem, 1)
+        self.image_size = require_int("image_size", image_size, 1)
+        self.filters = tuple(require_int(f"filters[{i}]", f, 1) for i, f in enumerate(filters))
+        self.embed_dim = require_int("embed_dim", embed_dim, 1)
+        self.stem = require_int("stem", stem, 1)
         side = self.image_size // self.stem
         if self.image_size % self.stem or side % 2 ** len(self.filters):
             raise ValueError(f"image_size={image_size} must be divisible by stem * 2**len(filters) = "
@@ -402,8 +395,8 @@ class GridImageEncoder(keras.layers.Layer):
                                              channels=self.channels, name="convolutions",
                                              dtype=self.dtype_policy)
         self.num_tokens = self.grid_size ** 2
-        self.num_blocks = _int("blocks", blocks, 0)
-        self.num_heads = _int("num_heads", num_heads, 1)
+        self.num_blocks = require_int("blocks", blocks, 0)
+        self.num_heads = require_int("num_heads", num_heads, 1)
         self.positions = PositionEmbedding(self.num_tokens, self.embed_dim, name="positions",
                                            initializer=GridCoordinates(self.grid_size),
                                            dtype=self.dtype_policy)
@@ -463,8 +456,8 @@ class GatedCrossAttention(keras.layers.Layer):
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.dim = _int("dim", dim, 1)
-        self.num_heads = _int("num_heads", num_heads, 1)
+        self.dim = require_int("dim", dim, 1)
+        self.num_heads = require_int("num_heads", num_heads, 1)
         if self.dim % self.num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}.")
         self.dropout = float(dropout)
@@ -538,18 +531,18 @@ class MLLMConfig:
         if min(self.image_std) <= 0:
             raise ValueError(f"image_std must be positive, got {self.image_std}.")
         for name in ("image_size", "stem", "vision_dim", "dim", "num_layers", "num_heads", "max_text_length"):
-            _int(name, getattr(self, name), 1)
-        _int("encoder_blocks", self.encoder_blocks, 0)
+            require_int(name, getattr(self, name), 1)
+        require_int("encoder_blocks", self.encoder_blocks, 0)
         if self.encoder_blocks and self.vision_dim % self.num_heads:
             raise ValueError(f"vision_dim={self.vision_dim} must be divisible by num_heads={self.num_heads} for the "
                              "image encoder's attention blocks (or use encoder_blocks=0).")
         for name in ("projector_hidden", "mlp_dim"):
             if getattr(self, name) is not None:
-                _int(name, getattr(self, name), 1)
+                require_int(name, getattr(self, name), 1)
         if not self.encoder_filters:
             raise ValueError("encoder_filters must name at least one convolution.")
         for i, f in enumerate(self.encoder_filters):
-            _int(f"encoder_filters[{i}]", f, 1)
+            require_int(f"encoder_filters[{i}]", f, 1)
         cell = self.stem * 2 ** len(self.encoder_filters)
         if self.image_size % cell:
             raise ValueError(f"image_size={self.image_size} must be divisible by stem * 2**len(encoder_filters) = "
@@ -592,7 +585,7 @@ class _MultimodalBase(keras.Model):
                                  num_heads=num_heads, mlp_dim=mlp_dim, max_text_length=max_text_length,
                                  dropout=dropout, architecture=self.architecture, image_mean=tuple(image_mean),
                                  image_std=tuple(image_std))
-        self.vocab_size = _int("vocab_size", vocab_size, 2)
+        self.vocab_size = require_int("vocab_size", vocab_size, 2)
         self.image_encoder = GridImageEncoder(image_size, self.config.encoder_filters, vision_dim, stem,
                                               blocks=encoder_blocks, num_heads=num_heads, name="image_encoder")
         self.projector = ImageTokenProjector(self.config.num_image_tokens, vision_dim, dim, projector_hidden,
@@ -803,7 +796,7 @@ def compile_for_stage(model, stage: int, learning_rate: float, total_steps: int 
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
     rate = float(learning_rate)
     if total_steps is not None:
-        total_steps = _int("total_steps", total_steps, 2)
+        total_steps = require_int("total_steps", total_steps, 2)
         rate = WarmupCosineDecay(rate, total_steps, warmup_steps=max(1, total_steps // 10))
     if weight_decay:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay, global_clipnorm=1.0)
@@ -831,11 +824,11 @@ def train_steps(model, x: dict, y: np.ndarray, steps: int, batch_size: int = 64,
     if len(x["images"]) != rows or len(x["token_ids"]) != rows:
         raise ValueError(f"x and y must have the same number of rows, got {len(x['images'])} images, "
                          f"{len(x['token_ids'])} token rows and {rows} target rows.")
-    steps = _int("steps", steps, 1)
-    batch_size = _int("batch_size", batch_size, 1)
+    steps = require_int("steps", steps, 1)
+    batch_size = require_int("batch_size", batch_size, 1)
     if batch_size > rows:
         raise ValueError(f"batch_size={batch_size} is larger than the {rows} training rows.")
-    log_every = max(1, steps // 10) if log_every is None else _int("log_every", log_every, 1)
+    log_every = max(1, steps // 10) if log_every is None else require_int("log_every", log_every, 1)
     rng = np.random.default_rng(seed)
     order, cursor = rng.permutation(rows), 0
     logged_steps, logged_losses, window = [], [], []
@@ -877,7 +870,7 @@ def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessin
         ids = np.concatenate([blank, ids], axis=1)
     inputs, targets = lm.next_token_pairs(ids)
     decoder.trainable = True
-    steps = _int("epochs", epochs, 1) * max(1, -(-len(inputs) // _int("batch_size", batch_size, 1)))
+    steps = require_int("epochs", epochs, 1) * max(1, -(-len(inputs) // require_int("batch_size", batch_size, 1)))
     schedule = WarmupCosineDecay(learning_rate, max(steps, 2), warmup_steps=max(1, steps // 10))
     decoder.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0), loss=lm.next_token_loss)
     return decoder.fit(inputs, targets, batch_size=batch_size, epochs=epochs, verbose=verbose)
@@ -904,7 +897,7 @@ def load_language_model_weights(model, weights: Sequence[np.ndarray], offset: in
     for variable, value in zip(decoder.weights, weights):
         if variable is table:
             target = np.array(ops.convert_to_numpy(table))
-            rows = min(len(value) - _int("offset", offset, 0), len(target) - text_start)
+            rows = min(len(value) - require_int("offset", offset, 0), len(target) - text_start)
             target[text_start:text_start + rows] = value[offset:offset + rows]
             value = target
         if tuple(value.shape) != tuple(variable.shape):
@@ -970,8 +963,8 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
         raise TypeError("prompts must be a list of strings (one per image), got one str.")
     prompts = list(prompts)
     _same_batch(images, len(prompts), "prompts")
-    max_new_tokens = _int("max_new_tokens", max_new_tokens, 1)
-    batch_size = _int("batch_size", batch_size, 1)
+    max_new_tokens = require_int("max_new_tokens", max_new_tokens, 1)
+    batch_size = require_int("batch_size", batch_size, 1)
     results: list[str] = [""] * len(prompts)
     for length, rows in _prompt_groups(prompts, tokenizer).items():
         room = model.config.max_text_length - length + 1

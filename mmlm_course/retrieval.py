@@ -48,6 +48,7 @@ from mmlm_course.encoders import (BagOfEmbeddings, ConvImageEncoder, RecurrentTe
 from mmlm_course.training import WarmupCosineDecay
 from mmlm_course.losses import LearnedTemperature, info_nce_from_logits, l2_normalize, log_softmax, similarity_logits
 from mmlm_course.preprocessing import Tokenizer, validate_image
+from mmlm_course.validation import dtype_name
 
 __all__ = [
     "similarity_logits", "similarity_scores", "caption_hit_matrix", "first_hit_ranks", "recall_at_k_with_hits",
@@ -69,10 +70,6 @@ PIXEL_MEAN, PIXEL_STD = 0.87, 0.18  # ShapeWorld's pixel statistics in [0, 1] (m
 # --------------------------------------------------------------------------- validation helpers
 
 
-def _dtype(x) -> str:
-    return keras.backend.standardize_dtype(x.dtype)
-
-
 def _as_array(x, name: str):
     """A tensor / array stays as it is; lists become NumPy arrays."""
     if x is None:
@@ -88,8 +85,8 @@ def _float_matrix(x, name: str, layout: str):
     x = _as_array(x, name)
     if len(x.shape) != 2:
         raise ValueError(f"{name}: expected shape {layout}, got shape {tuple(x.shape)} (rank {len(x.shape)}).")
-    if not _dtype(x).startswith(("float", "bfloat")):
-        raise TypeError(f"{name}: expected float values, got dtype {_dtype(x)}; cast with x.astype('float32').")
+    if not dtype_name(x).startswith(("float", "bfloat")):
+        raise TypeError(f"{name}: expected float values, got dtype {dtype_name(x)}; cast with x.astype('float32').")
     return x
 
 
@@ -230,9 +227,9 @@ def _parse(caption: str):
 def _check_scores_and_hits(scores, hits):
     scores = _float_matrix(scores, "scores", "(Q, N): one row of N candidate scores per query")
     hits = _as_array(hits, "hits")
-    if _dtype(hits) != "bool":
+    if dtype_name(hits) != "bool":
         raise TypeError(f"hits: expected a bool matrix (True where candidate j is a right answer for query i), "
-                        f"got dtype {_dtype(hits)}; build it with caption_hit_matrix or compare: hits = (x == y).")
+                        f"got dtype {dtype_name(hits)}; build it with caption_hit_matrix or compare: hits = (x == y).")
     if tuple(hits.shape) != tuple(scores.shape):
         raise ValueError(f"hits: expected the shape of scores {tuple(scores.shape)} (queries x candidates), "
                          f"got {tuple(hits.shape)}; for image-to-text retrieval transpose the caption x image "
@@ -298,8 +295,8 @@ def zero_shot_predict(image_embeddings, prompt_embeddings, prompt_classes=None):
     if prompt_classes is None:
         return best
     classes = _as_array(prompt_classes, "prompt_classes")
-    if not _dtype(classes).startswith(("int", "uint")):
-        raise TypeError(f"prompt_classes: expected integer class ids, got dtype {_dtype(classes)}.")
+    if not dtype_name(classes).startswith(("int", "uint")):
+        raise TypeError(f"prompt_classes: expected integer class ids, got dtype {dtype_name(classes)}.")
     if tuple(classes.shape) != (prompts.shape[0],):
         raise ValueError(f"prompt_classes: expected shape ({prompts.shape[0]},) (one class per prompt), got "
                          f"{tuple(classes.shape)}.")
@@ -493,7 +490,7 @@ class DualEncoder(keras.Model):
         if None not in shape[1:3] and shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"images: this model was built for {self.image_size}x{self.image_size} images, got "
                              f"{shape[1]}x{shape[2]}.")
-        dtype = _dtype(images)
+        dtype = dtype_name(images)
         if dtype == "uint8":
             images = ops.cast(images, "float32") / 255.0
         elif not dtype.startswith(("float", "bfloat")):
@@ -504,8 +501,8 @@ class DualEncoder(keras.Model):
         shape = tuple(ids.shape)
         if len(shape) != 2:
             raise ValueError(f"ids: expected token ids of shape (batch, time), got {shape}.")
-        if not _dtype(ids).startswith(("int", "uint")):
-            raise TypeError(f"ids: expected integer token ids, got dtype {_dtype(ids)}; use "
+        if not dtype_name(ids).startswith(("int", "uint")):
+            raise TypeError(f"ids: expected integer token ids, got dtype {dtype_name(ids)}; use "
                             "Tokenizer.encode_batch (int32).")
         if shape[1] is not None and shape[1] > self.max_length:
             raise ValueError(f"ids: {shape[1]} tokens is longer than max_length={self.max_length}; encode with "
