@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 from keras import ops
+
 from mmlm_course.validation import dtype_name, positive_int, static_shape
 
 __all__ = [

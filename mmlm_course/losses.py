@@ -31,6 +31,7 @@ import math
 import keras
 import numpy as np
 from keras import ops
+
 from mmlm_course.validation import dtype_name, static_shape
 
 # --------------------------------------------------------------------------- validation helpers
