@@ -41,6 +41,8 @@ class RunConfig:
     preset: str
     data: str = "shapeworld"
     train_examples: int = 6000
+    detector_examples: int = 6000
+    detector_epochs: int = 3
     eval_examples: int = 600
     batch_size: int = 64
     pretrain_epochs: int = 1
@@ -59,37 +61,50 @@ class RunConfig:
         return self.stage1_steps + self.stage2_steps
 
 
-# Lesson 08's model for a CPU: 32x32 ShapeWorld images (4x4 grid of image tokens). 64x64
-# images cost about three times more per step and did not learn more per step.
-_CPU_MODEL = dict(image_size=32, stem=1, encoder_filters=[16, 32, 64])
+# Lesson 08's model for ShapeWorld: lesson 04's object detector, pretrained and frozen, as
+# the vision tower (one token per object), and lesson 04's relation network read at every
+# text position (`mllm.RelationHead`). Without the relation head, relation questions and
+# relational captions stay at chance (lesson 08).
+_SHAPEWORLD_MODEL = dict(image_size=64, vision="objects", relation_head=True)
+# Photos (Flickr8k, COCO, VQA) have no object labels to pretrain the detector on: there the
+# model learns a grid image encoder with the rest (`mllm.GridImageEncoder`).
+PHOTO_MODEL = dict(vision="grid", relation_head=False)
 
 PRESETS: dict[str, dict] = {
     # Seconds: for tests and a first look.
+    # (a grid encoder on 32x32 images: the quickest model to build and to train a few steps)
     "tiny": dict(train_examples=256, eval_examples=60, batch_size=32, stage1_steps=4, stage2_steps=12,
-                 checkpoint_every=4, model=dict(dim=32, num_layers=1, num_heads=2, encoder_filters=[16, 32, 32],
-                                                vision_dim=32)),
+                 checkpoint_every=4, model=dict(image_size=32, stem=1, dim=32, num_layers=1, num_heads=2,
+                                                encoder_filters=[16, 32, 32], vision_dim=32)),
     # The capstone notebook: within its 180 s budget on a 2-core CPU.
-    "notebook": dict(train_examples=4000, eval_examples=200, batch_size=64, stage1_steps=40, stage2_steps=400,
-                     learning_rate=3e-3, checkpoint_every=200, model=dict(_CPU_MODEL, num_layers=2)),
+    "notebook": dict(train_examples=8000, eval_examples=200, batch_size=64, detector_examples=4000, stage1_steps=100,
+                     stage2_steps=1400, learning_rate=3e-3, checkpoint_every=500,
+                     model=dict(_SHAPEWORLD_MODEL, num_layers=2)),
     # `mmlm-course train` with no arguments: lesson 08's recipe, at most 10 minutes on a 2-core CPU.
-    "cpu": dict(train_examples=24000, eval_examples=1000, batch_size=64, stage1_steps=200, stage2_steps=4000,
-                learning_rate=3e-3, checkpoint_every=200, model=dict(_CPU_MODEL, num_layers=4)),
+    "cpu": dict(train_examples=32000, eval_examples=1000, batch_size=64, stage1_steps=200, stage2_steps=3800,
+                learning_rate=3e-3, checkpoint_every=200, model=dict(_SHAPEWORLD_MODEL, num_layers=2)),
     # A Colab T4 (16 GB): a bigger model and batches, float16 compute, XLA.
     "colab-t4": dict(train_examples=100000, eval_examples=2000, batch_size=256, stage1_steps=300, stage2_steps=6000,
                      checkpoint_every=500, learning_rate=1e-3, mixed_precision=True, jit_compile=True,
-                     model=dict(dim=256, num_layers=4, num_heads=8, encoder_filters=[64, 128, 128], vision_dim=128)),
+                     model=dict(_SHAPEWORLD_MODEL, dim=256, num_layers=4, num_heads=8, encoder_filters=[64, 128, 128],
+                                vision_dim=128)),
     # A large GPU (A100 / H100 class).
     "gpu-large": dict(train_examples=300000, eval_examples=5000, batch_size=512, stage1_steps=500, stage2_steps=10000,
                       checkpoint_every=1000, learning_rate=8e-4, mixed_precision=True, jit_compile=True,
-                      model=dict(dim=512, num_layers=6, num_heads=8, encoder_filters=[64, 128, 256], vision_dim=256)),
+                      model=dict(_SHAPEWORLD_MODEL, dim=512, num_layers=6, num_heads=8,
+                                 encoder_filters=[64, 128, 256], vision_dim=256)),
 }
 
 
 def resolve_config(preset: str = "cpu", data: str = "shapeworld", **overrides) -> RunConfig:
-    """The `RunConfig` of a named preset, with ``overrides`` applied."""
+    """The `RunConfig` of a named preset, with ``overrides`` applied. For a real dataset
+    (``data`` other than ShapeWorld) the model's vision becomes `PHOTO_MODEL`'s grid
+    encoder: the object detector can only be pretrained on ShapeWorld scenes."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(PRESETS)}.")
     fields = {**PRESETS[preset], **overrides}
+    if data != "shapeworld":
+        fields["model"] = {**fields.get("model", {}), **PHOTO_MODEL}
     return RunConfig(preset=preset, data=data, **fields)
 
 
@@ -112,6 +127,7 @@ class RunData:
     tokenizer: object
     eval_sets: dict            # name -> ShapeWorldData (ShapeWorld only)
     report: str
+    scenes: object = None      # the training ShapeWorldData (ShapeWorld only): the detector learns from it
 
 
 def _take(tree, index):
@@ -137,7 +153,10 @@ def load_run_data(config: RunConfig) -> RunData:
         eval_sets = {split: shapeworld.generate(config.eval_examples, split, seed=config.seed, image_size=image_size)
                      for split in ("test", "compositional")}
         return RunData(x, y, mllm.instruction_texts(train), tokenizer, eval_sets,
-                       f"ShapeWorld: {len(train)} training scenes")
+                       f"ShapeWorld: {len(train)} training scenes", train)
+    if model_config.vision == "objects":
+        raise ValueError(f"data {config.data!r}: vision='objects' pretrains lesson 04's object detector on ShapeWorld "
+                         "scenes, which photos do not have; use vision='grid' (resolve_config does this for you).")
     records = datasets.load_records(config.data)
     loaded = datasets.read_images(records[: config.train_examples], image_size)
     captions = [r.captions[0] if r.captions else "" for r in loaded.records]
@@ -282,7 +301,7 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     import keras
     from tqdm import tqdm
 
-    from mmlm_course import mllm
+    from mmlm_course import fusion, mllm
 
     folder = RunFolder(out)
     resuming = folder.start(config)
@@ -304,12 +323,21 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
 
     state = folder.checkpoints.latest()
     pretrained_now = False
-    if state is None and config.pretrain_epochs:
-        # Stage 0: the language model learns the text alone first (lesson 08), so that
-        # stage 1 can align the projector to a model that already speaks ShapeWorld.
-        log(f"stage 0: pretraining the language model on {len(data.texts)} texts")
-        mllm.pretrain_language_model(model, data.texts, data.tokenizer, epochs=config.pretrain_epochs,
-                                     batch_size=config.batch_size, learning_rate=config.stage1_learning_rate)
+    detector = model.config.vision == "objects"
+    if state is None and (detector or config.pretrain_epochs):
+        # Stage 0: the parts that are pretrained alone first (lesson 08). The object
+        # detector learns from the scenes (lesson 04) and stays frozen; the language model
+        # learns the text, so that stage 1 aligns the projector to a model that already
+        # speaks ShapeWorld.
+        if detector:
+            scenes = data.scenes.subset(range(min(config.detector_examples, len(data.scenes))))
+            log(f"stage 0: pretraining the object detector on {len(scenes)} scenes")
+            token_model, _ = fusion.pretrain_object_encoder(scenes, epochs=config.detector_epochs)
+            mllm.load_object_encoder(model, token_model)
+        if config.pretrain_epochs:
+            log(f"stage 0: pretraining the language model on {len(data.texts)} texts")
+            mllm.pretrain_language_model(model, data.texts, data.tokenizer, epochs=config.pretrain_epochs,
+                                         batch_size=config.batch_size, learning_rate=config.stage1_learning_rate)
         compile_stage(1)
         folder.checkpoints.save(model, model.optimizer, {"step": 0, "stage": 0})
         state, pretrained_now = folder.checkpoints.latest(), True

@@ -53,10 +53,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from mmlm_course import fusion
 from mmlm_course import language_model as lm
 from mmlm_course import preprocessing, shapeworld
 from mmlm_course.encoders import (ConvImageEncoder, PositionEmbedding, ScratchMultiHeadAttention,
-                                  TransformerEncoderBlock, patchify)
+                                  TransformerEncoderBlock, masked_mean, patchify)
 from mmlm_course.encoders import scaled_dot_product_attention
 from mmlm_course.training import WarmupCosineDecay
 from mmlm_course.validation import require_int
@@ -68,6 +69,7 @@ __all__ = [
     "build_model", "set_stage_trainable", "trainable_parameter_count", "compile_for_stage", "train_steps",
     "pretrain_language_model", "load_language_model_weights", "generate_texts", "evaluate", "image_attention",
     "prepend_image_tokens", "project_tokens", "grid_coordinate_features", "GridCoordinates",
+    "ObjectImageEncoder", "RelationHead", "VISIONS", "load_object_encoder",
 ]
 
 CAPTION, QUESTION = lm.CAPTION, lm.QUESTION
@@ -75,6 +77,7 @@ ANSWER = "<answer>"
 TASK_TOKENS = tuple(lm.TASK_TOKENS) + (ANSWER,)
 TASKS = ("caption", "qa")
 ARCHITECTURES = ("prefix", "cross_attention")
+VISIONS = ("grid", "objects")
 # Per-channel pixel statistics of ShapeWorld (uint8 / 255), for standardising the input images.
 SHAPEWORLD_MEAN = (0.896, 0.875, 0.863)
 SHAPEWORLD_STD = (0.13, 0.16, 0.204)
@@ -445,6 +448,101 @@ class GridImageEncoder(keras.layers.Layer):
 
 
 @_register
+class ObjectImageEncoder(keras.layers.Layer):
+    """Lesson 04's object encoder as a *pretrained, frozen* vision tower (as LLaVA uses CLIP).
+
+    uint8 images (B, 64, 64, 3) (or float in [0, 1]) -> object tokens float (B, K, 14):
+    one token per detected object, `fusion.OBJECT_FEATURES` (colour, shape and size
+    probabilities, centre, objectness), with the centre rescaled by `fusion.CentredPositions`.
+    Train the detector with `fusion.pretrain_object_encoder` on ShapeWorld scenes, then copy
+    it in with `load_object_encoder`. It needs scenes with known objects to learn from, so
+    it is for ShapeWorld; photos use `GridImageEncoder`.
+    """
+
+    def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, **kwargs):
+        super().__init__(**kwargs)
+        self.num_objects = require_int("num_objects", num_objects, 1)
+        self.num_tokens = self.num_objects
+        self.detector = fusion.build_object_encoder(num_objects=self.num_objects)[1]
+        self.centred = fusion.CentredPositions(name="centred_positions")
+
+    def build(self, input_shape):
+        self.detector.build((None, 64, 64, 3))
+
+    def call(self, images, training=None):
+        if "float" in keras.backend.standardize_dtype(images.dtype):
+            images = images * 255.0                                    # the detector rescales 0..255 itself
+        return self.centred(self.detector(images, training=False))     # (B, K, 14)
+
+    def get_config(self):
+        return {**super().get_config(), "num_objects": self.num_objects}
+
+
+@_register
+class RelationHead(keras.layers.Layer):
+    """Lesson 04's relation network, read at every text position: next-token scores.
+
+    ``head(objects, token_ids)`` with objects float (B, K, 14) (`ObjectImageEncoder`) and
+    token_ids int (B, T), T <= max_text_length. For each position t, the words 0..t (the
+    prompt and the text generated so far) ground the objects (`fusion.RelationFusion`:
+    which object is named where), every ordered pair of objects is scored with them, and
+    an MLP turns the pooled pair scores into float32 scores over the vocabulary, returned
+    as (B, T, vocab_size). The model adds them to the language model's logits (a second
+    reader whose scores are summed, like "shallow fusion" of two models).
+
+    Why: a language model reading object tokens must *select* the two objects a relation
+    names before it can compare them, and until it does, the comparison it reads averages
+    to zero, so nothing tells it what to select (lesson 08 shows it stuck at chance). The
+    relation network scores every pair at once, with no selection to learn first.
+    """
+
+    def __init__(self, vocab_size: int, max_text_length: int, width: int = 64, pad_id: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = require_int("vocab_size", vocab_size, 2)
+        self.max_text_length = require_int("max_text_length", max_text_length, 1)
+        self.width = require_int("width", width, 2)
+        self.pad_id = require_int("pad_id", pad_id, 0)
+        self.words = fusion.QuestionEncoder(self.vocab_size, self.max_text_length, self.width, name="words")
+        self.context = keras.layers.Dense(self.width, activation="relu", name="context")
+        self.relation = fusion.RelationFusion(self.width, key_dim=self.width // 2, name="relation_network")
+        self.hidden = keras.layers.Dense(2 * self.width, activation="relu", name="hidden")
+        self.scores = keras.layers.Dense(self.vocab_size, dtype="float32", name="scores")
+
+    def build(self, objects_shape, token_ids_shape=None):
+        length, width = self.max_text_length, self.width
+        self.words.build((None, length))
+        self.context.build((None, width))
+        self.relation.build(tuple(objects_shape), (None, length, width), (None, width), (None, length),
+                            tuple(objects_shape[:-1]) + (1,))
+        self.hidden.build((None, 2 * width))
+        self.scores.build((None, 2 * width))
+
+    def call(self, objects, token_ids):
+        length, full = token_ids.shape[1], self.max_text_length
+        if length is not None and length > full:
+            raise ValueError(f"{self.name}: {length} text tokens exceed max_text_length={full}.")
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        ids = ops.pad(token_ids, [[0, 0], [0, full - length]], constant_values=self.pad_id)
+        ids = ops.reshape(ids, (-1, full))                            # (B, L), L known even while tracing
+        words = self.words(ids)                                                           # (B, L, w)
+        seen = ops.logical_and(lm.causal_mask(full)[None], ops.not_equal(ids, self.pad_id)[:, None, :])  # (B, L, L)
+
+        def per_position(x):                                    # (B, ...) -> (B * L, ...): one row per position
+            return ops.reshape(ops.repeat(x[:, None], full, axis=1), (-1,) + tuple(x.shape[1:]))
+
+        words_rows, seen_rows = per_position(words), ops.reshape(seen, (-1, full))        # (B L, L, w), (B L, L)
+        objects_rows = per_position(objects)                                              # (B L, K, 14)
+        context = self.context(masked_mean(words_rows, seen_rows))                        # (B L, w)
+        fused = self.relation(objects_rows, words_rows, context, seen_rows, objects_rows[..., -1:])  # (B L, 2w)
+        scores = self.scores(self.hidden(fused))                                          # (B L, V)
+        return ops.reshape(scores, (batch, full, self.vocab_size))[:, :length]
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "max_text_length": self.max_text_length,
+                "width": self.width, "pad_id": self.pad_id}
+
+
+@_register
 class GatedCrossAttention(keras.layers.Layer):
     """Text attends to image tokens: ``x + tanh(gate) * CrossAttention(LayerNorm(x), image)``.
 
@@ -503,6 +601,11 @@ class MLLMConfig:
     image_mean, image_std: per-channel pixel statistics (of uint8 / 255) used to
         standardise the images (ShapeWorld's by default; use
         ``preprocessing.IMAGENET_MEAN`` / ``IMAGENET_STD`` or your data's for photos).
+    vision: ``"grid"`` (`GridImageEncoder`, trained with the model: any images) or
+        ``"objects"`` (`ObjectImageEncoder`: lesson 04's pretrained object detector, frozen,
+        one token per object; ShapeWorld's 64x64 images only; the grid fields are unused).
+    relation_head: add a `RelationHead` (lesson 04's relation network read at every text
+        position) whose scores are added to the logits; needs ``vision="objects"``.
     """
 
     image_size: int = 64
@@ -520,6 +623,8 @@ class MLLMConfig:
     architecture: str = "prefix"
     image_mean: tuple = SHAPEWORLD_MEAN
     image_std: tuple = SHAPEWORLD_STD
+    vision: str = "grid"
+    relation_head: bool = False
 
     def __post_init__(self):
         for name in ("encoder_filters", "image_mean", "image_std"):
@@ -556,6 +661,16 @@ class MLLMConfig:
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}.")
+        if self.vision not in VISIONS:
+            raise ValueError(f"vision must be one of {VISIONS}, got {self.vision!r}.")
+        if self.vision == "objects" and self.image_size != 64:
+            raise ValueError(f"vision='objects' uses lesson 04's object detector, built for 64x64 images; got "
+                             f"image_size={self.image_size}. Use image_size=64 or vision='grid'.")
+        if not isinstance(self.relation_head, bool):
+            raise TypeError(f"relation_head must be True or False, got {self.relation_head!r}.")
+        if self.relation_head and self.vision != "objects":
+            raise ValueError("relation_head=True reads object tokens (their centres and objectness): it needs "
+                             "vision='objects'.")
 
     @property
     def grid_size(self) -> int:
@@ -564,7 +679,8 @@ class MLLMConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        return self.grid_size ** 2
+        """P: one token per grid cell, or one per object slot with ``vision="objects"``."""
+        return shapeworld.MAX_OBJECTS if self.vision == "objects" else self.grid_size ** 2
 
 
 # --------------------------------------------------------------------------- models
@@ -577,19 +693,27 @@ class _MultimodalBase(keras.Model):
                  vision_dim: int = 64, encoder_blocks: int = 0,
                  projector_hidden: int | None = None, dim: int = 64, num_layers: int = 4, num_heads: int = 4,
                  mlp_dim: int | None = None, max_text_length: int = 20, dropout: float = 0.0,
-                 image_mean=SHAPEWORLD_MEAN, image_std=SHAPEWORLD_STD, **kwargs):
+                 image_mean=SHAPEWORLD_MEAN, image_std=SHAPEWORLD_STD, vision: str = "grid",
+                 relation_head: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.config = MLLMConfig(image_size=image_size, stem=stem, encoder_filters=tuple(encoder_filters),
                                  vision_dim=vision_dim, encoder_blocks=encoder_blocks,
                                  projector_hidden=projector_hidden, dim=dim, num_layers=num_layers,
                                  num_heads=num_heads, mlp_dim=mlp_dim, max_text_length=max_text_length,
                                  dropout=dropout, architecture=self.architecture, image_mean=tuple(image_mean),
-                                 image_std=tuple(image_std))
+                                 image_std=tuple(image_std), vision=vision, relation_head=relation_head)
         self.vocab_size = require_int("vocab_size", vocab_size, 2)
-        self.image_encoder = GridImageEncoder(image_size, self.config.encoder_filters, vision_dim, stem,
-                                              blocks=encoder_blocks, num_heads=num_heads, name="image_encoder")
-        self.projector = ImageTokenProjector(self.config.num_image_tokens, vision_dim, dim, projector_hidden,
+        if vision == "objects":
+            self.image_encoder = ObjectImageEncoder(name="image_encoder")
+            self.feature_dim = len(fusion.OBJECT_FEATURES)
+        else:
+            self.image_encoder = GridImageEncoder(image_size, self.config.encoder_filters, vision_dim, stem,
+                                                  blocks=encoder_blocks, num_heads=num_heads, name="image_encoder")
+            self.feature_dim = vision_dim
+        self.projector = ImageTokenProjector(self.config.num_image_tokens, self.feature_dim, dim, projector_hidden,
                                              name="projector")
+        self.relation_head = (RelationHead(self.vocab_size, max_text_length, dim, name="relation_head")
+                              if relation_head else None)
 
     # -- inputs
 
@@ -627,14 +751,31 @@ class _MultimodalBase(keras.Model):
         std = ops.cast(ops.convert_to_tensor(self.config.image_std), self.compute_dtype)
         return (images - mean) / std
 
+    def image_features(self, images, training=None):
+        """uint8 (B, H, W, 3) in 0..255 or float in [0, 1] -> the image encoder's tokens
+        (B, P, feature_dim): grid features, or object tokens with ``vision="objects"``."""
+        if self.config.vision == "objects":
+            return self.image_encoder(images)                   # the detector standardises its input itself
+        return self.image_encoder(self.standardize(images), training=training)
+
     def image_tokens(self, images, training=None):
         """uint8 (B, H, W, 3) in 0..255 or float in [0, 1] -> projected tokens (B, P, dim)."""
-        return self.projector(self.image_encoder(self.standardize(images), training=training))
+        return self.projector(self.image_features(images, training=training))
+
+    def add_relation_scores(self, logits, features, token_ids):
+        """logits (B, T, V) plus the `RelationHead`'s scores from the object tokens
+        ``features`` (B, K, 14), when the model has one; else the logits unchanged."""
+        if self.relation_head is None:
+            return logits
+        return logits + ops.cast(self.relation_head(features, token_ids), logits.dtype)
 
     def _build_vision(self):
         size = self.config.image_size
         self.image_encoder.build((None, size, size, 3))
-        self.projector.build((None, self.config.num_image_tokens, self.config.vision_dim))
+        feature_shape = (None, self.config.num_image_tokens, self.feature_dim)
+        self.projector.build(feature_shape)
+        if self.relation_head is not None:
+            self.relation_head.build(feature_shape)
 
     # -- training
 
@@ -683,8 +824,10 @@ class LLaVAModel(_MultimodalBase):
 
     def call(self, inputs, training=None):
         images, token_ids = self._unpack(inputs)
-        prefix = self.image_tokens(images, training=training)                            # (B, P, dim)
-        return self.language_model(token_ids, prefix_embeddings=prefix, training=training)  # (B, T, V)
+        features = self.image_features(images, training=training)                        # (B, P, D_v)
+        prefix = self.projector(features)                                                # (B, P, dim)
+        logits = self.language_model(token_ids, prefix_embeddings=prefix, training=training)  # (B, T, V)
+        return self.add_relation_scores(logits, features, token_ids)
 
 
 @_register
@@ -732,7 +875,9 @@ class CrossAttentionMLLM(_MultimodalBase):
 
     def call(self, inputs, training=None):
         images, token_ids = self._unpack(inputs)
-        return self.decode(self.image_tokens(images, training=training), token_ids, training=training)
+        features = self.image_features(images, training=training)                        # (B, P, D_v)
+        logits = self.decode(self.projector(features), token_ids, training=training)     # (B, T, V)
+        return self.add_relation_scores(logits, features, token_ids)
 
 
 def build_model(config: MLLMConfig, tokenizer: preprocessing.Tokenizer) -> keras.Model:
@@ -761,8 +906,10 @@ def set_stage_trainable(model, stage: int) -> int:
     parameters. Keras reads the flags at ``compile()``: compile afterwards!
 
     Stage 1 (alignment): only the connector learns: the projector (and, in the
-    cross-attention variant, the cross-attention layers); the image encoder and the
-    language model are frozen. Stage 2: everything learns. ``model.trainable = True``
+    cross-attention variant, the cross-attention layers; and a `RelationHead`, new like
+    the projector); the image encoder and the language model are frozen. Stage 2:
+    everything learns, except a pretrained `ObjectImageEncoder`, which stays frozen (as
+    LLaVA keeps its CLIP encoder frozen). ``model.trainable = True``
     comes first: it sets every layer inside the model, and a frozen parent would freeze
     its children whatever their own flags say.
     """
@@ -770,12 +917,29 @@ def set_stage_trainable(model, stage: int) -> int:
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 (projector only) or 2 (everything), got {stage!r}.")
     model.trainable = True
-    model.image_encoder.trainable = stage == 2
+    model.image_encoder.trainable = stage == 2 and model.config.vision == "grid"
     model.language_model.trainable = stage == 2
     model.projector.trainable = True
-    for layer in getattr(model, "cross_attention", []):
+    for layer in [*getattr(model, "cross_attention", []), model.relation_head]:
+        if layer is None:
+            continue
         layer.trainable = True
     return trainable_parameter_count(model)
+
+
+def load_object_encoder(model, token_model) -> None:
+    """Copy a pretrained object detector (the token model that
+    `fusion.pretrain_object_encoder` returns) into a ``vision="objects"`` model."""
+    _check_model(model)
+    if model.config.vision != "objects":
+        raise ValueError(f"the model's vision is {model.config.vision!r}: only a vision='objects' model has an object "
+                         "encoder to load.")
+    detector = model.image_encoder.detector
+    weights = token_model.get_weights() if isinstance(token_model, keras.Model) else None
+    if weights is None or [w.shape for w in weights] != [tuple(v.shape) for v in detector.weights]:
+        raise ValueError("token_model must be the object encoder from fusion.pretrain_object_encoder (or "
+                         f"fusion.build_object_encoder()[1]), got {type(token_model).__name__} with other weights.")
+    detector.set_weights(weights)
 
 
 def trainable_parameter_count(model) -> int:
@@ -926,7 +1090,7 @@ def _prompt_groups(prompts: Sequence[str], tokenizer) -> dict[int, list[int]]:
     return groups
 
 
-def _greedy_cross_attention(model: "CrossAttentionMLLM", images, prompt: np.ndarray, new_tokens: int, eos: int):
+def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: int):
     """Greedy decoding without a cache: the whole text is recomputed at every step, at one
     fixed length (unfilled slots hold padding, which the causal mask hides from earlier
     positions), through Keras's compiled predict step, so it is traced only once."""
@@ -953,7 +1117,9 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
     question text. images uint8 (N, H, W, 3) (or float in [0, 1]), prompts N strings.
 
     `LLaVAModel` uses lesson 07's `generate` with the image tokens as
-    ``prefix_embeddings`` and the key-value cache. Generation stops at ``<eos>`` or when
+    ``prefix_embeddings`` and the key-value cache; the cross-attention variant and models
+    with a `RelationHead` (whose scores need the whole text so far) recompute the text at
+    every step. Generation stops at ``<eos>`` or when
     the text reaches ``max_text_length`` positions. Returns N decoded strings.
     """
     _check_model(model)
@@ -976,12 +1142,12 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
             chunk = rows[first:first + batch_size]
             prompt = np.array([prompt_ids(prompts[i], tokenizer) for i in chunk], np.int32)
             batch_images = images[chunk]
-            if isinstance(model, LLaVAModel):
+            if isinstance(model, LLaVAModel) and model.relation_head is None:
                 prefix = model.image_tokens(ops.convert_to_tensor(batch_images))
                 tokens = lm.generate(model.language_model, prompt, new_tokens, prefix_embeddings=prefix,
                                      stop_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
             else:
-                tokens = _greedy_cross_attention(model, batch_images, prompt, new_tokens, tokenizer.eos_id)
+                tokens = _greedy_recompute(model, batch_images, prompt, new_tokens, tokenizer.eos_id)
             for i, row in zip(chunk, tokens):
                 results[i] = tokenizer.decode(row)
     return results

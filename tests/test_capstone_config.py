@@ -47,3 +47,13 @@ def test_run_folder_refuses_another_config_and_truncates_history(tmp_path):
 def test_load_config_of_a_non_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         capstone.load_config(tmp_path)
+
+
+def test_shapeworld_presets_use_the_object_detector_and_photos_the_grid():
+    for name in ("notebook", "cpu", "colab-t4", "gpu-large"):
+        model = capstone.resolve_config(name).model
+        assert model["vision"] == "objects" and model["relation_head"], name
+        photos = capstone.resolve_config(name, data="flickr8k:/data/flickr8k").model
+        assert photos["vision"] == "grid" and not photos["relation_head"], name
+        assert {k: v for k, v in photos.items() if k not in capstone.PHOTO_MODEL} == \
+            {k: v for k, v in model.items() if k not in capstone.PHOTO_MODEL}

@@ -70,3 +70,21 @@ def test_generate_needs_a_run_folder(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mmlm_course.cli", "generate", "--run", str(tmp_path),
                              "--image", "x.png"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "not a run folder" in result.stderr
+
+
+def test_object_vision_run_pretrains_the_detector_first(tmp_path):
+    """In-process: stage 0 trains lesson 04's detector on the run's scenes, then the model trains and evaluates."""
+    import keras
+
+    from mmlm_course import capstone
+
+    config = capstone.resolve_config(
+        "tiny", train_examples=128, eval_examples=12, detector_examples=64, detector_epochs=1, pretrain_epochs=0,
+        model=dict(image_size=64, vision="objects", relation_head=True, dim=16, num_layers=1, num_heads=2))
+    lines = []
+    metrics = capstone.train(config, tmp_path / "run", progress=False, log=lines.append)
+    assert "stage 0: pretraining the object detector on 64 scenes" in lines
+    assert not any("language model" in line for line in lines)       # pretrain_epochs=0 skips that part
+    assert {"test", "compositional"} <= set(metrics)
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    assert model.config.vision == "objects" and model.relation_head is not None

@@ -411,3 +411,98 @@ def test_grid_coordinates_make_column_and_row_linearly_readable():
     assert xy[1, 0] > xy[0, 0] and xy[4, 1] > xy[0, 1]                            # reading order
     with pytest.raises(ValueError, match=r"makes a \(16, D\) table"):
         mllm.GridCoordinates(4)((9, 32))
+
+
+# --------------------------------------------------------------------------- object vision and the relation head
+
+OBJECTS = mllm.MLLMConfig(image_size=64, vision="objects", relation_head=True, dim=16, num_layers=1, num_heads=2,
+                          max_text_length=20)
+
+
+@pytest.fixture(scope="module")
+def object_data():
+    return shapeworld.generate(6, "validation", seed=2)
+
+
+@pytest.fixture(scope="module")
+def object_model():
+    keras.utils.set_random_seed(5)
+    return mllm.build_model(OBJECTS, TOKENIZER)
+
+
+def test_object_vision_config_is_validated():
+    assert OBJECTS.num_image_tokens == shapeworld.MAX_OBJECTS
+    with pytest.raises(ValueError, match="vision must be one of"):
+        mllm.MLLMConfig(vision="patches")
+    with pytest.raises(ValueError, match="built for 64x64 images; got image_size=32"):
+        mllm.MLLMConfig(image_size=32, stem=1, vision="objects")
+    with pytest.raises(ValueError, match="needs vision='objects'"):
+        mllm.MLLMConfig(relation_head=True)
+    with pytest.raises(TypeError, match="relation_head must be True or False"):
+        mllm.MLLMConfig(vision="objects", relation_head="yes")
+
+
+def test_object_tokens_feed_the_projector_and_the_relation_head(object_model, object_data):
+    features = ops.convert_to_numpy(object_model.image_features(object_data.images[:2]))
+    assert features.shape == (2, shapeworld.MAX_OBJECTS, 14)
+    floats = ops.convert_to_numpy(object_model.image_features(object_data.images[:2].astype("float32") / 255.0))
+    np.testing.assert_allclose(floats, features, atol=1e-4)          # uint8 and float images are the same image
+    x, _ = _batch(object_data, OBJECTS)
+    logits = ops.convert_to_numpy(object_model(x))
+    assert logits.shape == (len(x["token_ids"]), OBJECTS.max_text_length, len(TOKENIZER))
+    decoder_only = object_model.language_model(x["token_ids"], prefix_embeddings=object_model.image_tokens(x["images"]))
+    scores = ops.convert_to_numpy(object_model.relation_head(object_model.image_features(x["images"]), x["token_ids"]))
+    np.testing.assert_allclose(logits, ops.convert_to_numpy(decoder_only) + scores, rtol=1e-4, atol=1e-4)
+
+
+def test_relation_head_reads_only_the_words_so_far(object_model, object_data):
+    """Position t's scores may use tokens 0..t, never later ones (they are what it predicts)."""
+    x, _ = _batch(object_data, OBJECTS)
+    objects = object_model.image_features(x["images"][:2])
+    ids = np.array(x["token_ids"][:2])
+    changed = ids.copy()
+    changed[:, 6:] = TOKENIZER.token_to_id["circle"]
+    before = ops.convert_to_numpy(object_model.relation_head(objects, ids))
+    after = ops.convert_to_numpy(object_model.relation_head(objects, changed))
+    np.testing.assert_allclose(before[:, :6], after[:, :6], atol=1e-5)
+    assert np.abs(before[:, 6:] - after[:, 6:]).max() > 1e-4       # and it does read them once they are seen
+    shorter = ops.convert_to_numpy(object_model.relation_head(objects, ids[:, :9]))
+    np.testing.assert_allclose(shorter, before[:, :9], atol=1e-5)    # any length up to max_text_length
+
+
+def test_object_model_round_trips_and_generates(object_model, object_data, tmp_path):
+    x, _ = _batch(object_data, OBJECTS)
+    path = tmp_path / "objects.keras"
+    object_model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(object_model(x)), atol=1e-5)
+    prompts = ["", object_data.questions[0]]
+    texts = mllm.generate_texts(object_model, TOKENIZER, object_data.images[:2], prompts, max_new_tokens=5)
+    # recomputed at every step (no cache: the relation head needs the whole text so far)
+    assert texts == [_greedy_by_full_forward(object_model, image, prompt, 5)
+                     for image, prompt in zip(object_data.images[:2], prompts)]
+
+
+def test_object_stages_keep_the_pretrained_detector_frozen(object_data):
+    model = mllm.build_model(OBJECTS, TOKENIZER)
+    head, projector, detector, total = (int(sum(np.prod(w.shape) for w in part.weights)) for part in
+                                        (model.relation_head, model.projector, model.image_encoder, model))
+    assert head > 0 and detector > 0
+    assert mllm.set_stage_trainable(model, 1) == projector + head      # stage 1: the new parts only
+    assert mllm.set_stage_trainable(model, 2) == total - detector      # stage 2: all but the pretrained detector
+    assert not model.image_encoder.trainable
+
+
+def test_load_object_encoder_copies_the_detector_and_refuses_others(object_data):
+    from mmlm_course import fusion
+
+    model = mllm.build_model(OBJECTS, TOKENIZER)
+    _, token_model = fusion.build_object_encoder()
+    token_model.set_weights([w + 0.01 for w in token_model.get_weights()])
+    mllm.load_object_encoder(model, token_model)
+    np.testing.assert_allclose(ops.convert_to_numpy(model.image_encoder.detector(object_data.images[:2])),
+                               ops.convert_to_numpy(token_model(object_data.images[:2])), atol=1e-5)
+    with pytest.raises(ValueError, match="must be the object encoder"):
+        mllm.load_object_encoder(model, fusion.build_qa_model("image_only"))
+    with pytest.raises(ValueError, match="only a vision='objects' model"):
+        mllm.load_object_encoder(mllm.build_model(TINY, TOKENIZER), token_model)
