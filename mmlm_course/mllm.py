@@ -37,6 +37,14 @@ keeps the text at positions 0.. and lets every decoder block attend to the image
 through a gated cross-attention layer (Flamingo, Alayrac et al., 2022); stage 1 then
 trains the projector and the cross-attention layers.
 
+Relations ("is the circle to the left of the square?") stay at chance in this recipe: the
+image tokens come before the question, and until attention has found the two objects it
+names, comparing their positions averages to nothing. ``MLLMConfig(vision="objects",
+relation_head=True)`` (the capstone's ShapeWorld model) adds what lesson 04 showed works:
+lesson 04's object detector as a pretrained, frozen vision tower (`ObjectImageEncoder`,
+filled by `load_object_encoder`), and a `RelationHead`, lesson 04's relation network read at
+every text position with the words so far, whose scores are added to the logits.
+
 Data reaches the models as NumPy dicts ``{"images": uint8 (N, H, W, 3), "token_ids":
 int32 (N, T)}`` with targets int32 (N, T), and the models override ``compute_loss``, so the
 same code trains on every Keras backend. Model code uses ``keras.layers`` / ``keras.ops``
