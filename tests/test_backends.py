@@ -21,22 +21,42 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_MODULES = ["encoders", "language_model", "mllm", "losses", "fusion", "retrieval"]
 
 RUN = """
+import importlib.abc
 import sys
-sys.modules["tensorflow"] = None          # TensorFlow absent: `import tensorflow` raises ImportError
+
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    # TensorFlow absent, as on a JAX or PyTorch machine: `import tensorflow` raises
+    # ImportError, and (unlike a None entry in sys.modules) "tensorflow" stays out of
+    # sys.modules, which Keras reads to decide whether it runs inside a TensorFlow graph.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NoTensorFlow())
 import keras
 assert keras.backend.backend() == sys.argv[2], keras.backend.backend()
+assert "tensorflow" not in sys.modules
 from mmlm_course import capstone
-config = capstone.resolve_config("tiny", stage1_steps=2, stage2_steps=4, eval_examples=12)
+overrides = dict(stage1_steps=2, stage2_steps=4, eval_examples=12)
+if sys.argv[3] == "objects":   # the ShapeWorld presets' model: object detector + relation head
+    overrides.update(train_examples=128, detector_examples=64, detector_epochs=1,
+                     model=dict(image_size=64, vision="objects", relation_head=True, dim=16, num_layers=1,
+                                num_heads=2))
+config = capstone.resolve_config("tiny", **overrides)
 metrics = capstone.train(config, sys.argv[1], progress=False)
 """
 
 
+@pytest.mark.parametrize("vision", ["grid", "objects"])
 @pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_capstone_trains_without_tensorflow(backend, tmp_path):
+def test_capstone_trains_without_tensorflow(backend, vision, tmp_path):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     run = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-c", RUN, str(run), backend], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", RUN, str(run), backend, vision], cwd=ROOT,
                             env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"backend {backend}" in result.stdout                       # the device line names the backend
