@@ -314,6 +314,8 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     log(data.report)
     data.tokenizer.save(folder.vocab_path)
     model = mllm.build_model(mllm.MLLMConfig(**config.model), data.tokenizer)
+    log(f"model: vision {model.config.vision!r}" + (", relation head" if model.config.relation_head else "")
+        + f", {model.config.num_layers} layers of width {model.config.dim}")
     jit = config.jit_compile and has_gpu
 
     def compile_stage(stage: int) -> int:
