@@ -501,8 +501,8 @@ class RelationHead(keras.layers.Layer):
     Why: a language model reading object tokens must *select* the two objects a relation
     names before it can compare them, and until it does, the comparison it reads averages
     to zero, so nothing tells it what to select (lesson 08 shows it stuck at chance with grid
-    tokens, and exact object tokens alone fare no better). The
-    relation network scores every pair at once, with no selection to learn first.
+    tokens, and exact object tokens alone fare no better). The relation network scores
+    every pair at once, with no selection to learn first.
     """
 
     def __init__(self, vocab_size: int, max_text_length: int, width: int = 64, pad_id: int = 0, **kwargs):
