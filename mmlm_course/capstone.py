@@ -325,13 +325,13 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
 
     state = folder.checkpoints.latest()
     pretrained_now = False
-    detector = model.config.vision == "objects"
-    if state is None and (detector or config.pretrain_epochs):
+    uses_detector = model.config.vision == "objects"
+    if state is None and (uses_detector or config.pretrain_epochs):
         # Stage 0: the parts that are pretrained alone first (lesson 08). The object
         # detector learns from the scenes (lesson 04) and stays frozen; the language model
         # learns the text, so that stage 1 aligns the projector to a model that already
         # speaks ShapeWorld.
-        if detector:
+        if uses_detector:
             scenes = data.scenes.subset(range(min(config.detector_examples, len(data.scenes))))
             log(f"stage 0: pretraining the object detector on {len(scenes)} scenes")
             token_model, _ = fusion.pretrain_object_encoder(scenes, epochs=config.detector_epochs)

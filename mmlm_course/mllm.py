@@ -470,7 +470,6 @@ class ObjectImageEncoder(keras.layers.Layer):
     def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, **kwargs):
         super().__init__(**kwargs)
         self.num_objects = require_int("num_objects", num_objects, 1)
-        self.num_tokens = self.num_objects
         self.detector = fusion.build_object_encoder(num_objects=self.num_objects)[1]
         self.centred = fusion.CentredPositions(name="centred_positions")
 
