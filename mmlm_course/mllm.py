@@ -2,10 +2,14 @@
 
 The recipe of LLaVA (Liu et al., 2023) in miniature:
 
-1. an **image encoder** (lesson 03's `ConvImageEncoder` with ``output="tokens"``) turns a
-   64x64 image into a grid of feature tokens (8x8 = 64 tokens by default, one per region);
-2. a **projector** (`ImageTokenProjector`: learned grid positions, then a two-layer MLP
-   with GELU) maps each feature token into the word-embedding space of the language model;
+1. an **image encoder** turns a 64x64 image into feature tokens: lesson 04's object
+   detector, pretrained and frozen as LLaVA keeps CLIP (`ObjectImageEncoder`,
+   ``MLLMConfig(vision="objects")``, one token per object; ShapeWorld only), or lesson
+   03's `ConvImageEncoder` with ``output="tokens"`` trained with the model
+   (`GridImageEncoder`, ``vision="grid"``, one token per region; any images, photos too);
+2. a **projector** (`ImageTokenProjector`: a two-layer MLP with GELU, after learned grid
+   positions for grid tokens) maps each feature token into the word-embedding space of
+   the language model;
 3. the **language model** (lesson 07's `DecoderLM`) reads the projected image tokens
    *in front of* the text tokens (``prefix_embeddings``) and predicts the text;
 4. the loss counts the **answer tokens only**: the prompt is given, never predicted.
@@ -22,11 +26,13 @@ Everything left of ``->`` is the prompt; the targets of the prompt positions are
 
 Training has two stages (`compile_for_stage`), as in LLaVA:
 
-- stage 1 (alignment): only the projector learns; the image encoder and the language
-  model are frozen. The language model is first pretrained on ShapeWorld text with lesson
-  07's next-token objective (`pretrain_language_model`), so stage 1 teaches the projector
-  to speak the language the frozen model already understands;
-- stage 2 (instruction tuning): every weight learns.
+- stage 1 (alignment): only the new parts learn (the projector, and a relation head or
+  cross-attention layers when there are any); the image encoder and the language model
+  are frozen. The language model is first pretrained on ShapeWorld text with lesson 07's
+  next-token objective (`pretrain_language_model`), so stage 1 teaches the projector to
+  speak the language the frozen model already understands;
+- stage 2 (instruction tuning): the language model learns too, and a grid encoder (which
+  starts from random weights); a pretrained detector stays frozen.
 
 Keras reads the ``trainable`` flags when it builds the training step, at ``compile()``:
 change the flags, then compile again (`compile_for_stage` does both and returns the number
@@ -37,13 +43,11 @@ keeps the text at positions 0.. and lets every decoder block attend to the image
 through a gated cross-attention layer (Flamingo, Alayrac et al., 2022); stage 1 then
 trains the projector and the cross-attention layers.
 
-Relations ("is the circle to the left of the square?") stay at chance in this recipe: the
-image tokens come before the question, and until attention has found the two objects it
-names, comparing their positions averages to nothing. ``MLLMConfig(vision="objects",
-relation_head=True)`` (the capstone's ShapeWorld model) adds what lesson 04 showed works:
-lesson 04's object detector as a pretrained, frozen vision tower (`ObjectImageEncoder`,
-filled by `load_object_encoder`), and a `RelationHead`, lesson 04's relation network read at
-every text position with the words so far, whose scores are added to the logits.
+Relations ("is the circle to the left of the square?") are slow to learn in this recipe:
+until attention has found the two objects a question names, comparing their positions
+averages to nothing. ``relation_head=True`` (lesson 08's and the capstone's ShapeWorld
+model) adds a `RelationHead`: lesson 04's relation network read at every text position with
+the words so far, whose scores are added to the logits.
 
 Data reaches the models as NumPy dicts ``{"images": uint8 (N, H, W, 3), "token_ids":
 int32 (N, T)}`` with targets int32 (N, T), and the models override ``compute_loss``, so the
@@ -499,9 +503,9 @@ class RelationHead(keras.layers.Layer):
 
     Why: a language model reading object tokens must *select* the two objects a relation
     names before it can compare them, and until it does, the comparison it reads averages
-    to zero, so nothing tells it what to select (lesson 08 shows it stuck at chance with grid
-    tokens, and exact object tokens alone fare no better). The relation network scores
-    every pair at once, with no selection to learn first.
+    to zero, so nothing tells it what to select (without the head, relation questions
+    stayed at chance in every run we made, with grid tokens and with exact object tokens).
+    The relation network scores every pair at once, with no selection to learn first.
     """
 
     def __init__(self, vocab_size: int, max_text_length: int, width: int = 64, pad_id: int = 0, **kwargs):
@@ -1200,8 +1204,9 @@ def image_attention(model, images, token_ids) -> np.ndarray:
     float32 (B, num_layers, num_heads, T, P): for `LLaVAModel` the causal self-attention
     weights from the text queries to the P image-token keys (each row of the full
     attention sums to 1 over image *and* earlier text keys); for `CrossAttentionMLLM` the
-    cross-attention weights (each row sums to 1 over the image tokens). Reshape P to
-    (grid, grid) to lay it over the image.
+    cross-attention weights (each row sums to 1 over the image tokens). With a grid encoder,
+    reshape P to (grid_size, grid_size) to lay it over the image; with object tokens, token k
+    is the k-th detected object (its centre is in the token).
     """
     _check_model(model)
     images = _images(images, size=model.config.image_size)

@@ -216,6 +216,19 @@ def test_relation_fusion_shapes_grounding_and_empty_slots():
     assert tuple(layer(objects, tokens, question).shape) == (3, 24)  # no mask, every slot an object
 
 
+def test_relation_fusion_equals_its_formula_on_every_pair():
+    """The per-object split of g's first layer gives what the Dense layers give on object_pairs."""
+    objects, tokens, question, mask, objectness = _relation_inputs()
+    layer = fusion.RelationFusion(units=12, key_dim=4)
+    fused, grounding = layer(objects, tokens, question, mask, objectness, return_grounding=True)
+    pairs = _np(fusion.object_pairs(np.concatenate([objects, _np(grounding)], axis=-1)))  # (3, 4, 4, 2 (14 + 6))
+    q = np.broadcast_to(question[:, None, None, :], pairs.shape[:3] + (question.shape[-1],))
+    scores = _np(layer.pair_output(layer.pair_hidden(np.concatenate([pairs, q], axis=-1))))  # (3, 4, 4, 12)
+    scores = scores * objectness[:, :, None, :] * objectness[:, None, :, :]
+    expected = np.concatenate([scores.mean(axis=(1, 2)), scores.max(axis=(1, 2))], axis=-1)
+    np.testing.assert_allclose(_np(fused), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_relation_fusion_validates_inputs():
     objects, tokens, question, mask, objectness = _relation_inputs()
     layer = fusion.RelationFusion(units=8, key_dim=4)

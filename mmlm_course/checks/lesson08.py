@@ -164,10 +164,13 @@ def _check_prepend_image_tokens(c: Checker) -> None:
 
 _TINY = mllm.MLLMConfig(image_size=16, encoder_filters=(4,), vision_dim=8, dim=8, num_layers=1, num_heads=2,
                         max_text_length=4)
+_TINY_OBJECTS = mllm.MLLMConfig(vision="objects", dim=8, num_layers=1, num_heads=2, max_text_length=4)
 
 
-def _tiny_model():
-    return mllm.build_model(_TINY, mllm.mllm_tokenizer())
+def _tiny_models():
+    """A grid model (its encoder learns in stage 2) and an object model (pretrained encoder, always frozen)."""
+    tokenizer = mllm.mllm_tokenizer()
+    return [mllm.build_model(_TINY, tokenizer), mllm.build_model(_TINY_OBJECTS, tokenizer)]
 
 
 def _count(weights) -> int:
@@ -176,7 +179,8 @@ def _count(weights) -> int:
 
 def _stage_mistake(model, stage, encoder=None, language=None, projector=None, whole=True):
     model.trainable = whole
-    model.image_encoder.trainable = (stage == 2) if encoder is None else encoder(stage)
+    pretrained = model.config.vision == "objects"
+    model.image_encoder.trainable = (stage == 2 and not pretrained) if encoder is None else encoder(stage)
     model.language_model.trainable = (stage == 2) if language is None else language(stage)
     model.projector.trainable = True if projector is None else projector(stage)
     return _count(model.trainable_weights)
@@ -191,33 +195,42 @@ def _stage_mistake(model, stage, encoder=None, language=None, projector=None, wh
                                         projector=lambda s: s == 2),
         "leaves the image encoder trainable in stage 1": lambda m, s: _stage_mistake(m, s, encoder=lambda s: True),
         "never unfreezes the image encoder": lambda m, s: _stage_mistake(m, s, encoder=lambda s: False),
+        "unfreezes the pretrained detector in stage 2": lambda m, s: _stage_mistake(m, s, encoder=lambda s: s == 2),
         "freezes the whole model in stage 1": lambda m, s: _stage_mistake(m, s, whole=s == 2),
     },
 )
 def _check_set_stage_trainable(c: Checker) -> None:
-    model = _tiny_model()
-    projector = _count(model.projector.weights)
-    total = _count(model.weights)
-    expected = {1: projector, 2: total}
-    for stage in (1, 2, 1, 2):
-        got = c.call(model, stage)
-        c.expect_type(f"stage {stage} result", got, (int, np.integer),
-                      hint="return the number of trainable parameters: sum of np.prod(w.shape) over "
-                           "model.trainable_weights")
-        frozen = [name for name, part in (("image_encoder", model.image_encoder),
-                                          ("language_model", model.language_model)) if not part.trainable]
-        actual = _count(model.trainable_weights)
-        if stage == 1 and actual != projector:
-            if actual == 0:
-                c.fail("stage 1", "nothing is trainable", "freeze the parts, not the whole model: a frozen parent "
-                       "freezes every layer inside it, whatever their own flags say")
-            c.fail("stage 1", f"{actual:,} trainable parameters, expected only the projector's {projector:,}"
-                   + (f" (still trainable: {sorted({'image_encoder', 'language_model'} - set(frozen))})"
-                      if len(frozen) < 2 else ""),
-                   "in stage 1 only the projector learns; the image encoder and language model are frozen")
-        if stage == 2 and actual != total:
-            c.fail("stage 2", f"{actual:,} trainable parameters, expected all {total:,}"
-                   + (f" (still frozen: {frozen})" if frozen else ""),
-                   "stage 2 unfreezes every part, including the ones frozen in stage 1")
-        c.expect_equal(f"stage {stage} trainable parameter count", int(got), expected[stage],
-                       "count the parameters of model.trainable_weights after setting the flags")
+    for model in _tiny_models():
+        kind = f"{model.config.vision} model"
+        pretrained = model.config.vision == "objects"
+        projector = _count(model.projector.weights)
+        total = _count(model.weights)
+        encoder = _count(model.image_encoder.weights)
+        expected = {1: projector, 2: total - encoder if pretrained else total}
+        for stage in (1, 2, 1, 2):
+            got = c.call(model, stage)
+            c.expect_type(f"stage {stage} result", got, (int, np.integer),
+                          hint="return the number of trainable parameters: sum of np.prod(w.shape) over "
+                               "model.trainable_weights")
+            frozen = [name for name, part in (("image_encoder", model.image_encoder),
+                                              ("language_model", model.language_model)) if not part.trainable]
+            actual = _count(model.trainable_weights)
+            if stage == 1 and actual != projector:
+                if actual == 0:
+                    c.fail(f"stage 1 ({kind})", "nothing is trainable", "freeze the parts, not the whole model: a "
+                           "frozen parent freezes every layer inside it, whatever their own flags say")
+                c.fail(f"stage 1 ({kind})", f"{actual:,} trainable parameters, expected only the projector's "
+                       f"{projector:,}" + (f" (still trainable: {sorted({'image_encoder', 'language_model'} - set(frozen))})"
+                                           if len(frozen) < 2 else ""),
+                       "in stage 1 only the projector learns; the image encoder and language model are frozen")
+            if stage == 2 and actual != expected[2]:
+                if pretrained and "image_encoder" not in frozen:
+                    c.fail(f"stage 2 ({kind})", f"{actual:,} trainable parameters: the pretrained detector is "
+                           "trainable", "a pretrained encoder (model.config.vision == 'objects') stays frozen in "
+                           "both stages, as LLaVA keeps CLIP frozen")
+                c.fail(f"stage 2 ({kind})", f"{actual:,} trainable parameters, expected {expected[2]:,}"
+                       + (f" (still frozen: {frozen})" if frozen else ""),
+                       "stage 2 unfreezes the language model, and an image encoder trained from scratch "
+                       "(vision 'grid')")
+            c.expect_equal(f"stage {stage} trainable parameter count ({kind})", int(got), expected[stage],
+                           "count the parameters of model.trainable_weights after setting the flags")
