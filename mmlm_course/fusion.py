@@ -51,7 +51,7 @@ __all__ = [
     "ObjectTokens", "Objectness", "CentredPositions", "TokenMask", "MaskedMean", "QuestionEncoder",
     "ANSWERS", "FUSION_METHODS", "QUESTION_LENGTH", "qa_arrays", "object_grid_targets", "OBJECT_FEATURES",
     "build_object_encoder", "pretrain_object_encoder", "build_qa_model", "inputs_for", "fit_qa_model",
-    "predict_answers", "accuracy_by_type", "GRID",
+    "predict_answers", "accuracy_by_type", "GRID", "ObjectImageEncoder", "load_detector",
 ]
 
 _register = keras.saving.register_keras_serializable(package="mmlm_course")
@@ -745,6 +745,49 @@ def pretrain_object_encoder(data: shapeworld.ShapeWorldData, epochs: int = 3, ba
                                             "offset": offset_weight}, callbacks=callbacks)
     token_model.trainable = False
     return token_model, history
+
+
+@_register
+class ObjectImageEncoder(keras.layers.Layer):
+    """Lesson 04's object encoder as a *pretrained, frozen* vision tower (as LLaVA uses CLIP).
+
+    uint8 images (B, 64, 64, 3) (or float in [0, 1]) -> object tokens float (B, K, 14):
+    one token per detected object, `OBJECT_FEATURES` (colour, shape and size
+    probabilities, centre, objectness), with the centre rescaled by `CentredPositions`.
+    Train the detector with `pretrain_object_encoder` on ShapeWorld scenes, then copy
+    it in with `load_detector`. It needs scenes with known objects to learn from, so
+    it is for ShapeWorld; photos use `mllm.GridImageEncoder`.
+    """
+
+    def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, **kwargs):
+        super().__init__(**kwargs)
+        self.num_objects = positive_int(num_objects, "num_objects")
+        self.detector = build_object_encoder(num_objects=self.num_objects)[1]
+        self.centred = CentredPositions(name="centred_positions")
+
+    def build(self, input_shape):
+        self.detector.build((None, 64, 64, 3))
+
+    def call(self, images, training=None):
+        if "float" in keras.backend.standardize_dtype(images.dtype):
+            images = images * 255.0                                    # the detector rescales 0..255 itself
+        return self.centred(self.detector(images, training=False))     # (B, K, 14)
+
+    def get_config(self):
+        return {**super().get_config(), "num_objects": self.num_objects}
+
+
+def load_detector(encoder: "ObjectImageEncoder", token_model) -> None:
+    """Copy a pretrained object detector (the token model `pretrain_object_encoder`
+    returns) into an `ObjectImageEncoder` (a vision tower of lessons 06, 08 and 09)."""
+    if not isinstance(encoder, ObjectImageEncoder):
+        raise TypeError(f"expected an ObjectImageEncoder to load into, got {type(encoder).__name__}.")
+    detector = encoder.detector
+    weights = token_model.get_weights() if isinstance(token_model, keras.Model) else None
+    if weights is None or [w.shape for w in weights] != [tuple(v.shape) for v in detector.weights]:
+        raise ValueError("token_model must be the object encoder from fusion.pretrain_object_encoder (or "
+                         f"fusion.build_object_encoder()[1]), got {type(token_model).__name__} with other weights.")
+    detector.set_weights(weights)
 
 
 # --------------------------------------------------------------------------- question answering

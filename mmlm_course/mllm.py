@@ -66,6 +66,7 @@ import numpy as np
 from keras import ops
 
 from mmlm_course import fusion
+from mmlm_course.fusion import ObjectImageEncoder  # lesson 04's detector as a frozen vision tower
 from mmlm_course import language_model as lm
 from mmlm_course import preprocessing, shapeworld
 from mmlm_course.encoders import (ConvImageEncoder, PositionEmbedding, ScratchMultiHeadAttention,
@@ -457,36 +458,6 @@ class GridImageEncoder(keras.layers.Layer):
         return {**super().get_config(), "image_size": self.image_size, "filters": list(self.filters),
                 "embed_dim": self.embed_dim, "stem": self.stem, "coordinates": self.coordinates,
                 "blocks": self.num_blocks, "num_heads": self.num_heads}
-
-
-@_register
-class ObjectImageEncoder(keras.layers.Layer):
-    """Lesson 04's object encoder as a *pretrained, frozen* vision tower (as LLaVA uses CLIP).
-
-    uint8 images (B, 64, 64, 3) (or float in [0, 1]) -> object tokens float (B, K, 14):
-    one token per detected object, `fusion.OBJECT_FEATURES` (colour, shape and size
-    probabilities, centre, objectness), with the centre rescaled by `fusion.CentredPositions`.
-    Train the detector with `fusion.pretrain_object_encoder` on ShapeWorld scenes, then copy
-    it in with `load_object_encoder`. It needs scenes with known objects to learn from, so
-    it is for ShapeWorld; photos use `GridImageEncoder`.
-    """
-
-    def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, **kwargs):
-        super().__init__(**kwargs)
-        self.num_objects = require_int("num_objects", num_objects, 1)
-        self.detector = fusion.build_object_encoder(num_objects=self.num_objects)[1]
-        self.centred = fusion.CentredPositions(name="centred_positions")
-
-    def build(self, input_shape):
-        self.detector.build((None, 64, 64, 3))
-
-    def call(self, images, training=None):
-        if "float" in keras.backend.standardize_dtype(images.dtype):
-            images = images * 255.0                                    # the detector rescales 0..255 itself
-        return self.centred(self.detector(images, training=False))     # (B, K, 14)
-
-    def get_config(self):
-        return {**super().get_config(), "num_objects": self.num_objects}
 
 
 @_register
@@ -946,12 +917,7 @@ def load_object_encoder(model, token_model) -> None:
     if model.config.vision != "objects":
         raise ValueError(f"the model's vision is {model.config.vision!r}: only a vision='objects' model has an object "
                          "encoder to load.")
-    detector = model.image_encoder.detector
-    weights = token_model.get_weights() if isinstance(token_model, keras.Model) else None
-    if weights is None or [w.shape for w in weights] != [tuple(v.shape) for v in detector.weights]:
-        raise ValueError("token_model must be the object encoder from fusion.pretrain_object_encoder (or "
-                         f"fusion.build_object_encoder()[1]), got {type(token_model).__name__} with other weights.")
-    detector.set_weights(weights)
+    fusion.load_detector(model.image_encoder, token_model)
 
 
 def trainable_parameter_count(model) -> int:

@@ -27,6 +27,12 @@ size-colour-shape combination and gives each image the class of its best prompt
 (`zero_shot_prompts`, `zero_shot_predict`). `relation_accuracy` tests whether a model reads
 relations at all (0.5 = chance).
 
+The benchmark's towers (``DualEncoder(tower="objects")``) are built for relations: lesson
+04's object detector, pretrained and frozen (LiT), read by `ObjectPairTower`, which binds
+every ordered pair of objects with their offset (`bind_roles`, a tensor product), and
+`RoleTextTower`, whose attention pools pick subject, reference and relation out of the
+caption and bind them the same way.
+
 Model code uses `keras.ops` / `keras.layers` only; `DualEncoder` overrides
 ``compute_loss`` (not a TensorFlow ``train_step``) so it trains on any Keras backend.
 """
@@ -42,18 +48,18 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course import shapeworld
+from mmlm_course import fusion, shapeworld
 from mmlm_course.encoders import (BagOfEmbeddings, ConvImageEncoder, RecurrentTextEncoder,
                                   TransformerTextEncoder)
 from mmlm_course.training import WarmupCosineDecay
 from mmlm_course.losses import LearnedTemperature, info_nce_from_logits, l2_normalize, log_softmax, similarity_logits
 from mmlm_course.preprocessing import Tokenizer, validate_image
-from mmlm_course.validation import dtype_name
+from mmlm_course.validation import dtype_name, positive_int
 
 __all__ = [
     "similarity_logits", "similarity_scores", "caption_hit_matrix", "first_hit_ranks", "recall_at_k_with_hits",
     "zero_shot_predict", "zero_shot_prompts", "single_object_data", "add_coordinate_channels", "spatial_moments",
-    "DualEncoder",
+    "bind_roles", "ObjectPairTower", "RoleTextTower", "DualEncoder",
     "make_tokenizer", "encode_captions", "embed_images", "embed_texts", "retrieval_scores", "retrieval_report",
     "zero_shot_accuracy", "reverse_relation", "relation_accuracy", "mirror_scene", "counterfactual_twin",
     "caption_training_set", "perturb_caption", "batch_positives",
@@ -348,6 +354,7 @@ def single_object_data(num_examples: int, split: str = "test", seed: int = 0,
 
 TEXT_ENCODERS = ("transformer", "gru", "bag")
 IMAGE_POOLINGS = ("flatten", "moments")
+TOWERS = ("cnn", "objects")
 
 
 def spatial_moments(tokens, side: int):
@@ -387,6 +394,132 @@ def add_coordinate_channels(images):
     return ops.concatenate([images, grid], axis=-1)
 
 
+def bind_roles(subject, reference, relation):
+    """Tensor-product binding of three role vectors.
+
+    subject float (..., R), reference float (..., R), relation float (..., Q) (the leading
+    dimensions broadcast) -> float (..., R * R * Q): the flattened outer product
+    ``subject ⊗ reference ⊗ relation``. Dot products of such tensors factorise,
+    ``<a ⊗ b ⊗ r, a' ⊗ b' ⊗ r'> = (a . a') (b . b') (r . r')``, so an image and a caption
+    score high together only when the subject *and* the reference *and* the relation match:
+    the AND that a sum of word vectors cannot express (a sum scores "the circle left of the
+    square" and "the square left of the circle" alike).
+    """
+    outer = (subject[..., :, None, None] * reference[..., None, :, None]
+             * relation[..., None, None, :])  # (..., R, R, Q)
+    lead = tuple(outer.shape[:-3])
+    size = outer.shape[-3] * outer.shape[-2] * outer.shape[-1]
+    return ops.reshape(outer, (-1,) + lead[1:] + (size,) if lead else (size,))
+
+
+@_register
+class ObjectPairTower(keras.layers.Layer):
+    """Image side of the ``tower="objects"`` dual encoder: object tokens -> one vector.
+
+    ``layer(objects)`` with objects float (B, K, 14) (`fusion.ObjectImageEncoder`; the last
+    feature is the objectness w). Returns float (B, object_dim + role_dim**2 * relation_dim):
+
+    - *what is there*: ``sum_k w_k MLP(o_k)``, (B, object_dim);
+    - *how things are placed*: for every ordered pair (i, j) of different objects,
+      `bind_roles` of a subject code of o_i, a reference code of o_j and a code of the
+      offset ``centre_j - centre_i``, weighted by ``w_i w_j`` and summed over the pairs,
+      (B, role_dim**2 * relation_dim).
+
+    A caption "A is left of B" (`RoleTextTower`) then matches the sum through the one pair
+    whose subject is like A, whose reference is like B and whose offset is like "left of".
+    """
+
+    def __init__(self, object_dim: int = 64, role_dim: int = 8, relation_dim: int = 4, hidden: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.object_dim, self.role_dim = positive_int(object_dim, "object_dim"), positive_int(role_dim, "role_dim")
+        self.relation_dim, self.hidden = positive_int(relation_dim, "relation_dim"), positive_int(hidden, "hidden")
+        self.object_hidden = keras.layers.Dense(self.hidden, activation="relu", name="object_hidden")
+        self.object_output = keras.layers.Dense(self.object_dim, name="object_output")
+        self.subject = keras.layers.Dense(self.role_dim, name="subject")
+        self.reference = keras.layers.Dense(self.role_dim, name="reference")
+        self.offset_hidden = keras.layers.Dense(self.hidden // 2, activation="relu", name="offset_hidden")
+        self.offset_output = keras.layers.Dense(self.relation_dim, name="offset_output")
+
+    def build(self, objects_shape):
+        features = objects_shape[-1]
+        for layer, width in ((self.object_hidden, features), (self.object_output, self.hidden),
+                             (self.subject, features), (self.reference, features), (self.offset_hidden, 2),
+                             (self.offset_output, self.hidden // 2)):
+            layer.build((None, width))
+
+    def call(self, objects):
+        shape = tuple(objects.shape)
+        if len(shape) != 3 or shape[-1] != len(fusion.OBJECT_FEATURES) or shape[1] is None:
+            raise ValueError(f"objects: expected object tokens (batch, K, {len(fusion.OBJECT_FEATURES)}), got {shape}.")
+        k = shape[1]
+        weight = objects[..., -1:]  # (B, K, 1) objectness
+        present = ops.sum(self.object_output(self.object_hidden(objects)) * weight, axis=1)  # (B, object_dim)
+        x = fusion.OBJECT_FEATURES.index("x")
+        centres = objects[..., x:x + 2]  # (B, K, 2)
+        offsets = centres[:, None, :, :] - centres[:, :, None, :]  # (B, K, K, 2): [i, j] = centre_j - centre_i
+        relation = self.offset_output(self.offset_hidden(offsets))  # (B, K, K, Q)
+        bound = bind_roles(self.subject(objects)[:, :, None, :], self.reference(objects)[:, None, :, :],
+                           relation)  # (B, K, K, R * R * Q)
+        others = ops.cast(1.0 - ops.eye(k), objects.dtype)[None, :, :, None]  # an object is not its own reference
+        pair_weight = weight[:, :, None, :] * weight[:, None, :, :] * others  # (B, K, K, 1)
+        return ops.concatenate([present, ops.sum(bound * pair_weight, axis=(1, 2))], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "object_dim": self.object_dim, "role_dim": self.role_dim,
+                "relation_dim": self.relation_dim, "hidden": self.hidden}
+
+
+@_register
+class RoleTextTower(keras.layers.Layer):
+    """Text side of the ``tower="objects"`` dual encoder: token ids -> one vector.
+
+    ``layer(ids)`` with ids int (B, T), 0 = padding. Lesson 03's Transformer (unpooled,
+    position-aware) gives a vector per word; four softmax *attention pools* (one learned
+    score per word and pool, padding masked) read out four summaries: the objects
+    mentioned, the subject, the reference and the relation. Returns float
+    (B, object_dim + role_dim**2 * relation_dim), laid out like `ObjectPairTower`'s
+    output: ``[objects mentioned ; bind_roles(subject, reference, relation)]``. Which word
+    is the subject is learned from the word order (the positions), not given.
+    """
+
+    def __init__(self, vocab_size: int, max_length: int, text_dim: int = 64, num_heads: int = 4,
+                 num_layers: int = 2, object_dim: int = 64, role_dim: int = 8, relation_dim: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.max_length = positive_int(max_length, "max_length")
+        self.text_dim, self.num_heads = positive_int(text_dim, "text_dim"), positive_int(num_heads, "num_heads")
+        self.num_layers = positive_int(num_layers, "num_layers")
+        self.object_dim, self.role_dim = positive_int(object_dim, "object_dim"), positive_int(role_dim, "role_dim")
+        self.relation_dim = positive_int(relation_dim, "relation_dim")
+        self.encoder = TransformerTextEncoder(self.vocab_size, self.max_length, embed_dim=self.text_dim,
+                                              num_heads=self.num_heads, mlp_dim=2 * self.text_dim,
+                                              num_layers=self.num_layers, pooling=None, name="encoder")
+        self.pool_scores = keras.layers.Dense(4, name="pool_scores")  # objects, subject, reference, relation
+        self.objects = keras.layers.Dense(self.object_dim, name="objects")
+        self.subject = keras.layers.Dense(self.role_dim, name="subject")
+        self.reference = keras.layers.Dense(self.role_dim, name="reference")
+        self.relation = keras.layers.Dense(self.relation_dim, name="relation")
+
+    def build(self, ids_shape):
+        self.encoder.build((None, self.max_length))
+        self.pool_scores.build((None, None, self.text_dim))
+        for layer in (self.objects, self.subject, self.reference, self.relation):
+            layer.build((None, self.text_dim))
+
+    def call(self, ids, training=None):
+        words = self.encoder(ids, training=training)  # (B, T, text_dim)
+        padding = ops.cast(ops.equal(ids, 0), words.dtype)[..., None]  # (B, T, 1)
+        attention = ops.softmax(self.pool_scores(words) - 1e9 * padding, axis=1)  # (B, T, 4): each pool sums to 1
+        pools = ops.einsum("btp,btd->bpd", attention, words)  # (B, 4, text_dim)
+        bound = bind_roles(self.subject(pools[:, 1]), self.reference(pools[:, 2]), self.relation(pools[:, 3]))
+        return ops.concatenate([self.objects(pools[:, 0]), bound], axis=-1)  # (B, object_dim + R * R * Q)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_size": self.vocab_size, "max_length": self.max_length,
+                "text_dim": self.text_dim, "num_heads": self.num_heads, "num_layers": self.num_layers,
+                "object_dim": self.object_dim, "role_dim": self.role_dim, "relation_dim": self.relation_dim}
+
+
 @_register
 class DualEncoder(keras.Model):
     """A CLIP-style dual encoder for ShapeWorld images and captions.
@@ -410,6 +543,15 @@ class DualEncoder(keras.Model):
     `TransformerTextEncoder` (default; position embeddings let it see word order), a GRU,
     or a bag of embeddings (order-blind, for comparison). Each tower ends in a linear
     projection to ``embed_dim`` and L2 normalisation.
+
+    ``tower="objects"`` (64x64 images only) replaces both towers, as LiT ("locked image
+    tuning") keeps a pretrained image encoder frozen: the image side is lesson 04's object
+    detector, frozen (`fusion.ObjectImageEncoder`, filled with `fusion.load_detector`),
+    read by `ObjectPairTower`; the text side is `RoleTextTower`. Both give
+    ``embed_dim + role_dim**2 * relation_dim`` numbers, L2-normalised, with no projection:
+    the relation part is a `bind_roles` tensor on both sides, so it must keep its layout.
+    The CNN-tower options (image_filters, image_features, downsample, image_token_dim,
+    coordinates, image_pooling, text_encoder) do not apply.
     """
 
     def __init__(self, vocab_size: int, max_length: int = MAX_CAPTION_LENGTH, image_size: int = 64,
@@ -417,7 +559,8 @@ class DualEncoder(keras.Model):
                  text_encoder: str = "transformer", text_dim: int = 64, text_layers: int = 2, num_heads: int = 4,
                  initial_temperature: float = 0.1, downsample: int = 2, pixel_mean: float = PIXEL_MEAN,
                  pixel_std: float = PIXEL_STD, image_token_dim: int = 64, coordinates: bool = False,
-                 image_pooling: str = "moments", **kwargs):
+                 image_pooling: str = "moments", tower: str = "cnn", role_dim: int = 8, relation_dim: int = 4,
+                 **kwargs):
         super().__init__(**kwargs)
         for name, value in (("vocab_size", vocab_size), ("max_length", max_length), ("image_size", image_size),
                             ("embed_dim", embed_dim), ("image_features", image_features), ("text_dim", text_dim),
@@ -445,6 +588,24 @@ class DualEncoder(keras.Model):
         self.text_encoder_kind, self.text_dim = text_encoder, int(text_dim)
         self.text_layers, self.num_heads = int(text_layers), int(num_heads)
         self.initial_temperature = float(initial_temperature)
+        if tower not in TOWERS:
+            raise ValueError(f"DualEncoder: tower must be one of {TOWERS}, got {tower!r}.")
+        self.tower = tower
+        self.role_dim = positive_int(role_dim, "role_dim")
+        self.relation_dim = positive_int(relation_dim, "relation_dim")
+        self.temperature_layer = LearnedTemperature(self.initial_temperature, name="temperature")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        if tower == "objects":
+            if self.image_size != 64:
+                raise ValueError(f"DualEncoder: tower='objects' reads 64x64 images (lesson 04's detector), got "
+                                 f"image_size={image_size}.")
+            self.object_encoder = fusion.ObjectImageEncoder(name="object_encoder")
+            self.object_encoder.trainable = False  # pretrained and frozen: fill it with fusion.load_detector
+            self.image_tower = ObjectPairTower(self.embed_dim, self.role_dim, self.relation_dim, name="image_tower")
+            self.text_tower = RoleTextTower(self.vocab_size, self.max_length, self.text_dim, self.num_heads,
+                                            self.text_layers, self.embed_dim, self.role_dim, self.relation_dim,
+                                            name="text_tower")
+            return
 
         self.image_downsample = keras.layers.AveragePooling2D(self.downsample, name="image_downsample")
         self.image_encoder = ConvImageEncoder(self.image_filters, embed_dim=self.image_token_dim, output="tokens",
@@ -463,14 +624,21 @@ class DualEncoder(keras.Model):
         else:
             self.text_encoder = BagOfEmbeddings(self.vocab_size, self.text_dim, name="text_encoder")
         self.text_projection = keras.layers.Dense(self.embed_dim, name="text_projection")
-        self.temperature_layer = LearnedTemperature(self.initial_temperature, name="temperature")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
 
     # ------------------------------------------------------------------ building and inputs
 
     def build(self, input_shape=None):
         """Create every weight (the input shapes follow from the config). Sub-layers that a
         direct call such as `encode_images` has already built are left as they are."""
+        if self.tower == "objects":
+            shapes = [(self.object_encoder, (None, 64, 64, 3)),
+                      (self.image_tower, (None, shapeworld.MAX_OBJECTS, len(fusion.OBJECT_FEATURES))),
+                      (self.text_tower, (None, self.max_length)), (self.temperature_layer, None)]
+            for layer, shape in shapes:
+                if not layer.built:
+                    layer.build(shape)
+            self.built = True
+            return
         small = self.image_size // self.downsample
         side = small // 2 ** len(self.image_filters)  # the last feature map is side x side
         flat = (side * side if self.image_pooling == "flatten" else 3) * self.image_token_dim
@@ -526,8 +694,13 @@ class DualEncoder(keras.Model):
     # ------------------------------------------------------------------ the two towers
 
     def encode_images(self, images, training=None):
-        """images uint8 (B, H, W, 3) or float in [0, 1] -> L2-normalised float32 (B, embed_dim)."""
-        x = self._check_images(_as_array(images, "images"))  # (B, H, W, 3) standardised
+        """images uint8 (B, H, W, 3) or float in [0, 1] -> L2-normalised float32 (B, embed_dim)
+        (``embed_dim + role_dim**2 * relation_dim`` with ``tower="objects"``)."""
+        images = _as_array(images, "images")
+        if self.tower == "objects":
+            self._check_images(images)  # shape and dtype; the detector rescales the pixels itself
+            return l2_normalize(self.image_tower(self.object_encoder(images)))  # (B, K, 14) -> (B, D)
+        x = self._check_images(images)  # (B, H, W, 3) standardised
         if self.downsample > 1:
             x = self.image_downsample(x)  # (B, H / s, W / s, 3): average pooling, cheaper convolutions
         if self.coordinates:
@@ -543,6 +716,8 @@ class DualEncoder(keras.Model):
     def encode_texts(self, ids, training=None):
         """ids int (B, T), 0 = padding -> L2-normalised float32 (B, embed_dim)."""
         ids = self._check_ids(_as_array(ids, "ids"))
+        if self.tower == "objects":
+            return l2_normalize(self.text_tower(ids, training=training))  # (B, D)
         if self.text_encoder_kind == "transformer":
             features = self.text_encoder(ids, training=training)  # (B, text_dim)
         else:
@@ -600,7 +775,8 @@ class DualEncoder(keras.Model):
                       text_dim=self.text_dim, text_layers=self.text_layers, num_heads=self.num_heads,
                       initial_temperature=self.initial_temperature, downsample=self.downsample,
                       pixel_mean=self.pixel_mean, pixel_std=self.pixel_std, image_token_dim=self.image_token_dim,
-                      coordinates=self.coordinates, image_pooling=self.image_pooling)
+                      coordinates=self.coordinates, image_pooling=self.image_pooling, tower=self.tower,
+                      role_dim=self.role_dim, relation_dim=self.relation_dim)
         return config
 
 

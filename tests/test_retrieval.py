@@ -358,3 +358,71 @@ def test_training_lowers_the_loss_and_saves(tmp_path, data, tokenizer):
         R.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=1)
     with pytest.raises(ValueError, match="batch_size must be even"):
         R.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=7, twins=True)
+
+
+# --------------------------------------------------------------------------- the object towers (benchmark)
+
+OBJECTS = dict(tower="objects", embed_dim=8, role_dim=3, relation_dim=2, text_dim=16, num_heads=2, text_layers=1)
+
+
+def test_bind_roles_factorises_dot_products():
+    a, b, r = RNG.normal(size=(5, 3)), RNG.normal(size=(5, 3)), RNG.normal(size=(5, 2))
+    a2, b2, r2 = RNG.normal(size=(5, 3)), RNG.normal(size=(5, 3)), RNG.normal(size=(5, 2))
+    bound, bound2 = np.asarray(R.bind_roles(a, b, r)), np.asarray(R.bind_roles(a2, b2, r2))
+    assert bound.shape == (5, 18)
+    np.testing.assert_allclose((bound * bound2).sum(-1), (a * a2).sum(-1) * (b * b2).sum(-1) * (r * r2).sum(-1),
+                               rtol=1e-5)
+    # broadcasting over leading dimensions: every (i, j) pair of 4 objects at once
+    pairs = np.asarray(R.bind_roles(a[None, :4, None], b[None, None, :4], np.ones((1, 4, 4, 2))))
+    assert pairs.shape == (1, 4, 4, 18)
+    np.testing.assert_allclose(pairs[0, 1, 2], np.asarray(R.bind_roles(a[1], b[2], np.ones(2))), rtol=1e-6)
+
+
+def test_object_pair_tower_reads_where_the_objects_are():
+    tower = R.ObjectPairTower(object_dim=4, role_dim=3, relation_dim=2)
+    objects = np.zeros((1, 4, 14), np.float32)
+    objects[0, :2, 0], objects[0, :2, -1] = [1.0, 0.0], 1.0  # two objects, the first one red-ish
+    objects[0, 0, 11], objects[0, 1, 11] = -1.0, 1.0  # first on the left
+    swapped = objects.copy()
+    swapped[0, 0, 11], swapped[0, 1, 11] = 1.0, -1.0  # the same objects, places swapped
+    out, out_swapped = np.asarray(tower(objects)), np.asarray(tower(swapped))
+    assert out.shape == (1, 4 + 18)
+    assert not np.allclose(out[:, 4:], out_swapped[:, 4:], atol=1e-4)  # how they are placed: different
+    shuffled = objects[:, [1, 3, 0, 2]]  # the order of the slots does not matter
+    np.testing.assert_allclose(np.asarray(tower(shuffled)), out, rtol=1e-5, atol=1e-6)
+    empty = objects.copy()
+    empty[0, 2:, :-1] = 50.0  # what an empty slot (objectness 0) holds does not matter
+    np.testing.assert_allclose(np.asarray(tower(empty)), out, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected object tokens \(batch, K, 14\)"):
+        tower(objects[..., :10])
+
+
+def test_object_dual_encoder_frozen_detector_round_trip(tmp_path, data, tokenizer):
+    from mmlm_course import fusion
+
+    model = R.DualEncoder(len(tokenizer), **OBJECTS)
+    model.build()
+    token_model = fusion.build_object_encoder()[1]
+    fusion.load_detector(model.object_encoder, token_model)
+    assert not model.object_encoder.trainable
+    detector = {id(v) for v in model.object_encoder.weights}
+    assert detector and not detector & {id(v) for v in model.trainable_variables}  # the detector never trains
+    inputs = {"images": data.images[:4], "ids": R.encode_captions(tokenizer, data.captions[:4])}
+    logits = np.asarray(model(inputs))
+    assert logits.shape == (4, 4)
+    assert R.embed_images(model, data.images[:3]).shape == (3, 8 + 18)
+    np.testing.assert_allclose(np.linalg.norm(R.embed_texts(model, tokenizer, data.captions[:3]), axis=1), 1.0,
+                               rtol=1e-5)
+    history = R.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8)
+    assert np.isfinite(history["loss"]).all()
+    path = tmp_path / "objects.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config() == model.get_config() and not loaded.object_encoder.trainable
+    np.testing.assert_allclose(np.asarray(loaded(inputs)), np.asarray(model(inputs)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="tower='objects' reads 64x64 images"):
+        R.DualEncoder(len(tokenizer), tower="objects", image_size=32, image_filters=(8,))
+    with pytest.raises(ValueError, match="tower must be one of"):
+        R.DualEncoder(len(tokenizer), tower="vit")
+    with pytest.raises(TypeError, match="expected an ObjectImageEncoder"):
+        fusion.load_detector(model.text_tower, token_model)

@@ -219,9 +219,9 @@ def _check_set_stage_trainable(c: Checker) -> None:
                 if actual == 0:
                     c.fail(f"stage 1 ({kind})", "nothing is trainable", "freeze the parts, not the whole model: a "
                            "frozen parent freezes every layer inside it, whatever their own flags say")
+                still = sorted({"image_encoder", "language_model"} - set(frozen))
                 c.fail(f"stage 1 ({kind})", f"{actual:,} trainable parameters, expected only the projector's "
-                       f"{projector:,}" + (f" (still trainable: {sorted({'image_encoder', 'language_model'} - set(frozen))})"
-                                           if len(frozen) < 2 else ""),
+                       f"{projector:,}" + (f" (still trainable: {still})" if still else ""),
                        "in stage 1 only the projector learns; the image encoder and language model are frozen")
             if stage == 2 and actual != expected[2]:
                 if pretrained and "image_encoder" not in frozen:
