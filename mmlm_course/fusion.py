@@ -545,17 +545,26 @@ class RelationFusion(keras.layers.Layer):
         shared = ops.matmul(question, kernel[2 * width:]) + self.pair_hidden.bias  # (B, units): q W_q + b
         return ops.relu(as_first[:, :, None, :] + as_second[:, None, :, :] + shared[:, None, None, :])
 
-    def call(self, objects, question_tokens, question, question_mask=None, objectness=None,
-             return_grounding=False):
-        question_mask = self._check_inputs(objects, question_tokens, question, question_mask, objectness)
-        grounding = ops.einsum("bkd,btd->bkt", self.object_projection(objects),
-                               self.word_projection(question_tokens)) / math.sqrt(self.key_dim)  # (B, K, T)
-        if question_mask is not None:
-            grounding = grounding * ops.cast(question_mask, grounding.dtype)[:, None, :]
+    def ground(self, objects, question_tokens):
+        """Step 1 without the mask: float (B, K, D_o), (B, T, D_t) -> s float (B, K, T)."""
+        return ops.einsum("bkd,btd->bkt", self.object_projection(objects),
+                          self.word_projection(question_tokens)) / math.sqrt(self.key_dim)
+
+    def score_pairs(self, objects, grounding, question, objectness=None):
+        """Steps 2 and 3: objects (B, K, D_o), masked grounding (B, K, T), question (B, D_q),
+        objectness (B, K, 1) or None -> pooled pair scores float (B, 2 units)."""
         scores = self.pair_output(self._pair_hidden(ops.concatenate([objects, grounding], axis=-1), question))
         if objectness is not None:
             scores = scores * (objectness[:, :, None, :] * objectness[:, None, :, :])  # (B, K, K, 1) weights
-        fused = ops.concatenate([ops.mean(scores, axis=(1, 2)), ops.max(scores, axis=(1, 2))], axis=-1)  # (B, 2u)
+        return ops.concatenate([ops.mean(scores, axis=(1, 2)), ops.max(scores, axis=(1, 2))], axis=-1)  # (B, 2u)
+
+    def call(self, objects, question_tokens, question, question_mask=None, objectness=None,
+             return_grounding=False):
+        question_mask = self._check_inputs(objects, question_tokens, question, question_mask, objectness)
+        grounding = self.ground(objects, question_tokens)                                 # (B, K, T)
+        if question_mask is not None:
+            grounding = grounding * ops.cast(question_mask, grounding.dtype)[:, None, :]
+        fused = self.score_pairs(objects, grounding, question, objectness)
         return (fused, grounding) if return_grounding else fused
 
     def get_config(self):

@@ -51,8 +51,9 @@ the words so far, whose scores are added to the logits.
 
 Data reaches the models as NumPy dicts ``{"images": uint8 (N, H, W, 3), "token_ids":
 int32 (N, T)}`` with targets int32 (N, T), and the models override ``compute_loss``, so the
-same code trains on every Keras backend. Model code uses ``keras.layers`` / ``keras.ops``
-only.
+same code trains on every Keras backend. A frozen detector's tokens can be computed once
+(`cache_image_features`) and passed as ``"image_features"`` instead of the images. Model
+code uses ``keras.layers`` / ``keras.ops`` only.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from mmlm_course.fusion import ObjectImageEncoder  # lesson 04's detector as a f
 from mmlm_course import language_model as lm
 from mmlm_course import preprocessing, shapeworld
 from mmlm_course.encoders import (ConvImageEncoder, PositionEmbedding, ScratchMultiHeadAttention,
-                                  TransformerEncoderBlock, masked_mean, patchify)
+                                  TransformerEncoderBlock, patchify)
 from mmlm_course.encoders import scaled_dot_product_attention
 from mmlm_course.training import WarmupCosineDecay
 from mmlm_course.validation import require_int
@@ -82,7 +83,7 @@ __all__ = [
     "build_model", "set_stage_trainable", "trainable_parameter_count", "compile_for_stage", "train_steps",
     "pretrain_language_model", "load_language_model_weights", "generate_texts", "evaluate", "image_attention",
     "prepend_image_tokens", "project_tokens", "grid_coordinate_features", "GridCoordinates",
-    "ObjectImageEncoder", "RelationHead", "VISIONS", "load_object_encoder",
+    "ObjectImageEncoder", "RelationHead", "VISIONS", "load_object_encoder", "cache_image_features",
 ]
 
 CAPTION, QUESTION = lm.CAPTION, lm.QUESTION
@@ -509,14 +510,15 @@ class RelationHead(keras.layers.Layer):
         ids = ops.reshape(ids, (-1, full))                            # (B, L), L known even while tracing
         words = self.words(ids)                                                           # (B, L, w)
         seen = ops.logical_and(lm.causal_mask(full)[None], ops.not_equal(ids, self.pad_id)[:, None, :])  # (B, L, L)
-
-        def per_position(x):                                    # (B, ...) -> (B * L, ...): one row per position
-            return ops.reshape(ops.repeat(x[:, None], full, axis=1), (-1,) + tuple(x.shape[1:]))
-
-        words_rows, seen_rows = per_position(words), ops.reshape(seen, (-1, full))        # (B L, L, w), (B L, L)
-        objects_rows = per_position(objects)                                              # (B L, K, 14)
-        context = self.context(masked_mean(words_rows, seen_rows))                        # (B L, w)
-        fused = self.relation(objects_rows, words_rows, context, seen_rows, objects_rows[..., -1:])  # (B L, 2w)
+        seen = ops.cast(seen, words.dtype)                          # seen[b, t, s]: position t reads word s
+        # The network at position t reads the words 0..t: the same word projections, masked
+        # per position, so they are computed once and the rows (one per position) share them.
+        grounding = self.relation.ground(objects, words)[:, None] * seen[:, :, None, :]  # (B, L, K, L)
+        words_so_far = ops.matmul(seen, words) / ops.maximum(ops.sum(seen, axis=-1, keepdims=True), 1.0)  # (B, L, w)
+        objects_rows = ops.reshape(ops.repeat(objects[:, None], full, axis=1), (-1,) + tuple(objects.shape[1:]))
+        fused = self.relation.score_pairs(objects_rows, ops.reshape(grounding, (-1,) + tuple(grounding.shape[2:])),
+                                          self.context(ops.reshape(words_so_far, (-1, self.width))),
+                                          objects_rows[..., -1:])                         # (B L, 2w)
         scores = self.scores(self.hidden(fused))                                          # (B L, V)
         return ops.reshape(scores, (batch, full, self.vocab_size))[:, :length]
 
@@ -700,16 +702,19 @@ class _MultimodalBase(keras.Model):
 
     # -- inputs
 
-    def _unpack(self, inputs):
-        if not isinstance(inputs, dict) or not {"images", "token_ids"} <= set(inputs):
+    def _unpack(self, inputs, training=None):
+        """The model's input dict -> (image features float (B, P, D_v), token_ids int (B, T)).
+
+        The image side is ``"images"`` (B, H, W, 3), run through the image encoder, or
+        ``"image_features"`` (B, P, D_v), a frozen encoder's output computed beforehand
+        (`cache_image_features`)."""
+        keys = ({"images", "token_ids"}, {"image_features", "token_ids"})
+        if not isinstance(inputs, dict) or set(inputs) not in keys:
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
-            raise ValueError(f"{self.name}: expected a dict {{'images': (B, H, W, 3), 'token_ids': int (B, T)}}, "
+            raise ValueError(f"{self.name}: expected a dict {{'images': (B, H, W, 3), 'token_ids': int (B, T)}} "
+                             f"(or 'image_features' (B, P, D_v) from cache_image_features instead of 'images'), "
                              f"got {got}.")
-        images, token_ids = inputs["images"], inputs["token_ids"]
-        size = self.config.image_size
-        if len(images.shape) != 4 or tuple(images.shape[1:]) != (size, size, 3):
-            raise ValueError(f"{self.name}: images must have shape (batch, {size}, {size}, 3), got "
-                             f"{tuple(images.shape)}.")
+        token_ids = inputs["token_ids"]
         if len(token_ids.shape) != 2:
             raise ValueError(f"{self.name}: token_ids must have shape (batch, time), got {tuple(token_ids.shape)}.")
         if "int" not in keras.backend.standardize_dtype(token_ids.dtype):
@@ -717,10 +722,36 @@ class _MultimodalBase(keras.Model):
         if token_ids.shape[1] is not None and token_ids.shape[1] > self.config.max_text_length:
             raise ValueError(f"{self.name}: {token_ids.shape[1]} text tokens exceed max_text_length="
                              f"{self.config.max_text_length}.")
-        if None not in (images.shape[0], token_ids.shape[0]) and images.shape[0] != token_ids.shape[0]:
+        if "image_features" in inputs:
+            features = self._check_cached_features(inputs["image_features"])
+            self._check_same_rows(features, token_ids, "image feature rows")
+            return features, token_ids
+        images, size = inputs["images"], self.config.image_size
+        if len(images.shape) != 4 or tuple(images.shape[1:]) != (size, size, 3):
+            raise ValueError(f"{self.name}: images must have shape (batch, {size}, {size}, 3), got "
+                             f"{tuple(images.shape)}.")
+        self._check_same_rows(images, token_ids, "images")
+        return self.image_features(images, training=training), token_ids
+
+    def _check_same_rows(self, image_side, token_ids, what: str) -> None:
+        if None not in (image_side.shape[0], token_ids.shape[0]) and image_side.shape[0] != token_ids.shape[0]:
             raise ValueError(f"{self.name}: images and token_ids must have the same batch size, got "
-                             f"{images.shape[0]} images and {token_ids.shape[0]} token rows.")
-        return images, token_ids
+                             f"{image_side.shape[0]} {what} and {token_ids.shape[0]} token rows.")
+
+    def _check_cached_features(self, features):
+        """Only a frozen, pretrained encoder's output may stand in for the images: a grid
+        encoder learns in stage 2, so features computed before would go stale."""
+        if self.config.vision != "objects":
+            raise ValueError(f"{self.name}: 'image_features' replace the images only for vision='objects' (a frozen, "
+                             f"pretrained detector); this model's {self.config.vision!r} encoder learns with the "
+                             "model, so pass 'images'.")
+        expected = (self.config.num_image_tokens, self.feature_dim)
+        if len(features.shape) != 3 or tuple(features.shape[1:]) != expected:
+            raise ValueError(f"{self.name}: image_features must have shape (batch, {expected[0]}, {expected[1]}) "
+                             f"(cache_image_features), got {tuple(features.shape)}.")
+        if "float" not in keras.backend.standardize_dtype(features.dtype):
+            raise TypeError(f"{self.name}: image_features must be float, got dtype {features.dtype}.")
+        return features
 
     def standardize(self, images):
         """uint8 (B, H, W, 3) in 0..255 or float in [0, 1] -> float ``(x - mean) / std`` per
@@ -806,8 +837,7 @@ class LLaVAModel(_MultimodalBase):
         self.built = True
 
     def call(self, inputs, training=None):
-        images, token_ids = self._unpack(inputs)
-        features = self.image_features(images, training=training)                        # (B, P, D_v)
+        features, token_ids = self._unpack(inputs, training=training)                    # (B, P, D_v), (B, T)
         prefix = self.projector(features)                                                # (B, P, dim)
         logits = self.language_model(token_ids, prefix_embeddings=prefix, training=training)  # (B, T, V)
         return self.add_relation_scores(logits, features, token_ids)
@@ -857,8 +887,7 @@ class CrossAttentionMLLM(_MultimodalBase):
         return (logits, maps) if return_attention_scores else logits
 
     def call(self, inputs, training=None):
-        images, token_ids = self._unpack(inputs)
-        features = self.image_features(images, training=training)                        # (B, P, D_v)
+        features, token_ids = self._unpack(inputs, training=training)                    # (B, P, D_v), (B, T)
         logits = self.decode(self.projector(features), token_ids, training=training)     # (B, T, V)
         return self.add_relation_scores(logits, features, token_ids)
 
@@ -920,6 +949,30 @@ def load_object_encoder(model, token_model) -> None:
     fusion.load_detector(model.image_encoder, token_model)
 
 
+def cache_image_features(model, x: dict, batch_size: int = 256) -> dict:
+    """Run a ``vision="objects"`` model's frozen detector once over the training rows.
+
+    x: ``{"images": uint8 (N, H, W, 3), "token_ids": int32 (N, T)}`` (`make_examples`).
+    Returns ``{"image_features": float32 (N, P, D_v), "token_ids": the same ids}``, which
+    the model and `train_steps` accept instead of ``x``. The detector never learns
+    (`set_stage_trainable` keeps it frozen in both stages) and runs in inference mode, so
+    its tokens for an image are the same at every step: computing them once gives the
+    same logits, and every training step skips the detector.
+    """
+    _check_model(model)
+    if model.config.vision != "objects":
+        raise ValueError(f"the model's vision is {model.config.vision!r}: its encoder learns in stage 2, so its "
+                         "features change and cannot be cached; only vision='objects' (a frozen detector) can.")
+    if not isinstance(x, dict) or set(x) != {"images", "token_ids"}:
+        raise ValueError(f"x must be the dict from make_examples with keys 'images' and 'token_ids', got "
+                         f"{sorted(x) if isinstance(x, dict) else type(x).__name__}.")
+    images = _images(x["images"], size=model.config.image_size)
+    batch_size = require_int("batch_size", batch_size, 1)
+    features = [ops.convert_to_numpy(model.image_features(ops.convert_to_tensor(images[i:i + batch_size])))
+                for i in range(0, len(images), batch_size)]
+    return {"image_features": np.concatenate(features).astype(np.float32), "token_ids": x["token_ids"]}
+
+
 def trainable_parameter_count(model) -> int:
     """Number of scalars in the trainable weights (what the optimizer updates)."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
@@ -959,12 +1012,14 @@ def train_steps(model, x: dict, y: np.ndarray, steps: int, batch_size: int = 64,
     every ``log_every`` steps (default: 10 points).
     """
     _check_model(model)
-    if not isinstance(x, dict) or set(x) != {"images", "token_ids"}:
-        raise ValueError(f"x must be the dict from make_examples with keys 'images' and 'token_ids', got "
+    if not isinstance(x, dict) or set(x) not in ({"images", "token_ids"}, {"image_features", "token_ids"}):
+        raise ValueError(f"x must be the dict from make_examples (keys 'images' and 'token_ids') or from "
+                         f"cache_image_features (keys 'image_features' and 'token_ids'), got "
                          f"{sorted(x) if isinstance(x, dict) else type(x).__name__}.")
+    image_key = "images" if "images" in x else "image_features"
     rows = len(y)
-    if len(x["images"]) != rows or len(x["token_ids"]) != rows:
-        raise ValueError(f"x and y must have the same number of rows, got {len(x['images'])} images, "
+    if len(x[image_key]) != rows or len(x["token_ids"]) != rows:
+        raise ValueError(f"x and y must have the same number of rows, got {len(x[image_key])} {image_key} rows, "
                          f"{len(x['token_ids'])} token rows and {rows} target rows.")
     steps = require_int("steps", steps, 1)
     batch_size = require_int("batch_size", batch_size, 1)
@@ -1068,24 +1123,28 @@ def _prompt_groups(prompts: Sequence[str], tokenizer) -> dict[int, list[int]]:
     return groups
 
 
-def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: int):
-    """Greedy decoding without a cache: the whole text is recomputed at every step, at one
-    fixed length (unfilled slots hold padding, which the causal mask hides from earlier
-    positions), through Keras's compiled predict step, so it is traced only once."""
+def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: int, rows: int):
+    """Greedy decoding without a cache: the whole text is recomputed at every step.
+
+    Every call has one shape, ``rows`` x ``max_text_length`` (unfilled slots hold padding,
+    which the causal mask hides from earlier positions; missing rows are blank), so Keras's
+    compiled predict step is traced once for all prompt lengths and batch sizes."""
     batch, start = prompt.shape
-    ids = np.zeros((batch, start + new_tokens - 1), np.int32)
-    ids[:, :start] = prompt
+    ids = np.zeros((rows, model.config.max_text_length), np.int32)
+    ids[:batch, :start] = prompt
+    padded_images = np.zeros((rows,) + images.shape[1:], images.dtype)
+    padded_images[:batch] = images
     out = np.zeros((batch, new_tokens), np.int32)
     finished = np.zeros(batch, bool)
     for step in range(new_tokens):
         position = start + step - 1                               # the position that predicts this token
-        logits = model.predict_on_batch({"images": images, "token_ids": ids})       # (B, L, V)
-        token = np.asarray(logits)[:, position].argmax(-1).astype(np.int32)
+        logits = model.predict_on_batch({"images": padded_images, "token_ids": ids})  # (rows, L, V)
+        token = np.asarray(logits)[:batch, position].argmax(-1).astype(np.int32)
         out[:, step] = np.where(finished, 0, token)
         finished |= token == eos
         if finished.all() or step == new_tokens - 1:
             break
-        ids[:, position + 1] = token
+        ids[:batch, position + 1] = token
     return out
 
 
@@ -1125,7 +1184,8 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
                 tokens = lm.generate(model.language_model, prompt, new_tokens, prefix_embeddings=prefix,
                                      stop_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
             else:
-                tokens = _greedy_recompute(model, batch_images, prompt, new_tokens, tokenizer.eos_id)
+                tokens = _greedy_recompute(model, batch_images, prompt, new_tokens, tokenizer.eos_id,
+                                           rows=min(batch_size, len(prompts)))
             for i, row in zip(chunk, tokens):
                 results[i] = tokenizer.decode(row)
     return results

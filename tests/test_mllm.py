@@ -15,6 +15,7 @@ from keras import ops  # noqa: E402
 
 from mmlm_course import language_model as lm  # noqa: E402
 from mmlm_course import mllm, preprocessing, shapeworld  # noqa: E402
+from mmlm_course.encoders import masked_mean  # noqa: E402
 
 TINY = mllm.MLLMConfig(image_size=16, encoder_filters=(4, 8), vision_dim=8, dim=16, num_layers=2, num_heads=2,
                        max_text_length=20)
@@ -506,3 +507,69 @@ def test_load_object_encoder_copies_the_detector_and_refuses_others(object_data)
         mllm.load_object_encoder(model, fusion.build_qa_model("image_only"))
     with pytest.raises(ValueError, match="only a vision='objects' model"):
         mllm.load_object_encoder(mllm.build_model(TINY, TOKENIZER), token_model)
+
+
+def test_relation_head_equals_the_relation_network_at_every_position(object_model, object_data):
+    """The head shares the word projections between positions; the scores must be those of
+    lesson 04's relation network run on the words 0..t for each position t."""
+    head = object_model.relation_head
+    x, _ = _batch(object_data, OBJECTS)
+    objects = object_model.image_features(x["images"][:3])
+    ids = np.array(x["token_ids"][:3])
+    scores = ops.convert_to_numpy(head(objects, ids))                                  # (3, L, V)
+    words = head.words(ids)
+    for t in range(ids.shape[1]):
+        seen = np.zeros(ids.shape, bool)
+        seen[:, :t + 1] = ids[:, :t + 1] != TOKENIZER.pad_id                            # the words 0..t
+        context = head.context(masked_mean(words, seen))
+        fused = head.relation(objects, words, context, seen, objects[..., -1:])
+        np.testing.assert_allclose(scores[:, t], ops.convert_to_numpy(head.scores(head.hidden(fused))),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_cached_image_features_stand_in_for_the_images(object_data):
+    keras.utils.set_random_seed(6)
+    model = mllm.build_model(OBJECTS, TOKENIZER)
+    x, y = _batch(object_data, OBJECTS)
+    cached = mllm.cache_image_features(model, x, batch_size=5)                        # 12 rows, 3 batches
+    assert set(cached) == {"image_features", "token_ids"} and cached["token_ids"] is x["token_ids"]
+    assert cached["image_features"].shape == (12, shapeworld.MAX_OBJECTS, 14)
+    assert cached["image_features"].dtype == np.float32
+    np.testing.assert_allclose(cached["image_features"], ops.convert_to_numpy(model.image_features(x["images"])),
+                               atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(model(cached)), ops.convert_to_numpy(model(x)), atol=1e-5)
+
+    # One training step from the same weights: the same loss and the same new weights.
+    start = model.get_weights()
+    losses, weights = [], []
+    for inputs in (x, cached):
+        model.set_weights(start)
+        mllm.compile_for_stage(model, 2, 1e-2)
+        losses.append(mllm.train_steps(model, inputs, y, steps=1, batch_size=12)["loss"][0])
+        weights.append(model.get_weights())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert any(not np.allclose(a, b) for a, b in zip(start, weights[1]))                # and it did train
+
+
+def test_cached_image_features_errors(object_model, object_data):
+    x, y = _batch(object_data, OBJECTS)
+    cached = mllm.cache_image_features(object_model, x)
+    grid_model = mllm.build_model(TINY, TOKENIZER)
+    with pytest.raises(ValueError, match="vision is 'grid': its encoder learns in stage 2"):
+        mllm.cache_image_features(grid_model, _batch(shapeworld.generate(2, "train", seed=0, image_size=16))[0])
+    with pytest.raises(ValueError, match="only for vision='objects'"):
+        grid_model({"image_features": cached["image_features"][:, :, :8], "token_ids": cached["token_ids"]})
+    with pytest.raises(ValueError, match="keys 'images' and 'token_ids'"):
+        mllm.cache_image_features(object_model, cached)
+    with pytest.raises(ValueError, match=r"image_features must have shape \(batch, 4, 14\).*got \(12, 4, 13\)"):
+        object_model({"image_features": cached["image_features"][..., :13], "token_ids": cached["token_ids"]})
+    with pytest.raises(TypeError, match="image_features must be float"):
+        object_model({"image_features": cached["image_features"].astype(np.int32), "token_ids": cached["token_ids"]})
+    with pytest.raises(ValueError, match="expected a dict"):
+        object_model({**cached, "images": x["images"]})                                   # one image side, not both
+    with pytest.raises(ValueError, match="same batch size, got 12 image feature rows and 3 token rows"):
+        object_model({"image_features": cached["image_features"], "token_ids": cached["token_ids"][:3]})
+    with pytest.raises(ValueError, match="12 image_features rows, 12 token rows and 3 target rows"):
+        mllm.train_steps(object_model, cached, y[:3], steps=1)
