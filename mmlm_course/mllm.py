@@ -513,6 +513,8 @@ class RelationHead(keras.layers.Layer):
         seen = ops.cast(seen, words.dtype)                          # seen[b, t, s]: position t reads word s
         # The network at position t reads the words 0..t: the same word projections, masked
         # per position, so they are computed once and the rows (one per position) share them.
+        # words_so_far is encoders.masked_mean of the words under each position's mask, all
+        # positions in one matmul.
         grounding = self.relation.ground(objects, words)[:, None] * seen[:, :, None, :]  # (B, L, K, L)
         words_so_far = ops.matmul(seen, words) / ops.maximum(ops.sum(seen, axis=-1, keepdims=True), 1.0)  # (B, L, w)
         objects_rows = ops.reshape(ops.repeat(objects[:, None], full, axis=1), (-1,) + tuple(objects.shape[1:]))
