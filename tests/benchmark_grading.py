@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grading_submissions as subs  # noqa: E402
 
-from mmlm_course import grading  # noqa: E402
+from mmlm_course.tools import grading  # noqa: E402
 
 SHORT = {"pass": "P", "fail": "F", "not attempted": "N", "error": "E"}
 

@@ -164,7 +164,7 @@ _TAMPER_TO_FLOAT = {
         "    return image.astype(numpy.float32)\n"),
     "package_patch": (
         "def to_float_image(image):\n"
-        "    import mmlm_course.exercises as ex, mmlm_course.checks.lesson01 as l01\n"
+        "    import mmlm_course.exercises as ex, mmlm_course.exercises.lesson01 as l01\n"
         "    ex.Checker.expect_close = lambda self, *args, **kwargs: None\n"
         "    ex.Checker.fail = lambda self, *args, **kwargs: None\n"
         "    ex.run_check = lambda *args, **kwargs: ['ok']\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = [sys.executable, "-m", "mmlm_course.cli", "train", "--preset", "tiny", "--no-progress"]
+TRAIN = [sys.executable, "-m", "mmlm_course.tools.cli", "train", "--preset", "tiny", "--no-progress"]
 
 
 def _history(run):
@@ -51,7 +51,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
 
     image = tmp_path / "photo.png"
     Image.new("RGBA", (100, 80), (200, 30, 30, 255)).save(image)
-    answer = subprocess.run([sys.executable, "-m", "mmlm_course.cli", "generate", "--run", str(run), "--image",
+    answer = subprocess.run([sys.executable, "-m", "mmlm_course.tools.cli", "generate", "--run", str(run), "--image",
                              str(image), "--prompt", "how many objects are there?"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert answer.returncode == 0, answer.stderr
@@ -67,7 +67,7 @@ def test_train_refuses_a_folder_of_another_run(tmp_path):
 
 
 def test_generate_needs_a_run_folder(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mmlm_course.cli", "generate", "--run", str(tmp_path),
+    result = subprocess.run([sys.executable, "-m", "mmlm_course.tools.cli", "generate", "--run", str(tmp_path),
                              "--image", "x.png"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "not a run folder" in result.stderr
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import nbformat
 
-from mmlm_course import cli
+from mmlm_course.tools import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-m", "mmlm_course.cli"]
+CLI = [sys.executable, "-m", "mmlm_course.tools.cli"]
 
 
 def run(*args, cwd=ROOT):
@@ -21,7 +21,7 @@ def test_console_script_is_installed():
     from importlib.metadata import entry_points
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mmlm-course"]
-    assert script.value == "mmlm_course.cli:main"
+    assert script.value == "mmlm_course.tools.cli:main"
 
 
 def test_help_explains_every_command_and_option():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import grading_submissions as subs
-from mmlm_course import grading
+from mmlm_course.tools import grading
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"pass": "P", "fail": "F", "not attempted": "N", "error": "E"}
@@ -134,7 +134,7 @@ def test_common_mistakes_come_from_the_registry():
 
 
 def test_cli_grade_help_and_bad_arguments(tmp_path):
-    cli = [sys.executable, "-m", "mmlm_course.cli", "grade"]
+    cli = [sys.executable, "-m", "mmlm_course.tools.cli", "grade"]
     help_text = subprocess.run(cli + ["--help"], capture_output=True, text=True).stdout
     for option in ("--out", "--timeout", "--lesson", "--jobs", "--solutions"):
         assert option in help_text
@@ -166,7 +166,7 @@ def test_every_solution_notebook_passes_in_the_grading_process(solution, tmp_pat
 
 def test_cli_grade_writes_grades_and_feedback(tmp_path):
     (tmp_path / "zoe_01_images_and_text.ipynb").write_bytes(subs.build("invalid_json"))
-    result = subprocess.run([sys.executable, "-m", "mmlm_course.cli", "grade", str(tmp_path), "--out",
+    result = subprocess.run([sys.executable, "-m", "mmlm_course.tools.cli", "grade", str(tmp_path), "--out",
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "out" / "grades.csv", encoding="utf-8")))

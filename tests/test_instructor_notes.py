@@ -1,7 +1,7 @@
 """Every lesson in solutions/ has instructor notes that cover each of its exercises.
 
 A lesson added without notes fails here on purpose: write docs/instructor/NN_name.md (the
-notes for 00 and 01 show the sections; `mmlm_course.grading.common_mistakes_markdown("NN")`
+notes for 00 and 01 show the sections; `mmlm_course.tools.grading.common_mistakes_markdown("NN")`
 lists the mistakes each check catches).
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mmlm_course import notebooks
+from mmlm_course.tools import notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

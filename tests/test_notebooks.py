@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mmlm_course import cli, notebooks
+from mmlm_course.tools import cli, notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import nbformat
 
-from mmlm_course import slides
+from mmlm_course.tools import slides
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON_01 = ROOT / "solutions" / "01_images_and_text.ipynb"

@@ -26,7 +26,7 @@ def capstone_train() -> dict:
     """Run ``mmlm-course train --out TMP`` (all defaults) and report its figures."""
     with tempfile.TemporaryDirectory(prefix="mmlm-capstone-") as folder:
         out = Path(folder) / "run"
-        command = [sys.executable, "-m", "mmlm_course.cli", "train", "--out", str(out), "--no-progress"]
+        command = [sys.executable, "-m", "mmlm_course.tools.cli", "train", "--out", str(out), "--no-progress"]
         start = time.perf_counter()
         finished = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - start

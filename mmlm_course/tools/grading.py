@@ -694,7 +694,7 @@ def _child_main() -> None:
                      modules=sys.modules)["lazy_module"]
     import numpy  # noqa: F401  (bound before learner code)
 
-    import mmlm_course.exercises as exercises_module
+    import mmlm_course.exercises.checker as exercises_module
 
     if job["check_module"]:
         importlib.import_module(job["check_module"])
@@ -939,14 +939,10 @@ class CourseSnapshot:
                 parts = parts[:-1]
             sources[".".join(parts)] = {"path": str(path), "source": path.read_text(encoding="utf-8"),
                                         "package": package}
-        # The grading process imports only the lesson it grades, not every lesson's checks.
-        if "mmlm_course.checks" in sources:
-            sources["mmlm_course.checks"] = dict(sources["mmlm_course.checks"],
-                                                 source='"""Check modules (loaded one by one by the grader)."""\n')
         plans = {}
         for path in sorted(Path(solutions_dir).glob("*.ipynb")):
             plans[path.stem] = lesson_plan(path.stem, json.loads(path.read_text(encoding="utf-8")))
-        checks = {name.rsplit(".", 1)[1] for name in sources if name.startswith("mmlm_course.checks.lesson")}
+        checks = {name.rsplit(".", 1)[1] for name in sources if name.startswith("mmlm_course.exercises.lesson")}
         return cls(sources, Path(__file__).resolve().read_text(encoding="utf-8"), plans, checks)
 
 
@@ -1154,7 +1150,7 @@ def check_functions(snapshot: CourseSnapshot, plan: LessonPlan, notebook: dict, 
 
     items, _ = exercise_cells(plan, notebook)
     results: dict = {}
-    check_module = f"mmlm_course.checks.lesson{plan.number}"
+    check_module = f"mmlm_course.exercises.lesson{plan.number}"
     pending = list(items)
     attempt = 0
     while pending:

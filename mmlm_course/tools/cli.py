@@ -21,7 +21,7 @@ def course_root() -> Path:
 
 
 def cmd_build_lessons(args) -> int:
-    from mmlm_course import notebooks
+    from mmlm_course.tools import notebooks
 
     try:
         stale = notebooks.build_lessons(args.solutions, args.lessons, check_only=args.check)
@@ -39,7 +39,7 @@ def cmd_build_lessons(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from mmlm_course import notebooks
+    from mmlm_course.tools import notebooks
 
     worst = 0
     for path in args.notebooks:
@@ -67,7 +67,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_execute(args) -> int:
-    from mmlm_course import notebooks
+    from mmlm_course.tools import notebooks
 
     failed = 0
     for path in args.notebooks:
@@ -87,7 +87,7 @@ def cmd_doctor(args) -> int:
 
 def cmd_benchmark(args) -> int:
     env.quiet_import_tensorflow()              # before the quality modules import it
-    from mmlm_course import benchmark
+    from mmlm_course.tools import benchmark
     from mmlm_course.quality import all_tasks
 
     unknown = sorted(set(args.only or ()) - set(all_tasks()))
@@ -116,7 +116,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from mmlm_course import grading
+    from mmlm_course.tools import grading
 
     try:
         grades = grading.grade(args.submissions, args.out, timeout=args.timeout, lesson=args.lesson,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmlm_course import notebooks
+from mmlm_course.tools import notebooks
 
 NOTEBOOK_BUDGET_S = 90.0
 BUDGET_OVERRIDES_S = {"09_capstone.ipynb": 180.0}

@@ -13,7 +13,7 @@ every cell that has none, from the headings:
 Cells that already carry ``slideshow`` metadata keep it, so a teacher can override the rule
 cell by cell (``make_lesson`` copies the metadata to the student notebooks).
 
-    python -m mmlm_course.slides solutions/01_images_and_text.ipynb [--out deck.slides.html]
+    python -m mmlm_course.tools.slides solutions/01_images_and_text.ipynb [--out deck.slides.html]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def to_slides(notebook, auto: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmlm_course.slides",
+    parser = argparse.ArgumentParser(prog="python -m mmlm_course.tools.slides",
                                      description="Write a reveal.js deck from a lesson notebook.")
     parser.add_argument("notebook", type=Path, help="e.g. solutions/01_images_and_text.ipynb")
     parser.add_argument("--out", type=Path, help="HTML file (default: NOTEBOOK name + .slides.html, here)")

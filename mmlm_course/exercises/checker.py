@@ -85,7 +85,13 @@ def exercise(exercise_id: str, reference: Callable, mistakes: dict[str, Callable
 
 def registry() -> dict[str, Exercise]:
     """All registered exercises, by id (importing the lesson check modules first)."""
-    import mmlm_course.checks  # noqa: F401  (registers every lesson's checks)
+    import importlib
+    import pkgutil
+
+    import mmlm_course.exercises as package
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("lesson")):
+        importlib.import_module(f"{package.__name__}.{module}")  # registers that lesson's checks
 
     return dict(_REGISTRY)
 
