@@ -115,10 +115,10 @@ def causal_mask(query_length: int, key_length: int | None = None, offset=0):
     (`mmlm_course.encoders.causal_mask` is the special case ``offset = key_length -
     query_length``.) ``offset`` may be a scalar int tensor.
     """
-    query_length = require_int("query_length", query_length, 1)
-    key_length = query_length if key_length is None else require_int("key_length", key_length, 1)
+    query_length = require_int(query_length, "query_length", 1)
+    key_length = query_length if key_length is None else require_int(key_length, "key_length", 1)
     if isinstance(offset, (int, np.integer)):
-        require_int("offset", offset, 0)
+        require_int(offset, "offset", 0)
         if key_length < offset + query_length:
             raise ValueError(f"key_length={key_length} is shorter than offset + query_length = "
                              f"{offset} + {query_length}: the keys must include every query position.")
@@ -146,13 +146,13 @@ def update_cache(cache, new, position, axis: int = 1):
     if len(cache_shape) < 2 or len(new_shape) != len(cache_shape):
         raise ValueError(f"update_cache: cache and new need the same rank >= 2, got cache shape {cache_shape} "
                          f"and new shape {new_shape}.")
-    axis = require_int("axis", axis, 1, len(cache_shape) - 1)
+    axis = require_int(axis, "axis", 1, len(cache_shape) - 1)
     others = [i for i in range(len(cache_shape)) if i != axis]
     if any(None not in (new_shape[i], cache_shape[i]) and new_shape[i] != cache_shape[i] for i in others):
         raise ValueError(f"update_cache: new {new_shape} must match cache {cache_shape} on every axis but the "
                          f"time axis {axis}.")
     if isinstance(position, (int, np.integer)) and None not in (cache_shape[axis], new_shape[axis]):
-        require_int("position", position, 0, cache_shape[axis] - new_shape[axis])
+        require_int(position, "position", 0, cache_shape[axis] - new_shape[axis])
     start = [0] * len(cache_shape)
     start[axis] = ops.cast(position, "int32")
     return ops.slice_update(cache, start, ops.cast(new, cache.dtype))
@@ -174,8 +174,8 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.dim = require_int("dim", dim, 1)
-        self.num_heads = require_int("num_heads", num_heads, 1)
+        self.dim = require_int(dim, "dim", 1)
+        self.num_heads = require_int(num_heads, "num_heads", 1)
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (each head gets dim // num_heads).")
         if not 0.0 <= dropout < 1.0:
@@ -226,7 +226,7 @@ class DecoderBlock(keras.layers.Layer):
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.num_heads, self.dropout = dim, num_heads, float(dropout)
-        self.mlp_dim = require_int("mlp_dim", mlp_dim, 1)
+        self.mlp_dim = require_int(mlp_dim, "mlp_dim", 1)
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1")
         self.attention = CausalSelfAttention(dim, num_heads, dropout, name="attention")
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm2")
@@ -270,14 +270,14 @@ class DecoderLM(keras.Model):
     def __init__(self, vocab_size: int, max_length: int = 64, dim: int = 64, num_layers: int = 2,
                  num_heads: int = 4, mlp_dim: int | None = None, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = require_int("vocab_size", vocab_size, 2)
-        self.max_length = require_int("max_length", max_length, 2)
-        self.dim = require_int("dim", dim, 1)
-        self.num_layers = require_int("num_layers", num_layers, 1)
-        self.num_heads = require_int("num_heads", num_heads, 1)
+        self.vocab_size = require_int(vocab_size, "vocab_size", 2)
+        self.max_length = require_int(max_length, "max_length", 2)
+        self.dim = require_int(dim, "dim", 1)
+        self.num_layers = require_int(num_layers, "num_layers", 1)
+        self.num_heads = require_int(num_heads, "num_heads", 1)
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (each head gets dim // num_heads).")
-        self.mlp_dim = 4 * dim if mlp_dim is None else require_int("mlp_dim", mlp_dim, 1)
+        self.mlp_dim = 4 * dim if mlp_dim is None else require_int(mlp_dim, "mlp_dim", 1)
         self.dropout = float(dropout)
         self.head_dim = dim // num_heads
         self.token_embedding = keras.layers.Embedding(vocab_size, dim, name="token_embedding")
@@ -341,8 +341,8 @@ class DecoderLM(keras.Model):
     def init_cache(self, batch_size: int, cache_length: int):
         """An empty key-value cache: a list of num_layers ``(keys, values)`` pairs, each
         zeros of shape (batch_size, num_heads, cache_length, head_dim)."""
-        batch_size = require_int("batch_size", batch_size, 1)
-        cache_length = require_int("cache_length", cache_length, 1, self.max_length)
+        batch_size = require_int(batch_size, "batch_size", 1)
+        cache_length = require_int(cache_length, "cache_length", 1, self.max_length)
         shape = (batch_size, self.num_heads, cache_length, self.head_dim)
         return [(ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
                 for _ in range(self.num_layers)]
@@ -373,7 +373,7 @@ def attention_weights(model: DecoderLM, token_ids, block_index: int = 0, prefix_
     if not isinstance(model, DecoderLM):
         raise TypeError(f"model must be a DecoderLM, got {type(model).__name__}.")
     ids = _as_token_ids(token_ids, vocab_size=model.vocab_size)
-    block_index = require_int("block_index", block_index, 0, model.num_layers - 1)
+    block_index = require_int(block_index, "block_index", 0, model.num_layers - 1)
     x = model.embed(ids)                                                         # (B, T, dim)
     if prefix_embeddings is not None:
         _check_prefix(prefix_embeddings, ids.shape[0], model.dim)
@@ -450,7 +450,7 @@ def perplexity(model: DecoderLM, token_ids, prefix_embeddings=None, pad_id: int 
     if prefix_embeddings is not None:
         prefix_embeddings = np.asarray(prefix_embeddings)
         _check_prefix(prefix_embeddings, ids.shape[0], model.dim)
-    batch_size = require_int("batch_size", batch_size, 1)
+    batch_size = require_int(batch_size, "batch_size", 1)
     inputs, targets = next_token_pairs(ids)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(ids), batch_size):
@@ -495,10 +495,10 @@ def train_shapeworld_lm(num_examples: int = 3072, epochs: int = 3, batch_size: i
 
     keras.utils.set_random_seed(seed)
     tokenizer = lm_tokenizer()
-    data = shapeworld.generate(require_int("num_examples", num_examples, 1), "train", seed=seed)
+    data = shapeworld.generate(require_int(num_examples, "num_examples", 1), "train", seed=seed)
     inputs, targets = next_token_pairs(encode_texts(shapeworld_texts(data), tokenizer))
     model = DecoderLM(len(tokenizer), max_length=max_length, dim=dim, num_layers=num_layers, num_heads=num_heads)
-    steps = require_int("epochs", epochs, 1) * max(1, len(inputs) // require_int("batch_size", batch_size, 1))
+    steps = require_int(epochs, "epochs", 1) * max(1, len(inputs) // require_int(batch_size, "batch_size", 1))
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=learning_rate,
                                                       warmup_steps=max(1, steps // 10))
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=next_token_loss)
@@ -531,7 +531,7 @@ def top_k_filter(logits, k: int):
     softmax only the k kept tokens have non-zero probability.
     """
     logits = ops.cast(_as_logits(logits), "float32")
-    k = require_int("k", k, 1, logits.shape[-1])
+    k = require_int(k, "k", 1, logits.shape[-1])
     kth_largest = ops.top_k(logits, k)[0][:, -1:]                  # (B, 1)
     return ops.where(logits >= kth_largest, logits, NEG_INF)
 
@@ -642,11 +642,11 @@ def generate(model: DecoderLM, prompt_ids, max_new_tokens: int, *, prefix_embedd
         raise TypeError(f"model must be a DecoderLM, got {type(model).__name__}.")
     ids = _as_token_ids(prompt_ids, "prompt_ids", model.vocab_size)
     batch, prompt_length = ids.shape
-    max_new_tokens = require_int("max_new_tokens", max_new_tokens, 1)
+    max_new_tokens = require_int(max_new_tokens, "max_new_tokens", 1)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     if top_k is not None:
-        require_int("top_k", top_k, 1, model.vocab_size)
+        require_int(top_k, "top_k", 1, model.vocab_size)
     no_prefix = ops.zeros((batch, 0, model.dim), model.compute_dtype)      # an empty (B, 0, dim) prefix
     if prefix_embeddings is None:
         prefix = no_prefix
@@ -705,8 +705,8 @@ def sample_texts(model: DecoderLM, tokenizer: preprocessing.Tokenizer, task_toke
     each decoded up to its first ``<eos>``; generated ``batch_size`` at a time."""
     if task_token not in tokenizer.token_to_id:
         raise ValueError(f"task_token {task_token!r} is not in the tokenizer's vocabulary; expected one of {TASK_TOKENS}.")
-    count = require_int("count", count, 1)
-    batch_size = require_int("batch_size", batch_size, 1)
+    count = require_int(count, "count", 1)
+    batch_size = require_int(batch_size, "batch_size", 1)
     texts = []
     for first in range(0, count, batch_size):
         rows = min(batch_size, count - first)
@@ -726,7 +726,7 @@ def time_generation(model: DecoderLM, prompt_ids, max_new_tokens: int = 64, repe
     runs alternate (cached, uncached, cached, ...) so that a busy machine slows both
     alike, and the best of ``repeats`` counts.
     """
-    repeats = require_int("repeats", repeats, 1)
+    repeats = require_int(repeats, "repeats", 1)
     if warmup:
         for use_cache in (True, False):
             generate(model, prompt_ids, max_new_tokens, use_cache=use_cache)

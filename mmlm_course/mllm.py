@@ -138,7 +138,7 @@ def mllm_tokenizer(texts: Sequence[str] | None = None, min_count: int = 1) -> pr
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give the captions / questions / answers to build the vocabulary from.")
-    return preprocessing.Tokenizer.from_texts(texts, min_count=require_int("min_count", min_count, 1),
+    return preprocessing.Tokenizer.from_texts(texts, min_count=require_int(min_count, "min_count", 1),
                                               extra_special=TASK_TOKENS)
 
 
@@ -218,7 +218,7 @@ def make_examples_from_texts(images, captions: Sequence[str] | None, qa: Sequenc
     """
     images = _images(images)
     _check_tokenizer(tokenizer)
-    max_text_length = require_int("max_text_length", max_text_length, 3)
+    max_text_length = require_int(max_text_length, "max_text_length", 3)
     if captions is None and qa is None:
         raise ValueError("give captions, qa or both: there is nothing to train on.")
     columns = []
@@ -302,7 +302,7 @@ def project_tokens(features, w1, b1, w2, b2):
 def grid_coordinate_features(grid_size: int) -> np.ndarray:
     """float32 (grid_size**2, 6): for each cell in reading order its column x and row y
     in [-1, 1], then sin(pi x), sin(pi y), cos(pi x), cos(pi y)."""
-    steps = np.linspace(-1.0, 1.0, require_int("grid_size", grid_size, 1))
+    steps = np.linspace(-1.0, 1.0, require_int(grid_size, "grid_size", 1))
     rows, columns = np.meshgrid(steps, steps, indexing="ij")
     xy = np.stack([columns.ravel(), rows.ravel()], axis=1)
     return np.concatenate([xy, np.sin(np.pi * xy), np.cos(np.pi * xy)], axis=1).astype(np.float32)
@@ -322,7 +322,7 @@ class GridCoordinates(keras.initializers.Initializer):
     """
 
     def __init__(self, grid_size: int, scale: float = 0.2, seed: int | None = None):
-        self.grid_size = require_int("grid_size", grid_size, 1)
+        self.grid_size = require_int(grid_size, "grid_size", 1)
         self.scale = float(scale)
         self.seed = seed
 
@@ -350,10 +350,10 @@ class ImageTokenProjector(keras.layers.Layer):
 
     def __init__(self, num_tokens: int, input_dim: int, dim: int, hidden_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.num_tokens = require_int("num_tokens", num_tokens, 1)
-        self.input_dim = require_int("input_dim", input_dim, 1)
-        self.dim = require_int("dim", dim, 1)
-        self.hidden_dim = self.dim if hidden_dim is None else require_int("hidden_dim", hidden_dim, 1)
+        self.num_tokens = require_int(num_tokens, "num_tokens", 1)
+        self.input_dim = require_int(input_dim, "input_dim", 1)
+        self.dim = require_int(dim, "dim", 1)
+        self.hidden_dim = self.dim if hidden_dim is None else require_int(hidden_dim, "hidden_dim", 1)
         self.hidden = keras.layers.Dense(self.hidden_dim, activation="gelu", name="hidden", dtype=self.dtype_policy)
         self.output_layer = keras.layers.Dense(self.dim, name="output", dtype=self.dtype_policy)
 
@@ -397,10 +397,10 @@ class GridImageEncoder(keras.layers.Layer):
     def __init__(self, image_size: int = 64, filters: Sequence[int] = (32, 64, 64), embed_dim: int = 64,
                  stem: int = 2, coordinates: bool = True, blocks: int = 0, num_heads: int = 4, **kwargs):
         super().__init__(**kwargs)
-        self.image_size = require_int("image_size", image_size, 1)
-        self.filters = tuple(require_int(f"filters[{i}]", f, 1) for i, f in enumerate(filters))
-        self.embed_dim = require_int("embed_dim", embed_dim, 1)
-        self.stem = require_int("stem", stem, 1)
+        self.image_size = require_int(image_size, "image_size", 1)
+        self.filters = tuple(require_int(f, f"filters[{i}]", 1) for i, f in enumerate(filters))
+        self.embed_dim = require_int(embed_dim, "embed_dim", 1)
+        self.stem = require_int(stem, "stem", 1)
         side = self.image_size // self.stem
         if self.image_size % self.stem or side % 2 ** len(self.filters):
             raise ValueError(f"image_size={image_size} must be divisible by stem * 2**len(filters) = "
@@ -412,8 +412,8 @@ class GridImageEncoder(keras.layers.Layer):
                                              channels=self.channels, name="convolutions",
                                              dtype=self.dtype_policy)
         self.num_tokens = self.grid_size ** 2
-        self.num_blocks = require_int("blocks", blocks, 0)
-        self.num_heads = require_int("num_heads", num_heads, 1)
+        self.num_blocks = require_int(blocks, "blocks", 0)
+        self.num_heads = require_int(num_heads, "num_heads", 1)
         self.positions = PositionEmbedding(self.num_tokens, self.embed_dim, name="positions",
                                            initializer=GridCoordinates(self.grid_size),
                                            dtype=self.dtype_policy)
@@ -482,10 +482,10 @@ class RelationHead(keras.layers.Layer):
 
     def __init__(self, vocab_size: int, max_text_length: int, width: int = 64, pad_id: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size = require_int("vocab_size", vocab_size, 2)
-        self.max_text_length = require_int("max_text_length", max_text_length, 1)
-        self.width = require_int("width", width, 2)
-        self.pad_id = require_int("pad_id", pad_id, 0)
+        self.vocab_size = require_int(vocab_size, "vocab_size", 2)
+        self.max_text_length = require_int(max_text_length, "max_text_length", 1)
+        self.width = require_int(width, "width", 2)
+        self.pad_id = require_int(pad_id, "pad_id", 0)
         self.words = fusion.QuestionEncoder(self.vocab_size, self.max_text_length, self.width, name="words")
         self.context = keras.layers.Dense(self.width, activation="relu", name="context")
         self.relation = fusion.RelationFusion(self.width, key_dim=self.width // 2, name="relation_network")
@@ -541,8 +541,8 @@ class GatedCrossAttention(keras.layers.Layer):
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.dim = require_int("dim", dim, 1)
-        self.num_heads = require_int("num_heads", num_heads, 1)
+        self.dim = require_int(dim, "dim", 1)
+        self.num_heads = require_int(num_heads, "num_heads", 1)
         if self.dim % self.num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}.")
         self.dropout = float(dropout)
@@ -624,7 +624,7 @@ class MLLMConfig:
             raise ValueError(f"image_std must be positive, got {self.image_std}.")
         for name in ("image_size", "stem", "vision_dim", "dim", "num_layers", "num_heads", "max_text_length"):
             require_int(name, getattr(self, name), 1)
-        require_int("encoder_blocks", self.encoder_blocks, 0)
+        require_int(self.encoder_blocks, "encoder_blocks", 0)
         if self.encoder_blocks and self.vision_dim % self.num_heads:
             raise ValueError(f"vision_dim={self.vision_dim} must be divisible by num_heads={self.num_heads} for the "
                              "image encoder's attention blocks (or use encoder_blocks=0).")
@@ -634,7 +634,7 @@ class MLLMConfig:
         if not self.encoder_filters:
             raise ValueError("encoder_filters must name at least one convolution.")
         for i, f in enumerate(self.encoder_filters):
-            require_int(f"encoder_filters[{i}]", f, 1)
+            require_int(f, f"encoder_filters[{i}]", 1)
         cell = self.stem * 2 ** len(self.encoder_filters)
         if self.image_size % cell:
             raise ValueError(f"image_size={self.image_size} must be divisible by stem * 2**len(encoder_filters) = "
@@ -689,7 +689,7 @@ class _MultimodalBase(keras.Model):
                                  num_heads=num_heads, mlp_dim=mlp_dim, max_text_length=max_text_length,
                                  dropout=dropout, architecture=self.architecture, image_mean=tuple(image_mean),
                                  image_std=tuple(image_std), vision=vision, relation_head=relation_head)
-        self.vocab_size = require_int("vocab_size", vocab_size, 2)
+        self.vocab_size = require_int(vocab_size, "vocab_size", 2)
         if vision == "objects":
             self.image_encoder = ObjectImageEncoder(name="image_encoder")
             self.feature_dim = len(fusion.OBJECT_FEATURES)
@@ -969,7 +969,7 @@ def cache_image_features(model, x: dict, batch_size: int = 256) -> dict:
         raise ValueError(f"x must be the dict from make_examples with keys 'images' and 'token_ids', got "
                          f"{sorted(x) if isinstance(x, dict) else type(x).__name__}.")
     images = _images(x["images"], size=model.config.image_size)
-    batch_size = require_int("batch_size", batch_size, 1)
+    batch_size = require_int(batch_size, "batch_size", 1)
     features = [ops.convert_to_numpy(model.image_features(ops.convert_to_tensor(images[i:i + batch_size])))
                 for i in range(0, len(images), batch_size)]
     return {"image_features": np.concatenate(features).astype(np.float32), "token_ids": x["token_ids"]}
@@ -993,7 +993,7 @@ def compile_for_stage(model, stage: int, learning_rate: float, total_steps: int 
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}.")
     rate = float(learning_rate)
     if total_steps is not None:
-        total_steps = require_int("total_steps", total_steps, 2)
+        total_steps = require_int(total_steps, "total_steps", 2)
         rate = WarmupCosineDecay(rate, total_steps, warmup_steps=max(1, total_steps // 10))
     if weight_decay:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay, global_clipnorm=1.0)
@@ -1023,11 +1023,11 @@ def train_steps(model, x: dict, y: np.ndarray, steps: int, batch_size: int = 64,
     if len(x[image_key]) != rows or len(x["token_ids"]) != rows:
         raise ValueError(f"x and y must have the same number of rows, got {len(x[image_key])} {image_key} rows, "
                          f"{len(x['token_ids'])} token rows and {rows} target rows.")
-    steps = require_int("steps", steps, 1)
-    batch_size = require_int("batch_size", batch_size, 1)
+    steps = require_int(steps, "steps", 1)
+    batch_size = require_int(batch_size, "batch_size", 1)
     if batch_size > rows:
         raise ValueError(f"batch_size={batch_size} is larger than the {rows} training rows.")
-    log_every = max(1, steps // 10) if log_every is None else require_int("log_every", log_every, 1)
+    log_every = max(1, steps // 10) if log_every is None else require_int(log_every, "log_every", 1)
     rng = np.random.default_rng(seed)
     order, cursor = rng.permutation(rows), 0
     logged_steps, logged_losses, window = [], [], []
@@ -1069,7 +1069,7 @@ def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessin
         ids = np.concatenate([blank, ids], axis=1)
     inputs, targets = lm.next_token_pairs(ids)
     decoder.trainable = True
-    steps = require_int("epochs", epochs, 1) * max(1, -(-len(inputs) // require_int("batch_size", batch_size, 1)))
+    steps = require_int(epochs, "epochs", 1) * max(1, -(-len(inputs) // require_int(batch_size, "batch_size", 1)))
     schedule = WarmupCosineDecay(learning_rate, max(steps, 2), warmup_steps=max(1, steps // 10))
     decoder.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0), loss=lm.next_token_loss)
     return decoder.fit(inputs, targets, batch_size=batch_size, epochs=epochs, verbose=verbose)
@@ -1096,7 +1096,7 @@ def load_language_model_weights(model, weights: Sequence[np.ndarray], offset: in
     for variable, value in zip(decoder.weights, weights):
         if variable is table:
             target = np.array(ops.convert_to_numpy(table))
-            rows = min(len(value) - require_int("offset", offset, 0), len(target) - text_start)
+            rows = min(len(value) - require_int(offset, "offset", 0), len(target) - text_start)
             target[text_start:text_start + rows] = value[offset:offset + rows]
             value = target
         if tuple(value.shape) != tuple(variable.shape):
@@ -1168,8 +1168,8 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
         raise TypeError("prompts must be a list of strings (one per image), got one str.")
     prompts = list(prompts)
     _same_batch(images, len(prompts), "prompts")
-    max_new_tokens = require_int("max_new_tokens", max_new_tokens, 1)
-    batch_size = require_int("batch_size", batch_size, 1)
+    max_new_tokens = require_int(max_new_tokens, "max_new_tokens", 1)
+    batch_size = require_int(batch_size, "batch_size", 1)
     results: list[str] = [""] * len(prompts)
     for length, rows in _prompt_groups(prompts, tokenizer).items():
         room = model.config.max_text_length - length + 1

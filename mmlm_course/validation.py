@@ -1,10 +1,16 @@
-"""Small argument checks shared by the lesson modules.
+"""Argument checks shared by every lesson module: one convention, one place.
 
-Every check raises an error that names the argument, says what was expected and shows
-what was received, so a learner who passes a wrong value reads how to fix it.
+Every check takes the value first and its name second (``require_int(value, "batch_size",
+low=1)``), raises ``TypeError`` when the *kind* of value is wrong (a float where an int is
+needed, an int array where floats are needed) and ``ValueError`` when the kind is right but
+the value is not (out of range, wrong rank, mismatched sizes). Each message names the
+argument, says what was expected, shows what was received and, where it helps, how to fix it.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -20,24 +26,159 @@ def static_shape(x) -> tuple:
     return tuple(x.shape)
 
 
-def positive_int(value, name: str) -> int:
-    """``value`` as an int >= 1; ValueError for anything else (bools included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
+def same_dim(a, b) -> bool:
+    """Two sizes agree, where an unknown size (None) agrees with anything."""
+    return a is None or b is None or a == b
 
 
-def require_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an int in ``[low, high]`` (either bound optional).
+def same_shape(a: tuple, b: tuple) -> bool:
+    """Two static shapes agree axis by axis (None matches anything)."""
+    return len(a) == len(b) and all(same_dim(x, y) for x, y in zip(a, b))
 
-    TypeError when it is not an int (a bool or a float such as ``3.0`` included),
+
+# --------------------------------------------------------------------------- Python values
+
+
+def require_int(value, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int in ``[low, high]`` (either bound optional).
+
+    TypeError when it is not an integer (bools and floats such as ``3.0`` included);
     ValueError when it is out of range.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} {value!r}.")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
     value = int(value)
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}.")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}.")
     return value
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1 (`require_int` with ``low=1``)."""
+    return require_int(value, name, low=1)
+
+
+def require_float(value, name: str, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite Python float in the given range (ints accepted, bools not).
+
+    ``low_open`` / ``high_open`` exclude the bound itself (``(0, 1)`` rather than ``[0, 1]``).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}.")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}.")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}.")
+    return value
+
+
+def require_rate(value, name: str = "dropout") -> float:
+    """A dropout-style rate in [0, 1)."""
+    return require_float(value, name, low=0.0, high=1.0, high_open=True)
+
+
+def require_choice(value, options: Sequence, name: str):
+    """``value`` if it is one of ``options``; ValueError naming the options otherwise."""
+    try:
+        known = value in options
+    except TypeError:  # an unhashable value tested against a set or dict
+        known = False
+    if not known:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}.")
+    return value
+
+
+def int_tuple(values, name: str) -> tuple[int, ...]:
+    """One positive int or a non-empty sequence of them, as a tuple."""
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = (values,)
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {type(values).__name__} {values!r}.")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must hold at least one value, got an empty sequence.")
+    return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(values))
+
+
+# --------------------------------------------------------------------------- arrays and tensors
+
+
+def as_array(x, name: str):
+    """``x`` as something with a shape and a dtype: tensors and arrays pass through; lists
+    and Python numbers become NumPy arrays (Python floats in the Keras default float type).
+
+    TypeError for None, for ragged lists and for arrays of Python objects.
+    """
+    if x is None:
+        raise TypeError(f"{name}: expected an array or tensor, got None.")
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError):
+            raise TypeError(f"{name}: expected a rectangular array of numbers, got a ragged "
+                            f"{type(x).__name__}; pad the rows to one length first "
+                            "(preprocessing.pad_sequences).") from None
+        if x.dtype == object:
+            raise TypeError(f"{name}: expected numbers, got an array of Python objects (ragged lists?); pad the "
+                            "rows to one length first (preprocessing.pad_sequences).")
+        if x.dtype == np.float64:
+            x = x.astype(keras.backend.floatx())
+    return x
+
+
+def require_rank(x, ranks: Sequence[int], name: str, layout: str) -> tuple:
+    """Check that ``x`` has one of ``ranks``; return its static shape. ``layout`` names
+    the axes in the message, e.g. ``"(batch, time, features)"``."""
+    shape = static_shape(x)
+    if len(shape) not in ranks:
+        raise ValueError(f"{name}: expected shape {layout} (rank {' or '.join(map(str, ranks))}), "
+                         f"got shape {shape} (rank {len(shape)}).")
+    return shape
+
+
+def is_float(x) -> bool:
+    return dtype_name(x).startswith(("float", "bfloat"))
+
+
+def is_int(x) -> bool:
+    return dtype_name(x).startswith(("int", "uint"))
+
+
+def require_float_dtype(x, name: str, fix: str = "") -> None:
+    """TypeError unless ``x`` holds floating-point values."""
+    if not is_float(x):
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {dtype_name(x)}; "
+                        + (fix or f"convert it with keras.ops.cast({name}, 'float32')") + ".")
+
+
+def require_int_dtype(x, name: str, what: str = "integer token ids") -> None:
+    """TypeError unless ``x`` holds integers."""
+    if not is_int(x):
+        raise TypeError(f"{name}: expected {what}, got dtype {dtype_name(x)}; convert it with "
+                        f"keras.ops.cast({name}, 'int32').")
+
+
+def require_bool_mask(mask, name: str) -> None:
+    """TypeError unless ``mask`` is boolean (True marks a real, attendable position)."""
+    if dtype_name(mask) != "bool":
+        raise TypeError(f"{name}: expected a boolean mask (True = real position), got dtype {dtype_name(mask)}; "
+                        f"convert it with keras.ops.cast({name}, 'bool') or ids != 0 (an additive 0/-inf mask "
+                        "is not accepted).")
+
+
+def concrete_values(x) -> np.ndarray | None:
+    """The values of ``x`` as NumPy when they exist now, or None inside a traced graph."""
+    if isinstance(x, np.ndarray):
+        return x
+    if keras.backend.is_keras_tensor(x):
+        return None
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(x))
+    except Exception:  # a traced tensor has no values yet
+        return None

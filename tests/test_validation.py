@@ -1,35 +1,61 @@
-"""The shared argument checks: what they accept, and the errors they give for the rest."""
+"""The shared argument checks: one convention (value first, then its name; TypeError for a
+wrong kind of value, ValueError for a wrong value), and what each accepts."""
 
 import numpy as np
 import pytest
 
-from mmlm_course.validation import dtype_name, positive_int, require_int, static_shape
+from mmlm_course.validation import (as_array, int_tuple, positive_int, require_choice, require_float, require_int,
+                                    require_rank, require_rate)
 
 
-def test_positive_int_accepts_python_and_numpy_ints():
+def test_ints_accept_python_and_numpy_ints():
     assert positive_int(3, "units") == 3 and isinstance(positive_int(np.int64(3), "units"), int)
+    assert require_int(5, "k", 1, 5) == 5
 
 
-@pytest.mark.parametrize("value", [0, -2, 2.0, True, "3", None])
-def test_positive_int_names_the_argument_and_the_value(value):
-    with pytest.raises(ValueError, match=f"units must be a positive int, got {value!r}"):
-        positive_int(value, "units")
+@pytest.mark.parametrize("value", [2.0, True, "2", None])
+def test_ints_reject_other_kinds_with_a_type_error(value):
+    for check in (lambda v: require_int(v, "k"), lambda v: positive_int(v, "k")):
+        with pytest.raises(TypeError, match="k must be an int"):
+            check(value)
 
 
-def test_require_int_bounds():
-    assert require_int("k", 5, 1, 5) == 5
-    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
-        require_int("k", 0, 1)
-    with pytest.raises(ValueError, match="k must be <= 5, got 6"):
-        require_int("k", 6, high=5)
+@pytest.mark.parametrize("value, bounds, word", [(0, dict(low=1), ">= 1"), (6, dict(high=5), "<= 5")])
+def test_ints_out_of_range_name_the_bound(value, bounds, word):
+    with pytest.raises(ValueError, match=word):
+        require_int(value, "k", **bounds)
+    with pytest.raises(ValueError, match=">= 1"):
+        positive_int(0, "k")
 
 
-@pytest.mark.parametrize("value", [2.0, True, "2"])
-def test_require_int_rejects_non_ints_with_a_type_error(value):
-    with pytest.raises(TypeError, match=f"k must be a Python int, got {type(value).__name__}"):
-        require_int("k", value)
+def test_floats_and_rates():
+    assert require_float(1, "lr", low=0, low_open=True) == 1.0
+    for bad in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lr"):
+            require_float(bad, "lr", low=0, low_open=True)
+    with pytest.raises(TypeError, match="dropout"):
+        require_rate("0.1")
+    with pytest.raises(ValueError, match="< 1"):
+        require_rate(1.0)
 
 
-def test_dtype_name_and_static_shape():
-    x = np.zeros((2, 3), np.float32)
-    assert dtype_name(x) == "float32" and static_shape(x) == (2, 3)
+def test_choices_and_int_tuples():
+    assert require_choice("a", ("a", "b"), "mode") == "a"
+    with pytest.raises(ValueError, match=r"mode must be one of \('a', 'b'\)"):
+        require_choice(["a"], ("a", "b"), "mode")
+    assert int_tuple(3, "filters") == (3,) and int_tuple([1, 2], "filters") == (1, 2)
+    with pytest.raises(ValueError, match="at least one"):
+        int_tuple([], "filters")
+    with pytest.raises(TypeError, match="filters"):
+        int_tuple("12", "filters")
+
+
+def test_arrays():
+    assert as_array([1.0, 2.0], "x").dtype == np.float32
+    with pytest.raises(TypeError, match="None"):
+        as_array(None, "x")
+    with pytest.raises(TypeError, match="ragged"):
+        as_array([[1, 2], [3]], "x")
+    assert require_rank(np.zeros((2, 3)), (2,), "x", "(batch, time)") == (2, 3)
+    with pytest.raises(ValueError, match=r"\(batch, time\)"):
+        require_rank(np.zeros(3), (2,), "x", "(batch, time)")
