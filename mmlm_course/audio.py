@@ -5,8 +5,7 @@ second. This module goes from there to the log-mel spectrogram that audio encode
 
 - aliasing (`alias_frequency`), an FIR low-pass filter (`lowpass_fir`, `apply_fir`) and
   what happens without it (`decimate` with ``antialias=False`` aliases), resampling to
-  the course rate (`resample`), reading and writing 16-bit PCM WAV files (`load_wav`,
-  `save_wav`);
+  the course rate (`resample`); WAV files are read and written in `audio_io`;
 - framing (`frame_signal`), windows (`hann_window`), the short-time Fourier transform
   (`stft`, `magnitude_spectrogram`, `power_spectrogram`);
 - the mel scale (`hz_to_mel`, `mel_to_hz`), the mel filterbank (`mel_filterbank`) and
@@ -23,14 +22,12 @@ the HTK mel scale ``1127 ln(1 + f / 700)`` and filterbank matrices of shape
 from __future__ import annotations
 
 import math
-import wave
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from mmlm_course.shapeworld import SOUND_SAMPLE_RATE
-from mmlm_course.validation import positive_int
+from mmlm_course.validation import positive_int, require_choice, require_float, require_int
 
 COURSE_SAMPLE_RATE = SOUND_SAMPLE_RATE  # 16 kHz, the rate every lesson works at
 FRAME_LENGTH = 400  # 25 ms at 16 kHz
@@ -41,7 +38,6 @@ LOWER_HZ = 20.0
 LOG_EPS = 1e-6
 MEL_BREAK_HZ = 700.0
 MEL_HIGH_Q = 1127.0
-PCM16_SCALE = 32768.0  # int16 sample -> float, as tf.audio.decode_wav
 
 
 # --------------------------------------------------------------------------- validation
@@ -80,113 +76,12 @@ def validate_waveform(signal, name: str = "signal", max_ndim: int = 1, min_lengt
     return array.astype(np.float32, copy=False)
 
 
-def _sample_rate(value, name: str = "sample_rate") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int number of samples per second "
-                         f"(e.g. {COURSE_SAMPLE_RATE}), got {value!r}.")
-    return int(value)
-
-
 def _as_rng(rng) -> np.random.Generator:
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     if isinstance(rng, np.random.Generator):
         return rng
     raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}.")
-
-
-# --------------------------------------------------------------------------- WAV files
-
-
-def save_wav(path, signal, sample_rate: int = COURSE_SAMPLE_RATE) -> Path:
-    """Write a waveform as a 16-bit PCM WAV file and return its path.
-
-    ``signal``: float, shape (num_samples,) for mono or (num_samples, channels), values
-    in [-1, 1] (anything outside raises: scale it first).
-    """
-    sample_rate = _sample_rate(sample_rate)
-    array = np.asarray(signal)
-    if array.ndim == 2:
-        array = validate_waveform(array.T, "signal", max_ndim=2).T
-    else:
-        array = validate_waveform(array, "signal")
-    peak = float(np.max(np.abs(array))) if array.size else 0.0
-    if peak > 1.0:
-        raise ValueError(f"signal: expected values in [-1, 1] for 16-bit PCM, got a peak of {peak:.3g}; "
-                         f"scale it first (signal / np.abs(signal).max()).")
-    channels = 1 if array.ndim == 1 else array.shape[1]
-    pcm = np.clip(np.round(array * PCM16_SCALE), -32768, 32767).astype("<i2")
-    path = Path(path)
-    with wave.open(str(path), "wb") as file:
-        file.setnchannels(channels)
-        file.setsampwidth(2)
-        file.setframerate(sample_rate)
-        file.writeframes(pcm.tobytes())
-    return path
-
-
-def read_wav(path) -> tuple[np.ndarray, int]:
-    """Read a 16-bit PCM WAV file as it is stored.
-
-    Returns ``(samples, sample_rate)``: float32 of shape (num_samples, channels), values
-    in [-1, 1) (int16 / 32768). Raises FileNotFoundError for a missing file and
-    ValueError for a file that is not a WAV, is truncated, or is not 16-bit PCM.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No WAV file at {path}.")
-    with open(path, "rb") as file:
-        head = file.read(12)
-    if not (b"RIFF".startswith(head[:4]) and b"WAVE".startswith(head[8:12])):
-        raise ValueError(f"{path} is not a WAV file: it does not start with a RIFF/WAVE header "
-                         f"(first bytes {head[:12]!r}); expected 16-bit PCM WAV.")
-    try:
-        with wave.open(str(path), "rb") as file:
-            channels, width = file.getnchannels(), file.getsampwidth()
-            rate, frames = file.getframerate(), file.getnframes()
-            data = file.readframes(frames)
-    except wave.Error as error:
-        message = str(error)
-        if "RIFF" in message or "WAVE" in message:
-            raise ValueError(f"{path} is not a WAV file ({message}); expected a RIFF/WAVE file "
-                             f"with 16-bit PCM samples.") from None
-        raise ValueError(f"{path}: unsupported WAV encoding ({message}); expected 16-bit PCM "
-                         f"(convert it, e.g. `sox in.wav -b 16 -e signed out.wav`).") from None
-    except EOFError:
-        raise ValueError(f"{path} is truncated or empty: the WAV header is incomplete "
-                         f"({path.stat().st_size} bytes).") from None
-    if width != 2:
-        raise ValueError(f"{path}: expected 16-bit PCM samples (2 bytes), got {8 * width}-bit; "
-                         f"convert it, e.g. `sox in.wav -b 16 out.wav`.")
-    if channels not in (1, 2):
-        raise ValueError(f"{path}: expected a mono or stereo file, got {channels} channels.")
-    expected_bytes = frames * channels * width
-    if len(data) != expected_bytes:
-        raise ValueError(f"{path} is truncated: its header announces {frames} frames "
-                         f"({expected_bytes} bytes of audio) but the file holds only {len(data)} bytes.")
-    samples = np.frombuffer(data, dtype="<i2").reshape(-1, channels)
-    return (samples.astype(np.float32) / PCM16_SCALE), rate
-
-
-def load_wav(path, sample_rate: int | None = COURSE_SAMPLE_RATE, mono: bool = True) -> np.ndarray:
-    """Load a 16-bit PCM WAV file (mono or stereo, any rate) for the course.
-
-    Returns float32 of shape (num_samples,) when ``mono`` (channels averaged), else
-    (num_samples, channels); values in [-1, 1]. The file is resampled to
-    ``sample_rate`` (default: the course rate, 16 kHz); ``None`` keeps the file's rate.
-    Errors: see `read_wav`.
-    """
-    samples, rate = read_wav(path)
-    if mono:
-        samples = samples.mean(axis=1)
-    if sample_rate is None:
-        return samples
-    sample_rate = _sample_rate(sample_rate)
-    if samples.shape[0] == 0 or rate == sample_rate:
-        return samples
-    if samples.ndim == 1:
-        return resample(samples, rate, sample_rate)
-    return np.stack([resample(samples[:, c], rate, sample_rate) for c in range(samples.shape[1])], axis=1)
 
 
 # --------------------------------------------------------------------------- filtering and resampling
@@ -204,8 +99,7 @@ def alias_frequency(frequency_hz, sample_rate):
     f = np.asarray(frequency_hz, dtype=np.float64)
     if not np.all(np.isfinite(f)) or np.any(f < 0):
         raise ValueError(f"frequency_hz: expected finite, non-negative frequencies, got {frequency_hz!r}.")
-    if not isinstance(sample_rate, (int, float, np.integer, np.floating)) or not sample_rate > 0:
-        raise ValueError(f"sample_rate must be a positive number, got {sample_rate!r}.")
+    sample_rate = require_float(sample_rate, "sample_rate", low=0.0, low_open=True)
     folded = np.abs(f - sample_rate * np.round(f / sample_rate))
     return float(folded) if folded.ndim == 0 else folded
 
@@ -226,10 +120,9 @@ def lowpass_fir(cutoff_hz: float, sample_rate: float, num_taps: int = 101) -> np
     filter has a centre tap (a delay of exactly (num_taps - 1) / 2 samples).
     More taps give a sharper transition between pass band and stop band.
     """
-    if not isinstance(sample_rate, (int, float, np.integer, np.floating)) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive number, got {sample_rate!r}.")
+    sample_rate = require_float(sample_rate, "sample_rate", low=0.0, low_open=True)
     nyquist = sample_rate / 2
-    if not isinstance(cutoff_hz, (int, float, np.integer, np.floating)) or not 0 < cutoff_hz < nyquist:
+    if not 0 < require_float(cutoff_hz, "cutoff_hz") < nyquist:
         raise ValueError(f"cutoff_hz must lie strictly between 0 and the Nyquist frequency "
                          f"sample_rate / 2 = {nyquist:g} Hz, got {cutoff_hz!r}.")
     num_taps = positive_int(num_taps, "num_taps")
@@ -301,10 +194,9 @@ def resample(signal, orig_rate: int, target_rate: int, num_zeros: int = 16, roll
     zero crossings of the sinc kept on each side (more = sharper, slower).
     """
     x = validate_waveform(signal, "signal", min_length=0)
-    orig_rate, target_rate = _sample_rate(orig_rate, "orig_rate"), _sample_rate(target_rate, "target_rate")
+    orig_rate, target_rate = positive_int(orig_rate, "orig_rate"), positive_int(target_rate, "target_rate")
     num_zeros = positive_int(num_zeros, "num_zeros")
-    if not 0.0 < rolloff <= 1.0:
-        raise ValueError(f"rolloff must lie in (0, 1], got {rolloff!r}.")
+    rolloff = require_float(rolloff, "rolloff", 0.0, 1.0, low_open=True)
     if orig_rate == target_rate or x.size == 0:
         return x.copy()
     ratio = target_rate / orig_rate
@@ -414,7 +306,7 @@ def power_spectrogram(signal, frame_length: int = FRAME_LENGTH, hop_length: int 
 
 def fft_frequencies(fft_length: int = FFT_LENGTH, sample_rate: int = COURSE_SAMPLE_RATE) -> np.ndarray:
     """The centre frequency in Hz of each STFT bin: float64 (fft_length // 2 + 1,)."""
-    return np.fft.rfftfreq(positive_int(fft_length, "fft_length"), d=1.0 / _sample_rate(sample_rate))
+    return np.fft.rfftfreq(positive_int(fft_length, "fft_length"), d=1.0 / positive_int(sample_rate, "sample_rate"))
 
 
 # --------------------------------------------------------------------------- mel scale
@@ -457,7 +349,7 @@ def mel_filterbank(num_mel_bins: int = NUM_MEL_BINS, num_spectrogram_bins: int =
     num_spectrogram_bins = positive_int(num_spectrogram_bins, "num_spectrogram_bins")
     if num_spectrogram_bins < 2:
         raise ValueError(f"num_spectrogram_bins must be at least 2 (fft_length // 2 + 1), got {num_spectrogram_bins}.")
-    sample_rate = _sample_rate(sample_rate)
+    sample_rate = positive_int(sample_rate, "sample_rate")
     nyquist = sample_rate / 2
     upper_hz = nyquist if upper_hz is None else float(upper_hz)
     if not 0.0 <= lower_hz < upper_hz <= nyquist:
@@ -487,8 +379,7 @@ def log_mel(spectrogram, mel_matrix, eps: float = LOG_EPS) -> np.ndarray:
     if np.any(spec < 0):
         raise ValueError("spectrogram: expected non-negative magnitudes or powers, got negative values "
                          "(is it already a log spectrogram?).")
-    if not (isinstance(eps, (int, float, np.floating)) and eps > 0):
-        raise ValueError(f"eps must be a positive number, got {eps!r}.")
+    eps = require_float(eps, "eps", low=0.0, low_open=True)
     return np.log(spec.astype(np.float64) @ mel.astype(np.float64) + eps).astype(np.float32)
 
 
@@ -501,8 +392,7 @@ def log_mel_spectrogram(signal, sample_rate: int = COURSE_SAMPLE_RATE, frame_len
     (..., num_samples) float -> float32 (..., num_frames, num_mel_bins):
     ``log(|stft|**power @ mel_filterbank + eps)``. ``power`` 2 uses energies, 1 magnitudes.
     """
-    if power not in (1, 2, 1.0, 2.0):
-        raise ValueError(f"power must be 1 (magnitude) or 2 (power), got {power!r}.")
+    require_choice(power, (1, 2), "power (1 magnitude, 2 energy)")
     spec = np.abs(stft(signal, frame_length, hop_length, fft_length)).astype(np.float64) ** power
     mel = mel_filterbank(num_mel_bins, fft_length // 2 + 1, sample_rate, lower_hz, upper_hz)
     return log_mel(spec, mel, eps)
@@ -519,8 +409,7 @@ def add_noise(signal, snr_db: float, rng=None) -> np.ndarray:
     Generator or an int seed (None: fresh entropy).
     """
     x = validate_waveform(signal, "signal")
-    if not isinstance(snr_db, (int, float, np.integer, np.floating)) or not np.isfinite(snr_db):
-        raise ValueError(f"snr_db must be a finite number of decibels (e.g. 10.0), got {snr_db!r}.")
+    snr_db = require_float(snr_db, "snr_db")
     power = float(np.mean(np.square(x, dtype=np.float64)))
     if power == 0.0:
         raise ValueError("signal is silent (all zeros): a signal-to-noise ratio is undefined.")
@@ -533,8 +422,7 @@ def time_shift(signal, shift: int) -> np.ndarray:
     with silence; shape (num_samples,) kept, float32. Unlike ``np.roll`` nothing wraps
     around, so the order of events in the sound is kept."""
     x = validate_waveform(signal, "signal", min_length=0)
-    if isinstance(shift, bool) or not isinstance(shift, (int, np.integer)):
-        raise ValueError(f"shift must be an int number of samples, got {shift!r}.")
+    shift = require_int(shift, "shift")
     if abs(shift) > x.size:
         raise ValueError(f"shift must be at most the signal length {x.size} in magnitude, got {shift}.")
     out = np.zeros_like(x)
@@ -548,8 +436,7 @@ def time_shift(signal, shift: int) -> np.ndarray:
 def random_time_shift(signal, max_shift: int, rng=None) -> np.ndarray:
     """`time_shift` by a uniform random integer in [-max_shift, max_shift]."""
     x = validate_waveform(signal, "signal", min_length=0)
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or not 0 <= max_shift <= x.size:
-        raise ValueError(f"max_shift must be an int in [0, {x.size}] (the signal length), got {max_shift!r}.")
+    max_shift = require_int(max_shift, "max_shift", low=0, high=x.size)
     return time_shift(x, int(_as_rng(rng).integers(-max_shift, max_shift + 1)))
 
 
@@ -596,9 +483,8 @@ def segment_tones(signal, sample_rate: int = COURSE_SAMPLE_RATE, threshold: floa
     exclusive) of the stretches where ``|signal|`` exceeds ``threshold``, joining stretches
     separated by less than ``min_gap_s`` seconds (a tone's own zero crossings)."""
     x = validate_waveform(signal, "signal", min_length=0)
-    sample_rate = _sample_rate(sample_rate)
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold!r}.")
+    sample_rate = positive_int(sample_rate, "sample_rate")
+    threshold = require_float(threshold, "threshold", 0.0, 1.0, low_open=True, high_open=True)
     loud = np.flatnonzero(np.abs(x) > threshold)
     if loud.size == 0:
         return []
@@ -616,7 +502,7 @@ def plot_waveform(signal, sample_rate: int = COURSE_SAMPLE_RATE, ax=None, title:
     import matplotlib.pyplot as plt
 
     x = validate_waveform(signal, "signal")
-    sample_rate = _sample_rate(sample_rate)
+    sample_rate = positive_int(sample_rate, "sample_rate")
     ax = ax if ax is not None else plt.gca()
     ax.plot(np.arange(x.size) / sample_rate, x, linewidth=0.6)
     ax.set(xlabel="time (s)", ylabel="amplitude", title=title)
@@ -636,7 +522,7 @@ def plot_spectrogram(spectrogram, sample_rate: int = COURSE_SAMPLE_RATE, hop_len
     if spec.ndim != 2 or not np.issubdtype(spec.dtype, np.floating):
         raise ValueError(f"spectrogram: expected a real float array (frames, bins), got shape {spec.shape} "
                          f"and dtype {spec.dtype}.")
-    sample_rate = _sample_rate(sample_rate)
+    sample_rate = positive_int(sample_rate, "sample_rate")
     hop_length = positive_int(hop_length, "hop_length")
     ax = ax if ax is not None else plt.gca()
     seconds = spec.shape[0] * hop_length / sample_rate

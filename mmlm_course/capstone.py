@@ -3,13 +3,16 @@
 `train` is what `mmlm-course train` runs and what the capstone notebook calls. It
 - resolves a *preset* (from a 2-core CPU to a large GPU) into a `RunConfig`, prints it
   with the device found, and writes it to the run folder as ``config.json``;
-- trains in two stages (projector, then everything) with a plain loop over
-  ``model.train_on_batch``, so it runs under any Keras backend; data arrives as NumPy
-  batches, or through a `tf.data` pipeline with prefetching when TensorFlow is the backend;
+- trains in lesson 08's stages (`stages`: the detector and the language model alone, then
+  the projector, then everything) with lesson 05's step loop, `training.train_steps`,
+  which runs under any Keras backend (data arrives as NumPy batches; on a GPU with the
+  TensorFlow backend, through a `tf.data` pipeline that prepares the next batches meanwhile);
 - saves an atomic checkpoint every ``checkpoint_every`` steps (`mmlm_course.checkpoints`)
   and, when started again with the same ``out`` folder, resumes from the last one at the
-  exact batch it had reached, mid-epoch included;
-- logs every step to ``history.jsonl`` and TensorBoard (when TensorFlow is installed);
+  exact batch it had reached, mid-epoch included (the batch of a step is a function of
+  the step: `training.batch_indices`);
+- logs every step to ``history.jsonl`` and TensorBoard (when the ``tensorboard`` package
+  is installed);
 - evaluates caption truth and question-answering exact match on the test and
   compositional splits (ShapeWorld) and writes ``metrics.json`` and ``samples.png``.
 
@@ -32,6 +35,7 @@ import numpy as np
 
 from mmlm_course import env, shapeworld
 from mmlm_course.checkpoints import CheckpointStore
+from mmlm_course.validation import require_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +67,11 @@ class RunConfig:
 
 # Lesson 08's model for ShapeWorld: lesson 04's object detector, pretrained and frozen, as
 # the vision tower (one token per object), and lesson 04's relation network read at every
-# text position (`mllm.RelationHead`), as lesson 08 trains it in a minute. Without the relation
+# text position (`relation_head.RelationHead`), as lesson 08 trains it in a minute. Without the relation
 # head, relation questions and relational captions stay at chance.
 _SHAPEWORLD_MODEL = dict(image_size=64, vision="objects", relation_head=True)
 # Photos (Flickr8k, COCO, VQA) have no object labels to pretrain the detector on: there the
-# model learns a grid image encoder with the rest (`mllm.GridImageEncoder`).
+# model learns a grid image encoder with the rest (`grid_encoder.GridImageEncoder`).
 PHOTO_MODEL = dict(vision="grid", relation_head=False)
 
 PRESETS: dict[str, dict] = {
@@ -100,8 +104,7 @@ def resolve_config(preset: str = "cpu", data: str = "shapeworld", **overrides) -
     """The `RunConfig` of a named preset, with ``overrides`` applied. For a real dataset
     (``data`` other than ShapeWorld) the model's vision becomes `PHOTO_MODEL`'s grid
     encoder: the object detector can only be pretrained on ShapeWorld scenes."""
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; expected one of {', '.join(PRESETS)}.")
+    require_choice(preset, tuple(PRESETS), "preset")
     fields = {**PRESETS[preset], **overrides}
     if data != "shapeworld":
         fields["model"] = {**fields.get("model", {}), **PHOTO_MODEL}
@@ -130,30 +133,20 @@ class RunData:
     scenes: object = None      # the training ShapeWorldData (ShapeWorld only): the detector learns from it
 
 
-def _take(tree, index):
-    if isinstance(tree, dict):
-        return {k: v[index] for k, v in tree.items()}
-    return tree[index]
-
-
-def _num_rows(tree) -> int:
-    return len(next(iter(tree.values()))) if isinstance(tree, dict) else len(tree)
-
-
 def load_run_data(config: RunConfig) -> RunData:
     """Build the training arrays for ``config.data`` (ShapeWorld or a real dataset)."""
-    from mmlm_course import datasets, mllm
+    from mmlm_course import datasets, instructions, mllm, preprocessing
 
     model_config = mllm.MLLMConfig(**config.model)
     image_size, max_text_length = model_config.image_size, model_config.max_text_length
     if config.data == "shapeworld":
-        tokenizer = mllm.mllm_tokenizer()
+        tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
         train = shapeworld.generate(config.train_examples, "train", seed=config.seed, image_size=image_size)
-        x, y = mllm.make_examples(train, tokenizer, max_text_length)
+        x, y = instructions.make_examples(train, tokenizer, max_text_length)
         eval_sets = {split: shapeworld.generate(config.eval_examples, split, seed=config.seed, image_size=image_size)
                      for split in ("test", "compositional")}
-        return RunData(x, y, mllm.instruction_texts(train), tokenizer, eval_sets,
-                       f"ShapeWorld: {len(train)} training scenes", train)
+        texts = instructions.instruction_texts(train.captions, list(zip(train.questions, train.answers)))
+        return RunData(x, y, texts, tokenizer, eval_sets, f"ShapeWorld: {len(train)} training scenes", train)
     if model_config.vision == "objects":
         raise ValueError(f"data {config.data!r}: vision='objects' pretrains lesson 04's object detector on ShapeWorld "
                          "scenes, which photos do not have; use vision='grid' (resolve_config does this for you).")
@@ -162,54 +155,12 @@ def load_run_data(config: RunConfig) -> RunData:
     captions = [r.captions[0] if r.captions else "" for r in loaded.records]
     qa = [r.qa[0] if r.qa else None for r in loaded.records]
     texts = [c for c in captions if c] + [f"{q} {a}" for pair in qa if pair for q, a in [pair]]
-    tokenizer = mllm.mllm_tokenizer(texts)
-    x, y = mllm.make_examples_from_texts(loaded.images, captions, qa if any(qa) else None, tokenizer,
-                                         max_text_length)
-    pretrain_texts = [f"{mllm.CAPTION} {c}" for c in captions if c]
-    pretrain_texts += [f"{mllm.QUESTION} {q} {mllm.ANSWER} {a}" for pair in qa if pair for q, a in [pair]]
-    return RunData(x, y, pretrain_texts, tokenizer, {}, f"{config.data}: {loaded.report()}")
-
-
-def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """The row indices of global training step ``step``.
-
-    Each epoch is a fresh permutation seeded by ``(seed, epoch)``, and the last partial
-    batch is dropped, so step ``s`` always sees the same rows: that is what lets a resumed
-    run continue at the exact batch it had reached.
-    """
-    steps_per_epoch = num_rows // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {batch_size} is larger than the {num_rows} training rows: lower it.")
-    epoch, position = divmod(step, steps_per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
-    return order[position * batch_size:(position + 1) * batch_size]
-
-
-def _batches(data: RunData, config: RunConfig, start_step: int):
-    """Yield (step, x_batch, y_batch) from ``start_step`` to the end of training.
-
-    With the TensorFlow backend the batches go through a `tf.data` pipeline that prepares
-    the next ones on the CPU while the device trains (prefetch); elsewhere plain NumPy.
-    """
-    rows = _num_rows(data.x)
-    steps = range(start_step, config.total_steps)
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        import tensorflow as tf
-
-        def generator():
-            for step in steps:
-                index = batch_indices(rows, config.batch_size, config.seed, step)
-                yield _take(data.x, index), _take(data.y, index)
-
-        signature = tf.nest.map_structure(
-            lambda a: tf.TensorSpec((config.batch_size,) + a.shape[1:], tf.as_dtype(a.dtype)), (data.x, data.y))
-        dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).prefetch(tf.data.AUTOTUNE)
-        for step, (x, y) in zip(steps, dataset.as_numpy_iterator()):
-            yield step, x, y
-        return
-    for step in steps:
-        index = batch_indices(rows, config.batch_size, config.seed, step)
-        yield step, _take(data.x, index), _take(data.y, index)
+    tokenizer = preprocessing.Tokenizer.from_texts(texts, extra_special=instructions.TASK_TOKENS)
+    # a dataset gives captions (Flickr8k, COCO) or question-answer pairs (VQA) for every image
+    x, y = instructions.make_examples_from_texts(loaded.images, captions if all(captions) else None,
+                                                 qa if all(qa) else None, tokenizer, max_text_length)
+    return RunData(x, y, instructions.instruction_texts(captions, qa), tokenizer, {},
+                   f"{config.data}: {loaded.report()}")
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -280,17 +231,17 @@ def _apply_precision(config: RunConfig, has_gpu: bool, log) -> None:
 
 
 def _tensorboard_writer(folder: Path):
-    """A function (step, dict of scalars) -> None writing TensorBoard events, or a no-op
-    when TensorFlow is not installed (JAX / PyTorch set-ups)."""
-    tf = env.quiet_import_tensorflow()
-    if tf is None:
+    """A function (step, dict of scalars) -> None writing TensorBoard events with the
+    ``tensorboard`` package's framework-free writer, or a no-op when it is not installed."""
+    try:
+        from tensorboard.summary import Writer
+    except ImportError:
         return lambda step, scalars: None
-    writer = tf.summary.create_file_writer(str(folder))
+    writer = Writer(str(folder))
 
     def write(step, scalars):
-        with writer.as_default(step=step):
-            for name, value in scalars.items():
-                tf.summary.scalar(name, value)
+        for name, value in scalars.items():
+            writer.add_scalar(name, value, step=step)
         writer.flush()
 
     return write
@@ -301,7 +252,7 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     import keras
     from tqdm import tqdm
 
-    from mmlm_course import fusion, mllm
+    from mmlm_course import detector, generation, mllm, stages, training
 
     folder = RunFolder(out)
     resuming = folder.start(config)
@@ -321,7 +272,7 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     def compile_stage(stage: int) -> int:
         learning_rate = config.stage1_learning_rate if stage == 1 else config.learning_rate
         steps = config.stage1_steps if stage == 1 else config.stage2_steps
-        return mllm.compile_for_stage(model, stage, learning_rate, total_steps=steps, jit_compile=jit)
+        return stages.compile_for_stage(model, stage, learning_rate, total_steps=steps, jit_compile=jit)
 
     state = folder.checkpoints.latest()
     pretrained_now = False
@@ -334,12 +285,12 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
         if uses_detector:
             scenes = data.scenes.subset(range(min(config.detector_examples, len(data.scenes))))
             log(f"stage 0: pretraining the object detector on {len(scenes)} scenes")
-            token_model, _ = fusion.pretrain_object_encoder(scenes, epochs=config.detector_epochs)
-            mllm.load_object_encoder(model, token_model)
+            token_model, _ = detector.pretrain_object_encoder(scenes, epochs=config.detector_epochs)
+            stages.load_object_encoder(model, token_model)
         if config.pretrain_epochs:
             log(f"stage 0: pretraining the language model on {len(data.texts)} texts")
-            mllm.pretrain_language_model(model, data.texts, data.tokenizer, epochs=config.pretrain_epochs,
-                                         batch_size=config.batch_size, learning_rate=config.stage1_learning_rate)
+            stages.pretrain_language_model(model, data.texts, data.tokenizer, epochs=config.pretrain_epochs,
+                                           batch_size=config.batch_size, learning_rate=config.stage1_learning_rate)
         compile_stage(1)
         folder.checkpoints.save(model, model.optimizer, {"step": 0, "stage": 0})
         state, pretrained_now = folder.checkpoints.latest(), True
@@ -357,28 +308,36 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     log(f"stage {stage}: {trainable:,} trainable parameters")
     write_scalars = _tensorboard_writer(folder.root / "tensorboard")
 
-    started = time.perf_counter()
+    first_step, started = start_step, time.perf_counter()
     bar = tqdm(total=config.total_steps, initial=start_step, disable=not progress, file=sys.stderr,
                desc="training", unit="step", mininterval=1.0, dynamic_ncols=True)
     with open(folder.history_path, "a", encoding="utf-8") as history_file:
-        for step, x, y in _batches(data, config, start_step):
-            if step == config.stage1_steps and stage == 1:
-                stage = 2
-                log(f"stage 2: {compile_stage(2):,} trainable parameters")
-            logs = model.train_on_batch(x, y, return_dict=True)
-            row = {"step": step + 1, "stage": stage, **{k: float(v) for k, v in logs.items()}}
-            last_loss = row.get("loss")
-            history_file.write(json.dumps(row) + "\n")
-            write_scalars(step + 1, {f"train/{k}": v for k, v in logs.items()})
+
+        def after_step(done: int, logs: dict) -> None:
+            """History, TensorBoard and progress after every step; a checkpoint every
+            ``checkpoint_every`` steps and at the end of each stage."""
+            nonlocal last_loss
+            last_loss = logs.get("loss")
+            history_file.write(json.dumps({"step": done, "stage": stage, **logs}) + "\n")
+            write_scalars(done, {f"train/{k}": v for k, v in logs.items()})
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", stage=stage)
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.stage1_steps or done == config.total_steps:
+            if done % config.checkpoint_every == 0 or done in (config.stage1_steps, config.total_steps):
                 history_file.flush()
                 folder.checkpoints.save(model, model.optimizer, {"step": done, "stage": stage})
+
+        for stage_number, end in ((1, config.stage1_steps), (2, config.total_steps)):
+            if start_step >= end:
+                continue
+            if stage_number != stage:
+                stage = stage_number
+                log(f"stage {stage}: {compile_stage(stage):,} trainable parameters")
+            training.train_steps(model, data.x, data.y, end, config.batch_size, seed=config.seed,
+                                 start_step=start_step, on_step=after_step, prefetch=has_gpu)
+            start_step = end
     bar.close()
     seconds = time.perf_counter() - started
-    trained_steps = config.total_steps - start_step
+    trained_steps = config.total_steps - first_step
     log(f"trained {trained_steps} steps in {seconds:.1f} s "
         f"({trained_steps * config.batch_size / max(seconds, 1e-9):.0f} examples/s)")
 
@@ -387,7 +346,7 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
                "examples_per_second": round(trained_steps * config.batch_size / max(seconds, 1e-9), 1),
                "final_loss": last_loss}
     for split, eval_data in data.eval_sets.items():
-        figures = mllm.evaluate(model, data.tokenizer, eval_data)
+        figures = generation.evaluate(model, data.tokenizer, eval_data)
         metrics[split] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
                           "qa_by_type": figures.get("qa_by_type", {})}
         log(f"{split}: caption truth {figures['caption_truth']:.1%}, QA exact match {figures['qa_exact_match']:.1%}")
@@ -404,11 +363,11 @@ def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmlm_course import mllm
+    from mmlm_course import generation
 
     images = data.images[:count]
-    captions = mllm.generate_texts(model, tokenizer, images, [""] * len(images))
-    answers = mllm.generate_texts(model, tokenizer, images, data.questions[:count])
+    captions = generation.generate_texts(model, tokenizer, images, [""] * len(images))
+    answers = generation.generate_texts(model, tokenizer, images, data.questions[:count])
     fig, axes = plt.subplots(2, (count + 1) // 2, figsize=(3 * ((count + 1) // 2), 7))
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -447,10 +406,10 @@ def generate_from_run(run_dir, image_path, prompt: str = "", max_new_tokens: int
     """Answer ``prompt`` (empty: caption the image) about the image file at ``image_path``."""
     from PIL import Image
 
-    from mmlm_course import mllm
+    from mmlm_course import generation, mllm
 
     model, tokenizer, config = load_trained(run_dir)
     size = mllm.MLLMConfig(**config.model).image_size
     with Image.open(image_path) as img:
         image = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
-    return mllm.generate_texts(model, tokenizer, image[None], [prompt], max_new_tokens=max_new_tokens)[0]
+    return generation.generate_texts(model, tokenizer, image[None], [prompt], max_new_tokens=max_new_tokens)[0]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmlm_course.validation import positive_int
+
 LATEST = "latest.json"
 
 
@@ -37,7 +39,7 @@ class CheckpointStore:
 
     def __init__(self, folder, keep: int = 2):
         self.folder = Path(folder)
-        self.keep = keep
+        self.keep = positive_int(keep, "keep")
 
     def save(self, model, optimizer, state: dict) -> Path:
         """Write a checkpoint for ``state["step"]`` and make it the latest."""

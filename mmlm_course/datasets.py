@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmlm_course.validation import positive_int
+
 
 @dataclasses.dataclass
 class ImageTextRecord:
@@ -137,6 +139,7 @@ def read_images(records: list[ImageTextRecord], size: int) -> LoadedImages:
     """
     from PIL import Image, UnidentifiedImageError
 
+    size = positive_int(size, "size")
     images, kept, skipped = [], [], []
     for record in records:
         try:

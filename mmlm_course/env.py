@@ -95,32 +95,42 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
-def environment_report() -> dict:
-    """Versions, devices and known-bad set-ups, as a plain dict.
+def version_warnings(versions: dict) -> list[str]:
+    """Known-bad set-ups, as sentences that say how to fix them (empty when all is well).
 
-    Keys: python, platform, colab, keras_backend, versions (distribution -> version or
-    None), devices (list of str), warnings (list of str; empty when all is well).
+    ``versions`` maps a distribution name (tensorflow, keras, tf-keras) to its installed
+    version string, or None when it is missing, as in `environment_report`.
     """
-    versions = {name: _version(name) for name in
-                ("tensorflow", "keras", "tf-keras", "numpy", "jax", "torch", "mmlm-course")}
     warnings: list[str] = []
-    tf_version = versions["tensorflow"]
+    tf_version = versions.get("tensorflow")
     if tf_version is None:
         warnings.append("TensorFlow is not installed: lessons 00-08 need it "
                         "(pip install 'tensorflow>=2.16').")
     elif _version_tuple(tf_version) < TENSORFLOW_FLOOR:
         warnings.append(f"TensorFlow {tf_version} is older than the course's floor "
                         f"{'.'.join(map(str, TENSORFLOW_FLOOR))}: pip install -U 'tensorflow>=2.16'.")
-    keras_version = versions["keras"]
+    keras_version = versions.get("keras")
     if keras_version is None or _version_tuple(keras_version) < KERAS_FLOOR:
         warnings.append(f"Keras 3 is expected but Keras {keras_version} is installed: "
                         "pip install -U 'keras>=3'.")
     if os.environ.get("TF_USE_LEGACY_KERAS", "0").lower() in ("1", "true"):
         warnings.append("TF_USE_LEGACY_KERAS is set, so tf.keras is Keras 2 (tf-keras): "
                         "unset it, the course is written for Keras 3.")
-    elif versions["tf-keras"] is not None:
+    elif versions.get("tf-keras") is not None:
         warnings.append(f"tf-keras {versions['tf-keras']} (Keras 2) is installed beside Keras 3; "
                         "harmless unless TF_USE_LEGACY_KERAS=1, but `import keras` must give 3.x.")
+    return warnings
+
+
+def environment_report() -> dict:
+    """Versions, devices and known-bad set-ups, as a plain dict.
+
+    Keys: python, platform, cpu_count, colab, keras_backend, versions (distribution ->
+    version or None), devices (list of str), warnings (list of str from `version_warnings`;
+    empty when all is well).
+    """
+    versions = {name: _version(name) for name in
+                ("tensorflow", "keras", "tf-keras", "numpy", "jax", "torch", "mmlm-course")}
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     return {
         "python": platform.python_version(),
@@ -130,7 +140,7 @@ def environment_report() -> dict:
         "keras_backend": backend,
         "versions": versions,
         "devices": _devices(backend),
-        "warnings": warnings,
+        "warnings": version_warnings(versions),
     }
 
 

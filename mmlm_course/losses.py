@@ -15,6 +15,8 @@ Public API (later lessons import these):
   (language models, lessons 07 and 08). A batch without any real token gives 0, not NaN.
 - `l2_normalize`, `similarity_logits`, `info_nce_from_logits`, `symmetric_info_nce` and
   the `LearnedTemperature` layer: CLIP-style contrastive learning (lesson 06).
+- `float_tensor`, `check_labels`, `check_mask`: the input checks of these losses, shared
+  with `metrics` (general checks live in `validation`).
 
 Shapes: ``B`` batch, ``T`` time (tokens), ``C`` classes (the vocabulary size for language
 models), ``D`` embedding features. Float computations run in the input's float dtype,
@@ -32,77 +34,45 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course.validation import dtype_name, static_shape
+from mmlm_course.validation import (as_array, concrete_values, dtype_name, is_float, is_int, require_choice,
+                                    require_float, require_float_dtype, require_int_dtype, same_dim, same_shape,
+                                    static_shape)
 
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _tensor(x, name: str):
-    """``x`` as a backend tensor (lists and NumPy arrays are converted)."""
-    if x is None:
-        raise TypeError(f"{name}: expected an array or tensor, got None.")
-    if isinstance(x, (list, tuple, int, float, bool, np.generic)):
-        try:
-            x = np.asarray(x)
-        except ValueError:
-            x = np.asarray(x, dtype=object)
-    if isinstance(x, np.ndarray) and x.dtype == object:
-        raise TypeError(f"{name}: expected numbers, got an array of Python objects (ragged lists?). "
-                        "Pad sequences to one length first (preprocessing.pad_sequences).")
-    return ops.convert_to_tensor(x)
+# --------------------------------------------------------------------------- input checks (shared with metrics)
 
 
-def _is_float(x) -> bool:
-    return dtype_name(x).startswith(("float", "bfloat"))
+def float_tensor(x, name: str, what: str = "logits"):
+    """``x`` (array, list or tensor) as a float tensor to compute a loss or metric in.
+
+    float16 / bfloat16 become float32 (losses stay in float32 under mixed precision);
+    float64 stays float64. TypeError for integer input, which usually means labels and
+    logits were swapped.
+    """
+    x = ops.convert_to_tensor(as_array(x, name))
+    require_float_dtype(x, name, fix=f"cast it with ops.cast(x, 'float32') (were {what} and labels swapped?)")
+    return ops.cast(x, "float64" if dtype_name(x) == "float64" else "float32")
 
 
-def _is_int(x) -> bool:
-    return dtype_name(x).startswith(("int", "uint"))
+def check_labels(labels, logits, name: str = "labels"):
+    """Integer class ids of shape ``logits.shape[:-1]`` with values in [0, C), as a tensor.
 
-
-def _values(x) -> np.ndarray | None:
-    """The values of ``x`` as NumPy when they exist now (not inside a traced graph), else None."""
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except Exception:  # a symbolic / traced tensor has no values yet
-        return None
-
-
-def _compute_dtype(x) -> str:
-    dtype = dtype_name(x)
-    return "float64" if dtype == "float64" else "float32"
-
-
-def _float_input(x, name: str, what: str = "logits"):
-    x = _tensor(x, name)
-    if not _is_float(x):
-        raise TypeError(f"{name}: expected float {what}, got dtype {dtype_name(x)}. "
-                        f"Cast with ops.cast(x, 'float32') (were {what} and labels swapped?).")
-    return ops.cast(x, _compute_dtype(x))
-
-
-def _same_dims(a: tuple, b: tuple) -> bool:
-    """Shapes equal, where an unknown dimension (None) matches anything."""
-    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
-
-
-def _check_labels(labels, logits, name: str = "labels"):
-    """Integer class ids of shape ``logits.shape[:-1]`` with values in [0, C)."""
-    labels = _tensor(labels, name)
-    if not _is_int(labels):
-        raise TypeError(f"{name}: expected integer class ids, got dtype {dtype_name(labels)}. Labels are indices "
-                        "(int32), not one-hot vectors or probabilities; did you swap labels and logits?")
-    expected = static_shape(logits)[:-1]
-    if not _same_dims(static_shape(labels), expected):
+    TypeError for non-integer labels (one-hot vectors, probabilities); ValueError for a
+    shape that does not match the logits (naming differing batch sizes) or, when the
+    values are known now, an id outside [0, C).
+    """
+    labels = ops.convert_to_tensor(as_array(labels, name))
+    require_int_dtype(labels, name, what="integer class ids (int32, not one-hot vectors or probabilities; "
+                                         "were labels and logits swapped?)")
+    shape, expected = static_shape(labels), static_shape(logits)[:-1]
+    if not same_shape(shape, expected):
         batch_note = ""
-        if len(static_shape(labels)) >= 1 and len(expected) >= 1 and None not in (static_shape(labels)[0], expected[0]) \
-                and static_shape(labels)[0] != expected[0]:
-            batch_note = (f" The batch sizes differ: {static_shape(labels)[0]} labels for {expected[0]} rows of logits "
+        if shape and expected and not same_dim(shape[0], expected[0]):
+            batch_note = (f" The batch sizes differ: {shape[0]} labels for {expected[0]} rows of logits "
                           "(did the labels and the model inputs come from different batches?).")
         raise ValueError(f"{name}: expected shape {expected} (logits shape {static_shape(logits)} without the class "
-                         f"axis: one class id per prediction), got shape {static_shape(labels)}.{batch_note}")
+                         f"axis: one class id per prediction), got shape {shape}.{batch_note}")
     num_classes = static_shape(logits)[-1]
-    values = _values(labels)
+    values = concrete_values(labels)
     if values is not None and values.size and num_classes is not None:
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= num_classes:
@@ -111,17 +81,21 @@ def _check_labels(labels, logits, name: str = "labels"):
     return labels
 
 
-def _check_mask(mask, reference_shape: tuple, name: str = "mask"):
-    """A bool or non-negative numeric mask of ``reference_shape``, returned as float."""
-    mask = _tensor(mask, name)
-    if not _same_dims(static_shape(mask), reference_shape):
-        raise ValueError(f"{name}: expected shape {reference_shape} (one entry per token, True on real tokens), "
+def check_mask(mask, shape: tuple, name: str = "mask"):
+    """A mask of ``shape``: bool (True on real tokens) or non-negative numeric weights.
+
+    Returned as a tensor of its own dtype. ValueError for a wrong shape or (when the
+    values are known now) a negative or NaN weight; TypeError for other dtypes.
+    """
+    mask = ops.convert_to_tensor(as_array(mask, name))
+    if not same_shape(static_shape(mask), shape):
+        raise ValueError(f"{name}: expected shape {shape} (one entry per token, True on real tokens), "
                          f"got shape {static_shape(mask)}.")
     dtype = dtype_name(mask)
-    if dtype != "bool" and not (_is_int(mask) or _is_float(mask)):
+    if dtype != "bool" and not (is_int(mask) or is_float(mask)):
         raise TypeError(f"{name}: expected a bool mask (or 0/1 numbers), got dtype {dtype}.")
     if dtype != "bool":
-        values = _values(mask)
+        values = concrete_values(mask)
         if values is not None and values.size and (np.isnan(values).any() or values.min() < 0):
             raise ValueError(f"{name}: mask weights must be non-negative numbers (True/1 on real tokens, "
                              f"False/0 on padding), got minimum {values.min()!r}.")
@@ -139,7 +113,7 @@ def log_softmax(logits, axis: int = -1):
     probability. Input: float (..., C). Output: same shape and float dtype (float16 is
     computed in float32).
     """
-    logits = _float_input(logits, "log_softmax: logits")
+    logits = float_tensor(logits, "log_softmax: logits")
     if len(static_shape(logits)) == 0:
         raise ValueError("log_softmax: expected logits with a class axis, e.g. shape (B, C), got a scalar.")
     m = ops.stop_gradient(ops.max(logits, axis=axis, keepdims=True))
@@ -160,12 +134,11 @@ def sparse_cross_entropy(labels, logits, label_smoothing: float = 0.0):
     Returns:
         float (...,): one loss per prediction (no reduction).
     """
-    logits = _float_input(logits, "sparse_cross_entropy: logits")
+    logits = float_tensor(logits, "sparse_cross_entropy: logits")
     if len(static_shape(logits)) < 1:
         raise ValueError("sparse_cross_entropy: expected logits of shape (..., C), got a scalar.")
-    labels = _check_labels(labels, logits, "sparse_cross_entropy: labels")
-    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}.")
+    labels = check_labels(labels, logits, "sparse_cross_entropy: labels")
+    label_smoothing = require_float(label_smoothing, "label_smoothing", 0.0, 1.0, high_open=True)
     log_probs = log_softmax(logits)
     index = ops.expand_dims(ops.cast(labels, "int32"), -1)
     nll = -ops.squeeze(ops.take_along_axis(log_probs, index, axis=-1), -1)
@@ -189,8 +162,7 @@ def negative_log_likelihood(labels, logits, reduction: str = "mean", label_smoot
 
     Returns: a float scalar, or float (...,) for ``reduction="none"``.
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+    require_choice(reduction, REDUCTIONS, "reduction")
     per_example = sparse_cross_entropy(labels, logits, label_smoothing)
     if reduction == "none":
         return per_example
@@ -215,8 +187,8 @@ def masked_mean(values, mask):
         mask: bool (or non-negative 0/1 weights) with the same shape as ``values``.
     Returns: a float scalar.
     """
-    values = _float_input(values, "masked_mean: values", "values")
-    weights = ops.cast(_check_mask(mask, static_shape(values), "masked_mean: mask"), values.dtype)
+    values = float_tensor(values, "masked_mean: values", "values")
+    weights = ops.cast(check_mask(mask, static_shape(values), "masked_mean: mask"), values.dtype)
     # where() (not values * weights) keeps inf / NaN at padded positions out of the sum.
     total = ops.sum(ops.where(weights > 0, values * weights, ops.zeros_like(values)))
     return total / ops.maximum(ops.sum(weights), ops.cast(1.0, values.dtype))
@@ -238,7 +210,7 @@ def masked_sequence_loss(labels, logits, mask=None, label_smoothing: float = 0.0
         ``keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=pad_id)``
         when ``mask = labels != pad_id``.
     """
-    logits = _float_input(logits, "masked_sequence_loss: logits")
+    logits = float_tensor(logits, "masked_sequence_loss: logits")
     if len(static_shape(logits)) != 3:
         raise ValueError(f"masked_sequence_loss: expected logits of shape (B, T, V), got shape {static_shape(logits)}.")
     per_token = sparse_cross_entropy(labels, logits, label_smoothing)  # (B, T)
@@ -252,14 +224,14 @@ def masked_sequence_loss(labels, logits, mask=None, label_smoothing: float = 0.0
 
 def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
     """``x / max(||x||, epsilon)`` along ``axis`` (an all-zero vector stays zero, no NaN)."""
-    x = _float_input(x, "l2_normalize: x", "values")
+    x = float_tensor(x, "l2_normalize: x", "values")
     norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
     return x / ops.maximum(norm, ops.cast(epsilon, x.dtype))
 
 
 def _check_embeddings(image_embeddings, text_embeddings):
-    images = _float_input(image_embeddings, "image_embeddings", "embeddings")
-    texts = _float_input(text_embeddings, "text_embeddings", "embeddings")
+    images = float_tensor(image_embeddings, "image_embeddings", "embeddings")
+    texts = float_tensor(text_embeddings, "text_embeddings", "embeddings")
     for name, value in (("image_embeddings", images), ("text_embeddings", texts)):
         if len(static_shape(value)) != 2:
             raise ValueError(f"{name}: expected shape (B, D) (one embedding vector per example), "
@@ -276,9 +248,8 @@ def _check_embeddings(image_embeddings, text_embeddings):
 
 def _temperature(temperature, dtype):
     if isinstance(temperature, (int, float, np.floating, np.integer)):
-        if not temperature > 0 or math.isinf(temperature):
-            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}.")
-    t = _tensor(temperature, "temperature")
+        require_float(temperature, "temperature", low=0.0, low_open=True)
+    t = ops.convert_to_tensor(as_array(temperature, "temperature"))
     if len(static_shape(t)) != 0:
         raise ValueError(f"temperature must be a scalar, got shape {static_shape(t)}.")
     return ops.cast(t, dtype)
@@ -305,7 +276,7 @@ def info_nce_from_logits(logits):
     text among B texts: softmax over a row) and text-to-image (softmax over a column).
     Returns a float scalar.
     """
-    logits = _float_input(logits, "info_nce_from_logits: logits")
+    logits = float_tensor(logits, "info_nce_from_logits: logits")
     shape = static_shape(logits)
     if len(shape) != 2 or (None not in shape and shape[0] != shape[1]):
         raise ValueError(f"info_nce_from_logits: expected a square (B, B) similarity matrix (images x texts), "
@@ -370,8 +341,7 @@ class LearnedTemperature(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("initial_temperature", initial_temperature), ("min_temperature", min_temperature),
                             ("max_temperature", max_temperature)):
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"LearnedTemperature: {name} must be a positive finite number, got {value!r}.")
+            require_float(value, f"LearnedTemperature: {name}", low=0.0, low_open=True)
         if not min_temperature <= initial_temperature <= max_temperature:
             raise ValueError(f"LearnedTemperature: expected min_temperature <= initial_temperature <= "
                              f"max_temperature, got {min_temperature} <= {initial_temperature} <= "
@@ -391,8 +361,7 @@ class LearnedTemperature(keras.layers.Layer):
         return ops.exp(ops.clip(ops.convert_to_tensor(self.log_temperature), self._low, self._high))
 
     def call(self, similarities):
-        if not _is_float(similarities):
-            raise TypeError(f"LearnedTemperature: expected float similarities, got dtype {dtype_name(similarities)}.")
+        require_float_dtype(similarities, "LearnedTemperature: similarities")
         return ops.cast(similarities, "float32") / self.temperature
 
     def compute_output_shape(self, input_shape):

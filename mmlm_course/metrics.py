@@ -23,9 +23,10 @@ from typing import Sequence
 import numpy as np
 from keras import ops
 
-from mmlm_course.losses import _check_labels, _check_mask, _float_input, _is_int, _tensor, _values, masked_mean
-from mmlm_course.validation import dtype_name, static_shape
+from mmlm_course.losses import check_labels, check_mask, float_tensor, masked_mean
 from mmlm_course.preprocessing import split_words
+from mmlm_course.validation import (as_array, concrete_values, positive_int, require_choice, require_int,
+                                    require_int_dtype, static_shape)
 
 # --------------------------------------------------------------------------- classification
 
@@ -40,21 +41,21 @@ def accuracy(labels, logits, mask=None):
             (e.g. real tokens). With a mask and no real token the accuracy is 0.0.
     Returns: float32 scalar tensor in [0, 1].
     """
-    logits = _float_input(logits, "accuracy: logits", "scores")
+    logits = float_tensor(logits, "accuracy: logits", "scores")
     if len(static_shape(logits)) < 2:
         raise ValueError(f"accuracy: expected scores of shape (B, C) (or (B, T, C)), got shape {static_shape(logits)}.")
-    labels = _check_labels(labels, logits, "accuracy: labels")
+    labels = check_labels(labels, logits, "accuracy: labels")
     correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(labels, "int32")), "float32")
     if mask is None:
         return ops.mean(correct)
-    return masked_mean(correct, _check_mask(mask, static_shape(correct), "accuracy: mask"))
+    return masked_mean(correct, check_mask(mask, static_shape(correct), "accuracy: mask"))
 
 
 # --------------------------------------------------------------------------- retrieval
 
 
 def _check_retrieval(scores, targets):
-    scores = _float_input(scores, "scores", "scores")
+    scores = float_tensor(scores, "scores", "scores")
     if len(static_shape(scores)) != 2:
         raise ValueError(f"scores: expected shape (Q, N): one row of N candidate scores per query, "
                          f"got shape {static_shape(scores)}.")
@@ -64,15 +65,13 @@ def _check_retrieval(scores, targets):
             raise ValueError(f"targets=None means query i matches candidate i, which needs Q <= N, got "
                              f"{num_queries} queries and {num_candidates} candidates: pass the targets.")
         return scores, ops.arange(num_queries if num_queries is not None else ops.shape(scores)[0], dtype="int32")
-    targets = _tensor(targets, "targets")
-    if not _is_int(targets):
-        raise TypeError(f"targets: expected integer candidate indices (one per query), got dtype "
-                        f"{dtype_name(targets)}.")
+    targets = ops.convert_to_tensor(as_array(targets, "targets"))
+    require_int_dtype(targets, "targets", what="integer candidate indices (one per query)")
     if len(static_shape(targets)) != 1 or (None not in (static_shape(targets)[0], num_queries)
                                       and static_shape(targets)[0] != num_queries):
         raise ValueError(f"targets: expected shape ({num_queries},) (one true candidate index per query row of "
                          f"scores {static_shape(scores)}), got shape {static_shape(targets)}.")
-    values = _values(targets)
+    values = concrete_values(targets)
     if values is not None and values.size and num_candidates is not None and (
             values.min() < 0 or values.max() >= num_candidates):
         raise ValueError(f"targets: candidate indices must lie in [0, {num_candidates}), got values from "
@@ -107,11 +106,10 @@ def recall_at_k(scores, targets=None, k: int = 1):
     same gets recall 0 for every k < N, not a lucky hit. Arguments as in
     `retrieval_ranks`; ``k`` is an int in [1, N]. Returns a float32 scalar tensor in [0, 1].
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int (the number of top results that count), got {type(k).__name__} {k!r}.")
-    scores = _tensor(scores, "scores")
+    scores = ops.convert_to_tensor(as_array(scores, "scores"))
     num_candidates = static_shape(scores)[-1] if len(static_shape(scores)) == 2 else None
-    if k < 1 or (num_candidates is not None and k > num_candidates):
+    k = require_int(k, "k", low=1)
+    if num_candidates is not None and k > num_candidates:
         raise ValueError(f"k must lie in [1, N] = [1, {num_candidates}] (N candidates per query), got k={k}.")
     ranks = retrieval_ranks(scores, targets)
     return ops.mean(ops.cast(ranks <= int(k), "float32"))
@@ -193,10 +191,8 @@ def corpus_bleu_details(references: Sequence, hypotheses: Sequence, max_order: i
     length (ties go to the shorter reference); an empty corpus of candidates (c = 0) scores 0.
     BLEU = ``BP * exp(mean_n log p_n)``.
     """
-    if isinstance(max_order, bool) or not isinstance(max_order, int) or max_order < 1:
-        raise ValueError(f"max_order must be a positive int, got {max_order!r}.")
-    if smoothing not in SMOOTHING:
-        raise ValueError(f"smoothing must be one of {SMOOTHING}, got {smoothing!r}.")
+    max_order = positive_int(max_order, "max_order")
+    require_choice(smoothing, SMOOTHING, "smoothing")
     if isinstance(hypotheses, str) or isinstance(references, str):
         raise TypeError("corpus_bleu expects lists: references (one entry per hypothesis) and hypotheses; "
                         "for one sentence use sentence_bleu(reference, hypothesis).")

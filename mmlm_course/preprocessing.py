@@ -1,24 +1,36 @@
 """Lesson 01: turning images and text into tensors a model can use.
 
-Images: validation, uint8 -> float32 in [0, 1], per-channel standardisation, resizing and
-a caption-preserving horizontal flip. Text: a word-level `Tokenizer` with special tokens,
-encode / decode, padding with a mask. A `tf.data` pipeline puts them together.
+Images: validation, uint8 -> float32 in [0, 1], per-channel standardisation (the course's
+one set of pixel statistics: `IMAGENET_MEAN` / `IMAGENET_STD` for photos,
+`SHAPEWORLD_MEAN` / `SHAPEWORLD_STD` for ShapeWorld), resizing and a caption-preserving
+horizontal flip. Text: a word-level `Tokenizer` with special tokens (the one tokenizer of
+the course: `Tokenizer.for_shapeworld` for ShapeWorld, `Tokenizer.from_texts` for your own
+data), encode / decode, `Tokenizer.encode_batch` for many texts, padding with a mask. A
+`tf.data` pipeline puts them together.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from mmlm_course.validation import positive_int, require_choice, require_int
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3, as in Keras TextVectorization (0 pad, 1 unk)
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# Per-channel (R, G, B) pixel statistics of images in [0, 1]: the course's ONE place for them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)   # photos: the statistics of ImageNet
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHAPEWORLD_MEAN = (0.896, 0.875, 0.863)  # ShapeWorld: mostly light background
+SHAPEWORLD_STD = (0.13, 0.16, 0.204)
+UNKNOWN_WORDS = ("error", "warn", "unk")  # what `Tokenizer.encode` does with a word outside its vocabulary
 
 
 # --------------------------------------------------------------------------- images
@@ -125,32 +137,51 @@ class Tokenizer:
     """A word-level tokenizer with a fixed vocabulary.
 
     Ids 0-3 are ``<pad>``, ``<unk>``, ``<bos>``, ``<eos>`` (plus any ``extra_special``
-    tokens after them), then the words. Unknown words map to ``<unk>``.
+    tokens after them), then the words.
+
+    ``unknown`` says what `encode` does with a word that is not in the vocabulary:
+    ``"error"`` (the default for a vocabulary you give, such as `for_shapeworld`) raises a
+    ValueError naming the words, so text from another dataset never turns into ``<unk>``
+    without a word; ``"warn"`` maps them to ``<unk>`` with a warning naming them; ``"unk"``
+    maps them to ``<unk>`` quietly (the default of `from_texts`, whose ``min_count`` leaves
+    rare words out on purpose). Each `encode` / `encode_batch` call may override it.
     """
 
-    def __init__(self, words: Iterable[str], extra_special: Sequence[str] = ()):
+    pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+
+    def __init__(self, words: Iterable[str], extra_special: Sequence[str] = (), unknown: str = "error"):
         tokens = list(SPECIAL_TOKENS) + [t for t in extra_special if t not in SPECIAL_TOKENS]
         tokens += [w for w in words if w not in tokens]
         self.id_to_token: list[str] = tokens
         self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(tokens)}
         self.special_ids = frozenset(range(len(SPECIAL_TOKENS) + len(extra_special)))
-
-    pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+        self.unknown = require_choice(unknown, UNKNOWN_WORDS, "unknown")
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], min_count: int = 1, extra_special: Sequence[str] = ()) -> "Tokenizer":
-        """Build the vocabulary from a corpus: words seen at least ``min_count`` times,
-        most frequent first (ties alphabetical, so the result is deterministic)."""
+    def from_texts(cls, texts: Iterable[str], min_count: int = 1, extra_special: Sequence[str] = (),
+                   unknown: str = "unk") -> "Tokenizer":
+        """Build the vocabulary from a corpus (e.g. the captions and questions of your own
+        dataset): words seen at least ``min_count`` times, most frequent first (ties
+        alphabetical, so the result is deterministic). Rarer and unseen words encode as
+        ``<unk>`` (``unknown="unk"``; pass ``"warn"`` or ``"error"`` to hear about them)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, got one str; wrap it in a list.")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts is empty: give the captions / questions / answers to build the vocabulary from.")
+        min_count = require_int(min_count, "min_count", low=1)
         counts = Counter(word for text in texts for word in split_words(text))
         ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        return cls(ranked, extra_special)
+        return cls(ranked, extra_special, unknown)
 
     @classmethod
-    def for_shapeworld(cls, extra_special: Sequence[str] = ()) -> "Tokenizer":
-        """The closed vocabulary of the ShapeWorld grammar."""
+    def for_shapeworld(cls, extra_special: Sequence[str] = (), unknown: str = "error") -> "Tokenizer":
+        """The closed vocabulary of the ShapeWorld grammar (the one tokenizer factory of the
+        ShapeWorld lessons; pass a module's task tokens as ``extra_special``). A word the
+        grammar never uses raises a ValueError naming it (see ``unknown``)."""
         from mmlm_course import shapeworld
 
-        return cls(shapeworld.vocabulary(), extra_special)
+        return cls(shapeworld.vocabulary(), extra_special, unknown)
 
     def __len__(self) -> int:
         return len(self.id_to_token)
@@ -159,13 +190,61 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return len(self.id_to_token)
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Text -> list of int ids. Empty or blank text raises a ValueError."""
+    def unknown_words(self, texts: Sequence[str]) -> Counter:
+        """The words of ``texts`` (a str or a list of them) that are not in the vocabulary,
+        with their counts."""
+        texts = [texts] if isinstance(texts, str) else texts
+        return Counter(w for text in texts for w in split_words(text) if w not in self.token_to_id)
+
+    def _handle_unknown(self, texts: Sequence[str], unknown: str | None) -> None:
+        policy = self.unknown if unknown is None else require_choice(unknown, UNKNOWN_WORDS, "unknown")
+        if policy == "unk":
+            return
+        missing = self.unknown_words(texts)
+        if not missing:
+            return
+        total, count = sum(len(split_words(t)) for t in texts), sum(missing.values())
+        shown = ", ".join(f"{w!r} ({c})" for w, c in missing.most_common(10))
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        message = (f"{count} of the {total} words {'is' if count == 1 else 'are'} not in the vocabulary "
+                   f"({len(self)} tokens): {shown}{more}.")
+        if policy == "warn":
+            warnings.warn(message + " They become <unk>.", stacklevel=3)
+            return
+        raise ValueError(message + " Build a vocabulary from your own texts (Tokenizer.from_texts(texts)) or map "
+                         "them to <unk> on purpose with unknown='unk'.")
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, unknown: str | None = None) -> list[int]:
+        """Text -> list of int ids, with ``<bos>`` / ``<eos>`` around it if asked. Empty or
+        blank text raises a ValueError; unknown words follow ``unknown`` (None: the
+        tokenizer's own setting, see the class docstring)."""
         words = split_words(text)
         if not words:
             raise ValueError(f"Cannot encode empty text {text!r}: give at least one word.")
+        self._handle_unknown([text], unknown)
         ids = [self.token_to_id.get(word, self.unk_id) for word in words]
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+
+    def encode_batch(self, texts: Sequence[str], max_length: int | None = None, add_bos: bool = False,
+                     add_eos: bool = False, unknown: str | None = None) -> np.ndarray:
+        """Encode many texts into one int32 array (N, L), right-padded with ``<pad>`` (0).
+
+        L is ``max_length`` (longer texts are truncated at the end, ``<eos>`` included) or
+        the longest text. The mask of real tokens is ``ids != tokenizer.pad_id``. Unknown
+        words are reported for the whole batch at once (see ``unknown``).
+        """
+        if isinstance(texts, str):
+            raise TypeError("texts: expected a list of strings, got one str; wrap it: [text].")
+        texts = list(texts)
+        if max_length is not None:
+            max_length = positive_int(max_length, "max_length")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}.")
+        self._handle_unknown(texts, unknown)
+        ids, _ = pad_sequences([self.encode(t, add_bos, add_eos, unknown="unk") for t in texts], max_length,
+                               self.pad_id)
+        return ids
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Ids -> text; stops at the first ``<eos>`` when ``skip_special`` is True."""
@@ -180,22 +259,19 @@ class Tokenizer:
             words.append(self.id_to_token[i])
         return " ".join(words).replace(" ?", "?")
 
-    def encode_batch(self, texts: Sequence[str], max_length: int | None = None,
-                     add_bos: bool = False, add_eos: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Encode and pad: returns ids int32 (B, T) and mask bool (B, T)."""
-        return pad_sequences([self.encode(t, add_bos, add_eos) for t in texts], max_length, self.pad_id)
-
     def save(self, path) -> None:
-        """Write the vocabulary as JSON (a list of tokens)."""
-        Path(path).write_text(json.dumps({"tokens": self.id_to_token}, indent=0))
+        """Write the vocabulary and the ``unknown`` setting as JSON."""
+        Path(path).write_text(json.dumps({"tokens": self.id_to_token, "unknown": self.unknown}, indent=0))
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        tokens = json.loads(Path(path).read_text())["tokens"]
+        """Read a vocabulary written by `save` (a file without ``unknown`` maps unknown words to ``<unk>``)."""
+        saved = json.loads(Path(path).read_text())
+        tokens = saved["tokens"]
         if tokens[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
             raise ValueError(f"{path}: not a course vocabulary (it must start with {SPECIAL_TOKENS}).")
         n_special = next((i for i, t in enumerate(tokens) if not (t.startswith("<") and t.endswith(">"))), len(tokens))
-        return cls(tokens[n_special:], tokens[len(SPECIAL_TOKENS):n_special])
+        return cls(tokens[n_special:], tokens[len(SPECIAL_TOKENS):n_special], saved.get("unknown", "unk"))
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], max_length: int | None = None,

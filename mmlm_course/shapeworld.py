@@ -19,8 +19,9 @@ Coordinates: ``x`` grows to the right and ``y`` grows downwards, both in [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -35,6 +36,7 @@ COLORS = {
 }
 COLOR_NAMES = tuple(COLORS)
 SIZES = ("small", "large")
+ATTRIBUTES = {"color": COLOR_NAMES, "shape": SHAPES, "size": SIZES}  # attribute -> its values
 SIZE_RADIUS = {"small": 0.09, "large": 0.15}  # fraction of the image side
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
@@ -216,18 +218,27 @@ def with_article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def relation_holds(relation: str, a_x, a_y, b_x, b_y, margin: float = 0.0):
+    """Does an object centred at (a_x, a_y) stand in ``relation`` to one at (b_x, b_y)?
+
+    The one rule of the relations: they compare centres (x grows to the right, y
+    downwards), which must differ by more than ``margin``. Works on floats (-> bool) and,
+    elementwise with broadcasting, on NumPy arrays (-> bool array).
+    """
+    if relation == "to the left of":
+        return a_x < b_x - margin
+    if relation == "to the right of":
+        return a_x > b_x + margin
+    if relation == "above":
+        return a_y < b_y - margin
+    if relation == "below":
+        return a_y > b_y + margin
+    raise ValueError(f"Unknown relation {relation!r}; expected one of {RELATIONS}.")
+
+
 def relations_between(a: ShapeObject, b: ShapeObject, margin: float = 0.0) -> list[str]:
-    """The relations ``a REL b`` that hold, with centres at least ``margin`` apart."""
-    held = []
-    if a.x < b.x - margin:
-        held.append("to the left of")
-    if a.x > b.x + margin:
-        held.append("to the right of")
-    if a.y < b.y - margin:
-        held.append("above")
-    if a.y > b.y + margin:
-        held.append("below")
-    return held
+    """The relations ``a REL b`` that hold, with centres more than ``margin`` apart."""
+    return [relation for relation in RELATIONS if relation_holds(relation, a.x, a.y, b.x, b.y, margin)]
 
 
 def make_caption(scene: Scene, rng: np.random.Generator) -> str:
@@ -417,6 +428,71 @@ def _holds(statement: tuple, scene: Scene) -> bool:
     return any(relation in relations_between(a, b)
                for a in scene.objects if _matches(a, first)
                for b in scene.objects if b is not a and _matches(b, second))
+
+
+def caption_truth_matrix(captions: Sequence[str], scenes: Sequence[Scene]) -> np.ndarray:
+    """``truth[i, j] = caption_is_true(captions[i], scenes[j])`` for every pair: bool (Q, N).
+
+    The same answers as a double loop over `caption_is_true`, hundreds of times faster:
+    each distinct caption is parsed once and each of its statements is tested on all N
+    scenes at once, with the scenes' objects laid out as NumPy arrays (N, M), padded to
+    the largest scene's M objects. A caption that does not parse is false everywhere.
+    """
+    if isinstance(captions, str):
+        raise TypeError("captions: expected a list of caption strings, got one str; wrap it: [caption].")
+    captions, scenes = list(captions), list(scenes)
+    if not captions or not scenes:
+        raise ValueError(f"expected at least one caption and one scene, got {len(captions)} captions and "
+                         f"{len(scenes)} scenes.")
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            raise TypeError(f"captions[{i}]: expected a str, got {type(caption).__name__}.")
+    for i, scene in enumerate(scenes):
+        if not isinstance(scene, Scene):
+            raise TypeError(f"scenes[{i}]: expected a shapeworld.Scene (data.scenes), got {type(scene).__name__}; "
+                            "the verifier needs the scene, not the image.")
+    count = np.array([len(scene.objects) for scene in scenes])  # (N,)
+    slots = max(1, int(count.max()))
+    padded = [list(scene.objects) + [None] * (slots - len(scene.objects)) for scene in scenes]
+    valid = np.arange(slots)[None, :] < count[:, None]  # (N, M): slot m holds an object
+    values = {key: np.array([[getattr(o, key) if o else "" for o in row] for row in padded]) for key in ATTRIBUTES}
+    x = np.array([[o.x if o else 0.0 for o in row] for row in padded])  # (N, M) centres
+    y = np.array([[o.y if o else 0.0 for o in row] for row in padded])
+    distinct = ~np.eye(slots, dtype=bool)  # a relation needs two different objects
+
+    def matching(attributes: dict) -> np.ndarray:  # (N, M): objects with every given attribute
+        match = valid.copy()
+        for key, value in attributes.items():
+            match &= values[key] == value
+        return match
+
+    def holds(statement: tuple) -> np.ndarray:  # (N,): the statement is true of each scene
+        if statement[0] == "exists":
+            return matching(statement[1]).any(axis=1)
+        if statement[0] == "count":
+            return count == statement[1]
+        _, first, relation, second = statement  # pairs [n, a, b]: object a REL object b
+        related = relation_holds(relation, x[:, :, None], y[:, :, None], x[:, None, :], y[:, None, :])
+        return (matching(first)[:, :, None] & matching(second)[:, None, :] & related & distinct).any(axis=(1, 2))
+
+    rows: dict[str, np.ndarray] = {}
+    for caption in dict.fromkeys(captions):
+        statements = _cached_statements(caption)
+        row = np.full(len(scenes), statements is not None)
+        for statement in statements or ():
+            row &= holds(statement)
+        rows[caption] = row
+    return np.stack([rows[caption] for caption in captions])
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_statements(caption: str) -> tuple | None:
+    """`parse_caption`, cached (training verifies the same captions again and again);
+    None when the caption does not parse."""
+    try:
+        return tuple(parse_caption(caption))
+    except CaptionParseError:
+        return None
 
 
 # --------------------------------------------------------------------------- datasets

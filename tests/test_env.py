@@ -19,13 +19,16 @@ def test_warns_about_legacy_keras(monkeypatch):
 
 @pytest.mark.parametrize("distribution,version,expected", [
     ("tensorflow", "2.15.1", "older than the course's floor"),
+    ("tensorflow", None, "TensorFlow is not installed"),
     ("keras", "2.15.0", "Keras 3 is expected"),
     ("tf-keras", "2.16.0", "tf-keras 2.16.0 (Keras 2) is installed"),
 ])
 def test_warns_about_known_bad_versions(monkeypatch, distribution, version, expected):
-    real = env._version
-    monkeypatch.setattr(env, "_version", lambda name: version if name == distribution else real(name))
-    assert any(expected in w for w in env.environment_report()["warnings"])
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    good = {"tensorflow": "2.21.0", "keras": "3.11.0", "tf-keras": None}
+    assert env.version_warnings(good) == []
+    warnings = env.version_warnings({**good, distribution: version})
+    assert len(warnings) == 1 and expected in warnings[0]
 
 
 def test_colab_detection(monkeypatch):

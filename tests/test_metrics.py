@@ -30,7 +30,7 @@ def test_accuracy_with_mask_ties_and_empty_mask():
 
 
 def test_accuracy_errors():
-    with pytest.raises(ValueError, match=r"expected shape \(3,\).*got shape \(2,\)"):
+    with pytest.raises(ValueError, match="labels: expected shape"):
         metrics.accuracy(np.zeros(2, np.int32), np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match=r"expected scores of shape \(B, C\)"):
         metrics.accuracy(np.zeros(3, np.int32), np.zeros(3, np.float32))
@@ -80,15 +80,15 @@ def test_nan_scores_count_against_the_true_item():
 
 
 def test_retrieval_errors():
-    with pytest.raises(ValueError, match=r"k must lie in \[1, N\] = \[1, 4\].*got k=0"):
+    with pytest.raises(ValueError, match="must be >= 1"):
         metrics.recall_at_k(TIES, TIE_TARGETS, 0)
-    with pytest.raises(ValueError, match=r"got k=5"):
+    with pytest.raises(ValueError, match=r"k must lie in \[1, N\]"):
         metrics.recall_at_k(TIES, TIE_TARGETS, 5)
     with pytest.raises(TypeError, match="k must be an int"):
         metrics.recall_at_k(TIES, TIE_TARGETS, 1.0)
-    with pytest.raises(ValueError, match=r"targets: expected shape \(4,\).*got shape \(3,\)"):
+    with pytest.raises(ValueError, match="targets: expected shape"):
         metrics.recall_at_k(TIES, TIE_TARGETS[:3], 1)
-    with pytest.raises(ValueError, match=r"candidate indices must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match="candidate indices must lie in"):
         metrics.recall_at_k(TIES, np.array([0, 1, 2, 4]), 1)
     with pytest.raises(ValueError, match=r"scores: expected shape \(Q, N\)"):
         metrics.recall_at_k(TIES[0], None, 1)
@@ -184,9 +184,9 @@ def test_bleu_accepts_strings_and_token_ids():
 
 
 def test_bleu_errors():
-    with pytest.raises(TypeError, match="wrap a single tokenized reference in a list"):
+    with pytest.raises(TypeError, match="wrap a single tokenized reference"):
         metrics.corpus_bleu([["a", "red", "circle"]], [["a", "red", "circle"]])
-    with pytest.raises(ValueError, match="got 2 references and 1 hypotheses"):
+    with pytest.raises(ValueError, match="same length"):
         metrics.corpus_bleu(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="smoothing must be one of"):
         metrics.corpus_bleu(["a"], ["a"], smoothing="floor")
@@ -194,3 +194,7 @@ def test_bleu_errors():
         metrics.corpus_bleu("a red circle", "a red circle")
     with pytest.raises(TypeError, match="a list of tokens"):
         metrics.corpus_bleu([[[1.5, 2.0]]], [[1, 2]])
+    with pytest.raises(TypeError, match="max_order must be an int"):
+        metrics.corpus_bleu(["a"], ["a"], max_order=2.0)
+    with pytest.raises(ValueError, match="max_order must be >= 1"):
+        metrics.corpus_bleu(["a"], ["a"], max_order=0)

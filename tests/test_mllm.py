@@ -1,4 +1,4 @@
-"""Tests for mmlm_course.mllm (lesson 08)."""
+"""Tests for lesson 08: mllm (the model), instructions, grid_encoder, relation_head, stages, generation."""
 
 import mmlm_course
 
@@ -13,13 +13,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
+from mmlm_course import detector, generation, grid_encoder, instructions  # noqa: E402
 from mmlm_course import language_model as lm  # noqa: E402
-from mmlm_course import mllm, preprocessing, shapeworld  # noqa: E402
-from mmlm_course.encoders import masked_mean  # noqa: E402
+from mmlm_course import mllm, preprocessing, qa, relation_head, shapeworld, stages, training  # noqa: E402
+from mmlm_course.encoders import masked_mean_pool  # noqa: E402
 
 TINY = mllm.MLLMConfig(image_size=16, encoder_filters=(4, 8), vision_dim=8, dim=16, num_layers=2, num_heads=2,
                        max_text_length=20)
-TOKENIZER = mllm.mllm_tokenizer()
+TOKENIZER = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,8 @@ def cross_model():
     return m
 
 
-def _batch(data, model_config=TINY, tasks=mllm.TASKS):
-    return mllm.make_examples(data, TOKENIZER, model_config.max_text_length, tasks)
+def _batch(data, model_config=TINY, tasks=instructions.TASKS):
+    return instructions.make_examples(data, TOKENIZER, model_config.max_text_length, tasks)
 
 
 # --------------------------------------------------------------------------- tokens and the instruction format
@@ -51,18 +52,20 @@ def _batch(data, model_config=TINY, tasks=mllm.TASKS):
 
 def test_tokenizer_has_task_tokens_after_the_specials():
     assert TOKENIZER.id_to_token[:7] == ["<pad>", "<unk>", "<bos>", "<eos>", "<caption>", "<question>", "<answer>"]
-    assert mllm.TASK_TOKENS[:2] == lm.TASK_TOKENS
-    real = mllm.mllm_tokenizer(["a dog runs", "a cat"])
+    assert instructions.TASK_TOKENS[:2] == lm.TASK_TOKENS
+    real = preprocessing.Tokenizer.from_texts(["a dog runs", "a cat"], extra_special=instructions.TASK_TOKENS)
     assert real.id_to_token[4:8] == ["<caption>", "<question>", "<answer>", "a"]
     assert {4, 5, 6} <= real.special_ids
-    with pytest.raises(TypeError, match="list of strings"):
-        mllm.mllm_tokenizer("a dog")
+    with pytest.raises(ValueError, match="task tokens"):
+        instructions.require_task_tokens(preprocessing.Tokenizer.for_shapeworld())
+    with pytest.raises(TypeError, match="Tokenizer"):
+        instructions.require_task_tokens(["<pad>"])
 
 
 def test_prompt_ids_formats():
     ids = TOKENIZER.token_to_id
-    assert mllm.prompt_ids("", TOKENIZER) == [TOKENIZER.bos_id, ids["<caption>"]]
-    question = mllm.prompt_ids("what color is the circle?", TOKENIZER)
+    assert instructions.prompt_ids("", TOKENIZER) == [TOKENIZER.bos_id, ids["<caption>"]]
+    question = instructions.prompt_ids("what color is the circle?", TOKENIZER)
     assert question[:2] == [TOKENIZER.bos_id, ids["<question>"]] and question[-1] == ids["<answer>"]
     assert TOKENIZER.decode(question) == "what color is the circle?"
 
@@ -71,7 +74,7 @@ def test_answer_only_targets_matches_a_loop():
     rng = np.random.default_rng(0)
     ids = rng.integers(4, 30, size=(4, 9)).astype(np.int32)
     lengths = np.array([1, 2, 5, 8])
-    inputs, targets = mllm.answer_only_targets(ids, lengths)
+    inputs, targets = instructions.answer_only_targets(ids, lengths)
     assert inputs.dtype == targets.dtype == np.int32 and inputs.shape == targets.shape == (4, 8)
     for b in range(4):
         for t in range(8):
@@ -81,12 +84,12 @@ def test_answer_only_targets_matches_a_loop():
 
 def test_answer_only_targets_errors():
     ids = np.ones((2, 5), np.int32)
-    with pytest.raises(ValueError, match=r"prompt_lengths: expected int \(2,\)"):
-        mllm.answer_only_targets(ids, np.array([1, 2, 3]))
-    with pytest.raises(ValueError, match="keeps at least one answer token"):
-        mllm.answer_only_targets(ids, np.array([1, 5]))
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        instructions.answer_only_targets(ids, np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="answer token"):
+        instructions.answer_only_targets(ids, np.array([1, 5]))
     with pytest.raises(ValueError, match="expected int"):
-        mllm.answer_only_targets(ids.astype(np.float32), np.array([1, 1]))
+        instructions.answer_only_targets(ids.astype(np.float32), np.array([1, 1]))
 
 
 def test_make_examples_rows_and_masks(data):
@@ -109,34 +112,48 @@ def test_make_examples_rows_and_masks(data):
 
 
 def test_make_examples_errors(data):
-    with pytest.raises(ValueError, match="tasks must be a non-empty subset"):
-        mllm.make_examples(data, TOKENIZER, 20, tasks=("vqa",))
+    with pytest.raises(ValueError, match="tasks"):
+        instructions.make_examples(data, TOKENIZER, 20, tasks=("vqa",))
     with pytest.raises(ValueError, match="task tokens"):
-        mllm.make_examples(data, preprocessing.Tokenizer.for_shapeworld(), 20)
-    with pytest.raises(ValueError, match="leaves no room for an answer"):
-        mllm.make_examples(data, TOKENIZER, 5, tasks=("qa",))
+        instructions.make_examples(data, preprocessing.Tokenizer.for_shapeworld(), 20)
+    with pytest.raises(ValueError, match="no room"):
+        instructions.make_examples(data, TOKENIZER, 5, tasks=("qa",))
     with pytest.raises(TypeError, match="ShapeWorldData"):
-        mllm.make_examples(data.images, TOKENIZER, 20)
+        instructions.make_examples(data.images, TOKENIZER, 20)
 
 
 def test_make_examples_from_texts_for_real_data():
     images = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
     captions = ["a dog runs on the grass", "two people walk along a long sandy beach near the sea"]
     qa = [("what animal is this?", "dog"), ("how many people", "two")]
-    tokenizer = mllm.mllm_tokenizer(captions + [q for q, _ in qa] + [a for _, a in qa])
-    x, y = mllm.make_examples_from_texts(images, captions, qa, tokenizer, max_text_length=8)
+    tokenizer = preprocessing.Tokenizer.from_texts(captions + [q for q, _ in qa] + [a for _, a in qa],
+                                                   extra_special=instructions.TASK_TOKENS)
+    x, y = instructions.make_examples_from_texts(images, captions, qa, tokenizer, max_text_length=8)
     assert x["token_ids"].shape == y.shape == (4, 8)
     assert TOKENIZER.id_to_token[x["token_ids"][3, 1]] == "<question>"
     assert tokenizer.decode(y[3]) == "two"                                  # no "?" needed: <answer> marks it
     assert tokenizer.decode(y[2]) == "two people walk along a long sandy"  # a long caption is cut
-    x, y = mllm.make_examples_from_texts(images, captions, None, tokenizer, max_text_length=20)
+    x, y = instructions.make_examples_from_texts(images, captions, None, tokenizer, max_text_length=20)
     assert len(y) == 2 and tokenizer.decode(y[1]) == captions[1]
-    with pytest.raises(ValueError, match="same batch size.*2 images and 1 captions"):
-        mllm.make_examples_from_texts(images, captions[:1], None, tokenizer, 20)
-    with pytest.raises(ValueError, match="give captions, qa or both"):
-        mllm.make_examples_from_texts(images, None, None, tokenizer, 20)
-    with pytest.raises(ValueError, match="expected 3 colour channels"):
-        mllm.make_examples_from_texts(images[..., :2], captions, None, tokenizer, 20)
+    with pytest.raises(ValueError, match="same batch size"):
+        instructions.make_examples_from_texts(images, captions[:1], None, tokenizer, 20)
+    with pytest.raises(ValueError, match="captions, qa or both"):
+        instructions.make_examples_from_texts(images, None, None, tokenizer, 20)
+    with pytest.raises(ValueError, match="channels"):
+        instructions.make_examples_from_texts(images[..., :2], captions, None, tokenizer, 20)
+
+
+def test_instruction_texts_interleave_images_and_skip_missing_texts(data):
+    texts = instructions.instruction_texts(data.captions, list(zip(data.questions, data.answers)))
+    assert texts[0] == f"<caption> {data.captions[0]}"
+    assert texts[1] == f"<question> {data.questions[0]} <answer> {data.answers[0]}"
+    assert len(texts) == 2 * len(data)
+    assert instructions.instruction_texts(["a dog", ""], [None, ("what?", "cat")]) == \
+        ["<caption> a dog", "<question> what? <answer> cat"]
+    with pytest.raises(ValueError, match="one entry per image"):
+        instructions.instruction_texts(["a dog"], [("what?", "cat"), ("who?", "me")])
+    with pytest.raises(ValueError, match="captions, qa or both"):
+        instructions.instruction_texts()
 
 
 # --------------------------------------------------------------------------- configuration and models
@@ -148,18 +165,24 @@ def test_config_round_trips_and_validates():
     assert mllm.MLLMConfig(**json.loads(json.dumps(dataclasses.asdict(config)))) == config
     assert config.image_size == 64 and config.num_image_tokens == 16 and config.grid_size == 4
     assert mllm.MLLMConfig(image_size=32, stem=1).grid_size == 4
+    assert "encoder_blocks" not in dataclasses.asdict(config)
+    assert config.image_mean == preprocessing.SHAPEWORLD_MEAN and config.image_std == preprocessing.SHAPEWORLD_STD
     with pytest.raises(ValueError, match="divisible by stem"):
         mllm.MLLMConfig(image_size=60)
-    with pytest.raises(ValueError, match="image_std must be positive"):
+    with pytest.raises(ValueError, match="image_std"):
         mllm.MLLMConfig(image_std=(0.1, 0.0, 0.1))
     with pytest.raises(ValueError, match="divisible by num_heads"):
         mllm.MLLMConfig(dim=30, num_heads=4)
-    with pytest.raises(ValueError, match="architecture must be one of"):
+    with pytest.raises(ValueError, match="architecture"):
         mllm.MLLMConfig(architecture="late")
+    with pytest.raises(TypeError, match="num_layers"):
+        mllm.MLLMConfig(num_layers=2.0)
+    with pytest.raises(ValueError, match="max_text_length"):
+        mllm.MLLMConfig(max_text_length=2)
 
 
 def test_grid_encoder_space_to_depth_and_coordinates():
-    encoder = mllm.GridImageEncoder(image_size=8, filters=(4,), embed_dim=6, stem=2)
+    encoder = grid_encoder.GridImageEncoder(image_size=8, filters=(4,), embed_dim=6, stem=2)
     images = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
     packed = ops.convert_to_numpy(encoder.space_to_depth(images))               # (2, 4, 4, 12)
     assert packed.shape == (2, 4, 4, 12)
@@ -169,7 +192,9 @@ def test_grid_encoder_space_to_depth_and_coordinates():
     np.testing.assert_allclose(with_xy[0, :, :, 13], np.tile(np.linspace(-1, 1, 4), (4, 1)).T, atol=1e-6)  # rows
     assert tuple(encoder(images).shape) == (2, 4, 6)                             # 2x2 grid of tokens
     with pytest.raises(ValueError, match="divisible by stem"):
-        mllm.GridImageEncoder(image_size=10, filters=(4,), stem=2)
+        grid_encoder.GridImageEncoder(image_size=10, filters=(4,), stem=2)
+    with pytest.raises(ValueError, match="expected ndim=4"):
+        encoder(images[0])                                                      # one image, no batch axis
 
 
 def test_llava_forward_shapes_and_image_dtypes(model, data):
@@ -216,14 +241,16 @@ def test_image_changes_the_prediction(model, cross_model, data):
 
 def test_input_errors(model, data):
     x, _ = _batch(data)
-    with pytest.raises(ValueError, match="same batch size, got 12 images and 3 token rows"):
+    with pytest.raises(ValueError, match="same batch size"):
         model({"images": x["images"], "token_ids": x["token_ids"][:3]})
-    with pytest.raises(ValueError, match=r"images must have shape \(batch, 16, 16, 3\)"):
+    with pytest.raises(ValueError, match="images must have shape"):
         model({"images": np.zeros((2, 32, 32, 3), np.uint8), "token_ids": x["token_ids"][:2]})
     with pytest.raises(ValueError, match="expected a dict"):
         model(x["images"])
-    with pytest.raises(ValueError, match="exceed max_text_length"):
+    with pytest.raises(ValueError, match="max_text_length"):
         model({"images": x["images"][:1], "token_ids": np.ones((1, 30), np.int32)})
+    with pytest.raises(TypeError, match="integer"):
+        model({"images": x["images"][:1], "token_ids": np.ones((1, 5), np.float32)})
 
 
 @pytest.mark.parametrize("architecture", mllm.ARCHITECTURES)
@@ -236,9 +263,19 @@ def test_keras_round_trip(architecture, data, tmp_path):
     original.save(path)
     loaded = keras.models.load_model(path)
     assert type(loaded) is type(original) and loaded.config == config
+    assert set(original.get_config()) >= {"config", "vocab_size"}                # the config, stored once
+    assert "dim" not in original.get_config() and original.get_config()["config"]["dim"] == TINY.dim
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(original(x)), atol=1e-5)
-    for cls in (mllm.LLaVAModel, mllm.CrossAttentionMLLM, mllm.ImageTokenProjector, mllm.GatedCrossAttention):
+    for cls in (mllm.LLaVAModel, mllm.CrossAttentionMLLM, mllm.ImageTokenProjector, mllm.GatedCrossAttention,
+                grid_encoder.GridImageEncoder, relation_head.RelationHead):
         assert keras.saving.get_registered_name(cls) == f"mmlm_course>{cls.__name__}"
+
+
+def test_model_classes_refuse_a_config_of_the_other_architecture():
+    with pytest.raises(ValueError, match="architecture"):
+        mllm.CrossAttentionMLLM(TINY, len(TOKENIZER))
+    with pytest.raises(TypeError, match="MLLMConfig"):
+        mllm.LLaVAModel(dataclasses.asdict(TINY), len(TOKENIZER))
 
 
 # --------------------------------------------------------------------------- two-stage training
@@ -259,46 +296,68 @@ def test_stages_train_the_right_parts(architecture, data):
     x, y = _batch(data)
     parts = {"image_encoder": model.image_encoder, "projector": model.projector,
              "language_model": model.language_model}
-    count = mllm.compile_for_stage(model, 1, 1e-2)
+    count = stages.compile_for_stage(model, 1, 1e-2)
     connector = sum(int(np.prod(w.shape)) for w in model.projector.weights)
     if architecture == "cross_attention":
         connector += sum(int(np.prod(w.shape)) for layer in model.cross_attention for w in layer.weights)
-    assert count == connector == mllm.trainable_parameter_count(model)
+    assert count == connector == stages.trainable_parameter_count(model)
     before = {name: _weights(part) for name, part in parts.items()}
     for _ in range(2):  # two steps: a closed cross-attention gate passes no gradient to the projector at first
         loss = model.train_on_batch(x, y)
     assert math.isfinite(float(loss))
     changed = {name: _changed(before[name], _weights(part)) for name, part in parts.items()}
     assert changed == {"image_encoder": False, "projector": True, "language_model": False}
-    assert mllm.compile_for_stage(model, 2, 1e-2, total_steps=10) == model.count_params()
+    assert stages.compile_for_stage(model, 2, 1e-2, total_steps=10) == model.count_params()
     before = {name: _weights(part) for name, part in parts.items()}
     for _ in range(2):  # the warmup's learning rate is 0 at step 0
         model.train_on_batch(x, y)
     assert all(_changed(before[name], _weights(part)) for name, part in parts.items())
-    with pytest.raises(ValueError, match="stage must be 1"):
-        mllm.compile_for_stage(model, 3, 1e-3)
+    with pytest.raises(ValueError, match="stage"):
+        stages.compile_for_stage(model, 3, 1e-3)
+    with pytest.raises(ValueError, match="learning_rate"):
+        stages.compile_for_stage(model, 1, 0.0)
 
 
 def test_train_steps_runs_exactly_the_steps(data):
     keras.utils.set_random_seed(8)
     model = mllm.build_model(TINY, TOKENIZER)
     x, y = _batch(data)                                                         # 12 rows
-    mllm.compile_for_stage(model, 2, 1e-2, total_steps=7)
-    log = mllm.train_steps(model, x, y, steps=7, batch_size=5, log_every=3)
+    stages.compile_for_stage(model, 2, 1e-2, total_steps=7)
+    log = training.train_steps(model, x, y, steps=7, batch_size=5, log_every=3)
     assert log["steps"] == [3, 6, 7] and len(log["loss"]) == 3
     assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 7
     assert all(math.isfinite(v) for v in log["loss"]) and log["rows_per_second"] > 0
     with pytest.raises(ValueError, match="same number of rows"):
-        mllm.train_steps(model, x, y[:3], steps=1)
-    with pytest.raises(ValueError, match="larger than the 12 training rows"):
-        mllm.train_steps(model, x, y, steps=1, batch_size=13)
+        training.train_steps(model, x, y[:3], steps=1)
+    with pytest.raises(ValueError, match="larger than"):
+        training.train_steps(model, x, y, steps=1, batch_size=13)
+
+
+def test_train_steps_resumed_trains_the_same_batches_as_one_run(data):
+    """Steps 0..3, then 4..6 from start_step=4, give the weights of one run of 7 steps."""
+    x, y = _batch(data)
+    results = []
+    for parts in ([(0, 7)], [(0, 4), (4, 7)]):
+        keras.utils.set_random_seed(8)
+        model = mllm.build_model(TINY, TOKENIZER)
+        stages.compile_for_stage(model, 2, 1e-2, total_steps=7)
+        seen = []
+        for first, last in parts:
+            log = training.train_steps(model, x, y, last, batch_size=5, seed=3, start_step=first,
+                                       on_step=lambda step, logs: seen.append((step, logs["loss"])))
+            assert log["steps"][-1] == last
+        assert [step for step, _ in seen] == list(range(1, 8))
+        results.append((model.get_weights(), [loss for _, loss in seen]))
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+    for a, b in zip(results[0][0], results[1][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_language_model_weights_move_between_architectures(model, data):
     keras.utils.set_random_seed(9)
     cross = mllm.build_model(dataclasses.replace(TINY, architecture="cross_attention"), TOKENIZER)
     source = model.language_model
-    mllm.load_language_model_weights(cross, source.get_weights(), offset=TINY.num_image_tokens)
+    stages.load_language_model_weights(cross, source.get_weights(), offset=TINY.num_image_tokens)
     table_variable = cross.language_model.position_embedding.embeddings
     for target, original in zip(cross.language_model.weights, source.weights):
         if target is not table_variable:
@@ -307,7 +366,7 @@ def test_language_model_weights_move_between_architectures(model, data):
     np.testing.assert_array_equal(table, ops.convert_to_numpy(source.position_embedding.embeddings)[
         TINY.num_image_tokens:TINY.num_image_tokens + TINY.max_text_length])
     with pytest.raises(ValueError, match="weight arrays"):
-        mllm.load_language_model_weights(cross, source.get_weights()[:-1])
+        stages.load_language_model_weights(cross, source.get_weights()[:-1])
 
 
 def test_loss_counts_answer_tokens_only(model, data):
@@ -323,10 +382,9 @@ def test_loss_counts_answer_tokens_only(model, data):
 def test_pretraining_puts_text_behind_a_blank_image(data):
     keras.utils.set_random_seed(7)
     model = mllm.build_model(TINY, TOKENIZER)
-    texts = mllm.instruction_texts(data)
-    assert texts[1] == f"<question> {data.questions[0]} <answer> {data.answers[0]}"
+    texts = instructions.instruction_texts(data.captions, list(zip(data.questions, data.answers)))
     encoder_before = _weights(model.image_encoder)
-    history = mllm.pretrain_language_model(model, texts, TOKENIZER, epochs=2, batch_size=4)
+    history = stages.pretrain_language_model(model, texts, TOKENIZER, epochs=2, batch_size=4)
     assert len(history.history["loss"]) == 2 and math.isfinite(history.history["loss"][-1])
     assert not _changed(encoder_before, _weights(model.image_encoder))
 
@@ -335,39 +393,41 @@ def test_pretraining_puts_text_behind_a_blank_image(data):
 
 
 def _greedy_by_full_forward(m, images, prompt: str, steps: int) -> str:
-    ids = mllm.prompt_ids(prompt, TOKENIZER)
+    ids = instructions.prompt_ids(prompt, TOKENIZER)
     for _ in range(steps):
         logits = m({"images": images[None], "token_ids": np.array([ids], np.int32)})
         token = int(np.argmax(ops.convert_to_numpy(logits)[0, -1]))
         ids.append(token)
         if token == TOKENIZER.eos_id or len(ids) == TINY.max_text_length:
             break
-    return TOKENIZER.decode(ids[len(mllm.prompt_ids(prompt, TOKENIZER)):])
+    return TOKENIZER.decode(ids[len(instructions.prompt_ids(prompt, TOKENIZER)):])
 
 
 def test_generate_texts_matches_greedy_full_forward(model, cross_model, data):
     prompts = ["", data.questions[0], "", data.questions[3]]
     images = data.images[:4]
     for m in (model, cross_model):
-        texts = mllm.generate_texts(m, TOKENIZER, images, prompts, max_new_tokens=6, batch_size=3)
+        texts = generation.generate_texts(m, TOKENIZER, images, prompts, max_new_tokens=6, batch_size=3)
         assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
         expected = [_greedy_by_full_forward(m, image, prompt, 6) for image, prompt in zip(images, prompts)]
         assert texts == expected
 
 
 def test_generate_texts_errors(model, data):
-    with pytest.raises(ValueError, match="same batch size.*3 images and 2 prompts"):
-        mllm.generate_texts(model, TOKENIZER, data.images[:3], ["", ""])
-    with pytest.raises(ValueError, match="built for 16x16 images, got 64x64"):
-        mllm.generate_texts(model, TOKENIZER, np.zeros((1, 64, 64, 3), np.uint8), [""])
-    with pytest.raises(ValueError, match="float image must hold values in \\[0, 1\\]"):
-        mllm.generate_texts(model, TOKENIZER, np.full((1, 16, 16, 3), 200.0, np.float32), [""])
+    with pytest.raises(ValueError, match="same batch size"):
+        generation.generate_texts(model, TOKENIZER, data.images[:3], ["", ""])
+    with pytest.raises(ValueError, match="16x16"):
+        generation.generate_texts(model, TOKENIZER, np.zeros((1, 64, 64, 3), np.uint8), [""])
+    with pytest.raises(ValueError, match="0, 1"):
+        generation.generate_texts(model, TOKENIZER, np.full((1, 16, 16, 3), 200.0, np.float32), [""])
     with pytest.raises(TypeError, match="list of strings"):
-        mllm.generate_texts(model, TOKENIZER, data.images[:1], "")
+        generation.generate_texts(model, TOKENIZER, data.images[:1], "")
+    with pytest.raises(TypeError, match="mllm model"):
+        generation.generate_texts(model.language_model, TOKENIZER, data.images[:1], [""])
 
 
 def test_evaluate_reports_the_figures(model, data):
-    result = mllm.evaluate(model, TOKENIZER, data, batch_size=4)
+    result = generation.evaluate(model, TOKENIZER, data, batch_size=4)
     for key in ("caption_truth", "caption_parses", "qa_exact_match"):
         assert 0.0 <= result[key] <= 1.0
     assert set(result["qa_by_type"]) == set(data.question_types)
@@ -376,42 +436,49 @@ def test_evaluate_reports_the_figures(model, data):
     assert result["caption_truth"] == pytest.approx(truth)
 
 
-def test_image_attention_shapes_and_consistency(model, cross_model, data):
+def test_image_attention_is_read_from_the_attention_layers(model, cross_model, data):
     x, _ = _batch(data)
-    ids = x["token_ids"][:3, :8]
-    maps = mllm.image_attention(model, x["images"][:3], ids)
+    images, ids = x["images"][:3], x["token_ids"][:3, :8]
+    maps = generation.image_attention(model, images, ids)
     assert maps.shape == (3, TINY.num_layers, TINY.num_heads, 8, TINY.num_image_tokens) and maps.dtype == np.float32
     assert np.all(maps >= 0) and np.all(maps.sum(-1) <= 1 + 1e-5)
-    # the reconstruction reproduces the first block's attention output
-    decoder, prefix = model.language_model, model.image_tokens(x["images"][:3])
-    sequence = ops.concatenate([prefix, decoder.embed(ids)], axis=1)
-    sequence = sequence + decoder.position_embedding(ops.arange(sequence.shape[1]))[None]
-    weights = mllm._self_attention_weights(model, x["images"][:3], ids)[0]          # (B, H, S, S)
+    # the first block's own attention layer, run on [image tokens ; text] + positions
+    decoder, prefix = model.language_model, model.image_tokens(images)
+    sequence = mllm.prepend_image_tokens(prefix, decoder.embed(ids), decoder.position_embedding.embeddings)
     block = decoder.blocks[0]
-    _, _, v = np.split(ops.convert_to_numpy(block.attention.qkv(block.norm1(sequence))), 3, axis=-1)
-    v = v.reshape(3, sequence.shape[1], TINY.num_heads, -1).transpose(0, 2, 1, 3)
-    merged = (weights @ v).transpose(0, 2, 1, 3).reshape(3, sequence.shape[1], TINY.dim)
-    np.testing.assert_allclose(ops.convert_to_numpy(block.attention.out(merged)),
-                               ops.convert_to_numpy(block.attention(block.norm1(sequence))), atol=1e-5)
-    cross = mllm.image_attention(cross_model, x["images"][:3], ids)
+    _, weights = block.attention(block.norm1(sequence), return_attention_scores=True)   # (B, H, P + T, P + T)
+    P = TINY.num_image_tokens
+    np.testing.assert_allclose(maps[:, 0], ops.convert_to_numpy(weights)[:, :, P:, :P], atol=1e-5)
+    # causal: a later token changes no earlier position's weights
+    changed = np.array(ids)
+    changed[:, 5:] = TOKENIZER.token_to_id["circle"]
+    np.testing.assert_allclose(generation.image_attention(model, images, changed)[:, :, :, :5], maps[:, :, :, :5],
+                               atol=1e-5)
+    cross = generation.image_attention(cross_model, images, ids)
     assert cross.shape == maps.shape
     np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="same batch size"):
+        generation.image_attention(model, images, ids[:2])
+    with pytest.raises(ValueError, match="vocab_size"):
+        generation.image_attention(model, images, np.full((3, 4), len(TOKENIZER), np.int32))
 
 
-def test_module_has_no_tensorflow():
+def test_lesson_08_modules_have_no_tensorflow():
     import inspect
 
-    assert "tensorflow" not in inspect.getsource(mllm) and "tf." not in inspect.getsource(mllm)
+    for module in (mllm, instructions, grid_encoder, relation_head, stages, generation):
+        source = inspect.getsource(module)
+        assert "tensorflow" not in source and "tf." not in source, module.__name__
 
 
 def test_grid_coordinates_make_column_and_row_linearly_readable():
-    table = np.asarray(mllm.GridCoordinates(4, seed=3)((16, 32)))                 # (16 cells, 32)
-    xy = mllm.grid_coordinate_features(4)[:, :2]                                  # (16, 2): column, row
+    table = np.asarray(grid_encoder.GridCoordinates(4, seed=3)((16, 32)))         # (16 cells, 32)
+    xy = grid_encoder.grid_coordinate_features(4)[:, :2]                          # (16, 2): column, row
     readout, *_ = np.linalg.lstsq(table, xy, rcond=None)
     np.testing.assert_allclose(table @ readout, xy, atol=1e-4)
     assert xy[1, 0] > xy[0, 0] and xy[4, 1] > xy[0, 1]                            # reading order
-    with pytest.raises(ValueError, match=r"makes a \(16, D\) table"):
-        mllm.GridCoordinates(4)((9, 32))
+    with pytest.raises(ValueError, match="table"):
+        grid_encoder.GridCoordinates(4)((9, 32))
 
 
 # --------------------------------------------------------------------------- object vision and the relation head
@@ -433,14 +500,19 @@ def object_model():
 
 def test_object_vision_config_is_validated():
     assert OBJECTS.num_image_tokens == shapeworld.MAX_OBJECTS
-    with pytest.raises(ValueError, match="vision must be one of"):
+    with pytest.raises(ValueError, match="vision"):
         mllm.MLLMConfig(vision="patches")
-    with pytest.raises(ValueError, match="built for 64x64 images; got image_size=32"):
+    with pytest.raises(ValueError, match="64x64"):
         mllm.MLLMConfig(image_size=32, stem=1, vision="objects")
-    with pytest.raises(ValueError, match="needs vision='objects'"):
+    with pytest.raises(ValueError, match="vision='objects'"):
         mllm.MLLMConfig(relation_head=True)
-    with pytest.raises(TypeError, match="relation_head must be True or False"):
+    with pytest.raises(TypeError, match="relation_head"):
         mllm.MLLMConfig(vision="objects", relation_head="yes")
+    # the grid fields are unused with object vision: not checked, not needed
+    unused = mllm.MLLMConfig(vision="objects", stem=3, encoder_filters=(), vision_dim=0)
+    assert unused.num_image_tokens == shapeworld.MAX_OBJECTS
+    with pytest.raises(ValueError, match="no grid"):
+        unused.grid_size
 
 
 def test_object_tokens_feed_the_projector_and_the_relation_head(object_model, object_data):
@@ -478,7 +550,7 @@ def test_object_model_round_trips_and_generates(object_model, object_data, tmp_p
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(object_model(x)), atol=1e-5)
     prompts = ["", object_data.questions[0]]
-    texts = mllm.generate_texts(object_model, TOKENIZER, object_data.images[:2], prompts, max_new_tokens=5)
+    texts = generation.generate_texts(object_model, TOKENIZER, object_data.images[:2], prompts, max_new_tokens=5)
     # recomputed at every step (no cache: the relation head needs the whole text so far)
     assert texts == [_greedy_by_full_forward(object_model, image, prompt, 5)
                      for image, prompt in zip(object_data.images[:2], prompts)]
@@ -486,27 +558,25 @@ def test_object_model_round_trips_and_generates(object_model, object_data, tmp_p
 
 def test_object_stages_keep_the_pretrained_detector_frozen(object_data):
     model = mllm.build_model(OBJECTS, TOKENIZER)
-    head, projector, detector, total = (int(sum(np.prod(w.shape) for w in part.weights)) for part in
-                                        (model.relation_head, model.projector, model.image_encoder, model))
-    assert head > 0 and detector > 0
-    assert mllm.set_stage_trainable(model, 1) == projector + head      # stage 1: the new parts only
-    assert mllm.set_stage_trainable(model, 2) == total - detector      # stage 2: all but the pretrained detector
+    head, projector, vision, total = (int(sum(np.prod(w.shape) for w in part.weights)) for part in
+                                      (model.relation_head, model.projector, model.image_encoder, model))
+    assert head > 0 and vision > 0
+    assert stages.set_stage_trainable(model, 1) == projector + head    # stage 1: the new parts only
+    assert stages.set_stage_trainable(model, 2) == total - vision      # stage 2: all but the pretrained detector
     assert not model.image_encoder.trainable
 
 
 def test_load_object_encoder_copies_the_detector_and_refuses_others(object_data):
-    from mmlm_course import fusion
-
     model = mllm.build_model(OBJECTS, TOKENIZER)
-    _, token_model = fusion.build_object_encoder()
+    _, token_model = detector.build_object_encoder()
     token_model.set_weights([w + 0.01 for w in token_model.get_weights()])
-    mllm.load_object_encoder(model, token_model)
+    stages.load_object_encoder(model, token_model)
     np.testing.assert_allclose(ops.convert_to_numpy(model.image_encoder.detector(object_data.images[:2])),
                                ops.convert_to_numpy(token_model(object_data.images[:2])), atol=1e-5)
-    with pytest.raises(ValueError, match="must be the object encoder"):
-        mllm.load_object_encoder(model, fusion.build_qa_model("image_only"))
-    with pytest.raises(ValueError, match="only a vision='objects' model"):
-        mllm.load_object_encoder(mllm.build_model(TINY, TOKENIZER), token_model)
+    with pytest.raises(ValueError, match="object encoder"):
+        stages.load_object_encoder(model, qa.build_qa_model("image_only"))
+    with pytest.raises(ValueError, match="vision='objects'"):
+        stages.load_object_encoder(mllm.build_model(TINY, TOKENIZER), token_model)
 
 
 def test_relation_head_equals_the_relation_network_at_every_position(object_model, object_data):
@@ -521,7 +591,7 @@ def test_relation_head_equals_the_relation_network_at_every_position(object_mode
     for t in range(ids.shape[1]):
         seen = np.zeros(ids.shape, bool)
         seen[:, :t + 1] = ids[:, :t + 1] != TOKENIZER.pad_id                            # the words 0..t
-        context = head.context(masked_mean(words, seen))
+        context = head.context(masked_mean_pool(words, seen))
         fused = head.relation(objects, words, context, seen, objects[..., -1:])
         np.testing.assert_allclose(scores[:, t], ops.convert_to_numpy(head.scores(head.hidden(fused))),
                                    rtol=1e-4, atol=1e-4)
@@ -531,7 +601,7 @@ def test_cached_image_features_stand_in_for_the_images(object_data):
     keras.utils.set_random_seed(6)
     model = mllm.build_model(OBJECTS, TOKENIZER)
     x, y = _batch(object_data, OBJECTS)
-    cached = mllm.cache_image_features(model, x, batch_size=5)                        # 12 rows, 3 batches
+    cached = stages.cache_image_features(model, x, batch_size=5)                        # 12 rows, 3 batches
     assert set(cached) == {"image_features", "token_ids"} and cached["token_ids"] is x["token_ids"]
     assert cached["image_features"].shape == (12, shapeworld.MAX_OBJECTS, 14)
     assert cached["image_features"].dtype == np.float32
@@ -544,8 +614,8 @@ def test_cached_image_features_stand_in_for_the_images(object_data):
     losses, weights = [], []
     for inputs in (x, cached):
         model.set_weights(start)
-        mllm.compile_for_stage(model, 2, 1e-2)
-        losses.append(mllm.train_steps(model, inputs, y, steps=1, batch_size=12)["loss"][0])
+        stages.compile_for_stage(model, 2, 1e-2)
+        losses.append(training.train_steps(model, inputs, y, steps=1, batch_size=12)["loss"][0])
         weights.append(model.get_weights())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for a, b in zip(*weights):
@@ -555,21 +625,21 @@ def test_cached_image_features_stand_in_for_the_images(object_data):
 
 def test_cached_image_features_errors(object_model, object_data):
     x, y = _batch(object_data, OBJECTS)
-    cached = mllm.cache_image_features(object_model, x)
+    cached = stages.cache_image_features(object_model, x)
     grid_model = mllm.build_model(TINY, TOKENIZER)
-    with pytest.raises(ValueError, match="vision is 'grid': its encoder learns in stage 2"):
-        mllm.cache_image_features(grid_model, _batch(shapeworld.generate(2, "train", seed=0, image_size=16))[0])
-    with pytest.raises(ValueError, match="only for vision='objects'"):
+    with pytest.raises(ValueError, match="learns in stage 2"):
+        stages.cache_image_features(grid_model, _batch(shapeworld.generate(2, "train", seed=0, image_size=16))[0])
+    with pytest.raises(ValueError, match="vision='objects'"):
         grid_model({"image_features": cached["image_features"][:, :, :8], "token_ids": cached["token_ids"]})
-    with pytest.raises(ValueError, match="keys 'images' and 'token_ids'"):
-        mllm.cache_image_features(object_model, cached)
-    with pytest.raises(ValueError, match=r"image_features must have shape \(batch, 4, 14\).*got \(12, 4, 13\)"):
+    with pytest.raises(ValueError, match="keys"):
+        stages.cache_image_features(object_model, cached)
+    with pytest.raises(ValueError, match="image_features must have shape"):
         object_model({"image_features": cached["image_features"][..., :13], "token_ids": cached["token_ids"]})
-    with pytest.raises(TypeError, match="image_features must be float"):
+    with pytest.raises(TypeError, match="floating-point"):
         object_model({"image_features": cached["image_features"].astype(np.int32), "token_ids": cached["token_ids"]})
     with pytest.raises(ValueError, match="expected a dict"):
         object_model({**cached, "images": x["images"]})                                   # one image side, not both
-    with pytest.raises(ValueError, match="same batch size, got 12 image feature rows and 3 token rows"):
+    with pytest.raises(ValueError, match="same batch size"):
         object_model({"image_features": cached["image_features"], "token_ids": cached["token_ids"][:3]})
-    with pytest.raises(ValueError, match="12 image_features rows, 12 token rows and 3 target rows"):
-        mllm.train_steps(object_model, cached, y[:3], steps=1)
+    with pytest.raises(ValueError, match="same number of rows"):
+        training.train_steps(object_model, cached, y[:3], steps=1)

@@ -51,11 +51,21 @@ def test_load_image_rgb_resize_and_rejects_rgba(tmp_path):
         pp.load_image(tmp_path / "rgba.png")
 
 
+def test_shapeworld_constants_are_the_statistics_of_shapeworld_images():
+    from mmlm_course import shapeworld
+
+    images = shapeworld.generate(200, "train", seed=1).images
+    out = pp.standardize_image(images, pp.SHAPEWORLD_MEAN, pp.SHAPEWORLD_STD)
+    np.testing.assert_allclose(out.mean((0, 1, 2)), 0, atol=0.05)
+    np.testing.assert_allclose(out.std((0, 1, 2)), 1, atol=0.05)
+    assert len(pp.IMAGENET_MEAN) == len(pp.IMAGENET_STD) == 3
+
+
 def test_tokenizer_specials_unknown_and_round_trip():
     tok = pp.Tokenizer.for_shapeworld()
     assert tok.id_to_token[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
-    ids = tok.encode("What color is the ZEBRA?", add_bos=True, add_eos=True)
-    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and tok.unk_id in ids
+    ids = tok.encode("What color is the ZEBRA?", add_bos=True, add_eos=True, unknown="unk")
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id and ids[5] == tok.unk_id
     assert tok.decode(tok.encode("what color is the circle?")) == "what color is the circle?"
     assert tok.decode([tok.token_to_id["red"], tok.eos_id, tok.token_to_id["circle"]]) == "red"
 
@@ -70,12 +80,71 @@ def test_tokenizer_rejects_empty_text_and_bad_ids():
         tok.decode([999])
 
 
+def test_fixed_vocabulary_refuses_unknown_words_by_name():
+    tok = pp.Tokenizer.for_shapeworld(extra_special=("<caption>",))
+    with pytest.raises(ValueError, match="not in the vocabulary.*'zebra'"):
+        tok.encode("a red zebra")
+    with pytest.raises(ValueError, match=r"2 of the 6 words.*'dog' \(2\)"):
+        tok.encode_batch(["a dog", "the red dog ?"])
+    with pytest.warns(UserWarning, match="'dog'"):
+        assert tok.encode("a dog", unknown="warn") == [tok.token_to_id["a"], tok.unk_id]
+    with pytest.raises(ValueError, match="unknown must be one of"):
+        tok.encode("a circle", unknown="skip")
+    assert tok.unknown_words(["a dog", "a cat and a dog"]) == {"dog": 2, "cat": 1}
+    assert tok.encode("<caption> a circle")[0] == tok.token_to_id["<caption>"]  # special tokens are known
+
+
 def test_tokenizer_from_texts_is_deterministic_and_saves(tmp_path):
     tok = pp.Tokenizer.from_texts(["b a", "a c", "a"], extra_special=["<image>"])
     assert tok.id_to_token == ["<pad>", "<unk>", "<bos>", "<eos>", "<image>", "a", "b", "c"]
     tok.save(tmp_path / "vocab.json")
     loaded = pp.Tokenizer.load(tmp_path / "vocab.json")
     assert loaded.id_to_token == tok.id_to_token and loaded.special_ids == tok.special_ids
+    assert loaded.unknown == tok.unknown == "unk"
+
+
+def test_from_texts_min_count_maps_rare_words_to_unk_and_checks_its_input():
+    tok = pp.Tokenizer.from_texts(["a dog runs", "a dog sits", "a cat"], min_count=2)
+    assert tok.id_to_token[4:] == ["a", "dog"]
+    assert tok.encode("a cat runs") == [tok.token_to_id["a"], tok.unk_id, tok.unk_id]
+    strict = pp.Tokenizer.from_texts(["a dog"], unknown="error")
+    with pytest.raises(ValueError, match="'cat'"):
+        strict.encode("a cat")
+    with pytest.raises(TypeError, match="one str"):
+        pp.Tokenizer.from_texts("a dog")
+    with pytest.raises(ValueError, match="texts is empty"):
+        pp.Tokenizer.from_texts([])
+    with pytest.raises(ValueError, match="min_count"):
+        pp.Tokenizer.from_texts(["a"], min_count=0)
+
+
+def test_saved_strict_tokenizer_stays_strict(tmp_path):
+    pp.Tokenizer.for_shapeworld().save(tmp_path / "vocab.json")
+    loaded = pp.Tokenizer.load(tmp_path / "vocab.json")
+    assert loaded.unknown == "error"
+    with pytest.raises(ValueError, match="'zebra'"):
+        loaded.encode("a zebra")
+
+
+def test_encode_batch_pads_truncates_and_matches_encode():
+    tok = pp.Tokenizer.for_shapeworld()
+    texts = ["a red circle", "is there a blue square ?"]
+    ids = tok.encode_batch(texts, add_bos=True, add_eos=True)
+    assert ids.dtype == np.int32 and ids.shape == (2, 8)
+    assert ids[0].tolist() == tok.encode(texts[0], add_bos=True, add_eos=True) + [tok.pad_id] * 3
+    assert ids[1].tolist() == tok.encode(texts[1], add_bos=True, add_eos=True)
+    assert (ids != tok.pad_id).sum(axis=1).tolist() == [5, 8]  # the mask of real tokens
+    short = tok.encode_batch(texts, max_length=4)
+    assert short.shape == (2, 4) and short[1].tolist() == tok.encode(texts[1])[:4]
+    assert tok.encode_batch(texts, max_length=10).shape == (2, 10)
+    with pytest.raises(TypeError, match="one str"):
+        tok.encode_batch("a red circle")
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
+        tok.encode_batch(["a circle", 3])
+    with pytest.raises(TypeError, match="max_length must be an int"):
+        tok.encode_batch(texts, max_length=4.0)
+    with pytest.raises(ValueError, match="no sequences"):
+        tok.encode_batch([])
 
 
 def test_pad_sequences_and_mask():
@@ -97,5 +166,5 @@ def test_tf_data_pipeline_batches_and_checks_batch_sizes():
     batches = list(pp.make_image_text_dataset(images, ids, batch_size=4, shuffle=True))
     assert [int(b[0].shape[0]) for b in batches] == [4, 4, 2]
     assert batches[0][0].dtype.name == "float32"
-    with pytest.raises(ValueError, match="same batch size.*10 images.*9 token rows"):
+    with pytest.raises(ValueError, match="same batch size"):
         pp.make_image_text_dataset(images, ids[:9])

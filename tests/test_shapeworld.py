@@ -110,3 +110,59 @@ def test_vocabulary_covers_generated_text():
     vocab = set(sw.vocabulary())
     data = sw.generate(600, "compositional")
     assert {w for text in data.captions + data.questions + data.answers for w in split_words(text)} <= vocab
+
+
+# --------------------------------------------------------------------------- the fast verifier
+
+
+def _mixed_captions(data, rng):
+    """True captions, captions of other scenes, relations turned around, counts, conjunctions
+    and text outside the grammar."""
+    swap = {"left": "right", "right": "left", "above": "below", "below": "above"}
+    captions = list(data.captions)
+    captions += [" ".join(swap.get(w, w) for w in c.split()) for c in data.captions]
+    captions += [sw.make_caption(s, rng) for s in data.scenes]
+    captions += [f"there are {sw.NUMBER_WORDS[n]} objects" for n in range(5)]
+    captions += ["there is a circle", "a circle is above a circle", "a square is below a triangle and there is a "
+                 "red circle", "an orange square is to the left of a small object", "not a caption", ""]
+    return captions
+
+
+def test_caption_truth_matrix_equals_caption_is_true_on_random_scenes():
+    rng = np.random.default_rng(7)
+    for split, seed in (("validation", 3), ("compositional", 5)):
+        data = sw.generate(40, split, seed=seed)
+        scenes = data.scenes + [Scene((ShapeObject("circle", "red", "small", 0.3, 0.3),)),
+                                Scene((ShapeObject("circle", "red", "small", 0.3, 0.3),
+                                       ShapeObject("circle", "red", "small", 0.7, 0.3)))]  # ties in y
+        captions = _mixed_captions(data, rng)
+        got = sw.caption_truth_matrix(captions, scenes)
+        expected = np.array([[sw.caption_is_true(c, s) for s in scenes] for c in captions])
+        assert got.dtype == bool and got.shape == (len(captions), len(scenes))
+        np.testing.assert_array_equal(got, expected)
+        assert got[np.arange(40), np.arange(40)].all(), "every caption is true of its own scene"
+        assert 0.05 < got.mean() < 0.95  # both answers occur
+        assert not got[-2:].any(), "text outside the grammar is false everywhere"
+
+
+def test_caption_truth_matrix_errors():
+    scenes = sw.generate(2, "test").scenes
+    with pytest.raises(TypeError, match="list of caption strings"):
+        sw.caption_truth_matrix("there is a red circle", scenes)
+    with pytest.raises(TypeError, match="Scene"):
+        sw.caption_truth_matrix(["there is a red circle"], [np.zeros((64, 64, 3))])
+    with pytest.raises(TypeError, match="str"):
+        sw.caption_truth_matrix([3], scenes)
+    with pytest.raises(ValueError, match="at least one caption"):
+        sw.caption_truth_matrix([], scenes)
+
+
+def test_relation_holds_is_the_rule_of_relations_between():
+    a, b = ShapeObject("circle", "red", "small", 0.2, 0.6), ShapeObject("square", "blue", "small", 0.5, 0.5)
+    assert sw.relations_between(a, b) == ["to the left of", "below"]
+    assert sw.relations_between(a, b, margin=0.2) == ["to the left of"]
+    assert sw.relation_holds("above", b.x, b.y, a.x, a.y)
+    xs = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_array_equal(sw.relation_holds("to the right of", xs, 0.0, 0.5, 0.0), [False, False, True])
+    with pytest.raises(ValueError, match="Unknown relation"):
+        sw.relation_holds("near", 0.1, 0.1, 0.2, 0.2)

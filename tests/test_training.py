@@ -1,4 +1,5 @@
-"""Lesson 05 training helpers: the warmup + cosine schedule, the colour task, compute_loss."""
+"""Lesson 05 training helpers: the warmup + cosine schedule, the step loop's batch order, the colour task,
+compute_loss. (The step loop itself trains lesson 08's model in tests/test_mllm.py.)"""
 
 import math
 
@@ -32,13 +33,13 @@ def test_warmup_cosine_matches_reference_and_keras_builtin(warmup, final):
 
 
 def test_warmup_cosine_validates_arguments():
-    with pytest.raises(ValueError, match=r"warmup_steps must lie in \[0, total_steps\) = \[0, 10\), got 10"):
+    with pytest.raises(ValueError, match="warmup_steps"):
         training.WarmupCosineDecay(1e-3, 10, warmup_steps=10)
-    with pytest.raises(ValueError, match="peak_learning_rate must be a positive"):
+    with pytest.raises(ValueError, match="peak_learning_rate"):
         training.WarmupCosineDecay(0.0, 10)
-    with pytest.raises(ValueError, match="final_learning_rate must lie in"):
+    with pytest.raises(ValueError, match="final_learning_rate"):
         training.WarmupCosineDecay(1e-3, 10, final_learning_rate=1e-2)
-    with pytest.raises(TypeError, match="total_steps must be an int"):
+    with pytest.raises(TypeError, match="total_steps"):
         training.WarmupCosineDecay(1e-3, 10.5)
 
 
@@ -68,8 +69,23 @@ def test_color_classification_data_is_deterministic_and_labelled():
         brightest = pixels[np.argmax(pixels.max(1) - pixels.min(1))]
         nearest = np.argmin([np.abs(brightest - np.array(c)).sum() for c in shapeworld.COLORS.values()])
         assert nearest == label
-    with pytest.raises(ValueError, match="Unknown split"):
+    with pytest.raises(ValueError, match="split"):
         training.color_classification_data(2, "dev")
+    with pytest.raises(TypeError, match="num_examples"):
+        training.color_classification_data(2.0)
+
+
+def test_batch_indices_are_a_deterministic_function_of_the_step():
+    rows, batch = 100, 32                     # 3 full batches per epoch, 4 rows dropped
+    first = [training.batch_indices(rows, batch, seed=0, step=s) for s in range(6)]
+    again = [training.batch_indices(rows, batch, seed=0, step=s) for s in range(6)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    epoch0 = np.concatenate(first[:3])
+    assert len(set(epoch0.tolist())) == 96                   # no row twice within an epoch
+    assert not np.array_equal(first[0], first[3])            # a new permutation each epoch
+    assert not np.array_equal(first[0], training.batch_indices(rows, batch, seed=1, step=0))
+    with pytest.raises(ValueError, match="larger than"):
+        training.batch_indices(10, 32, 0, 0)
 
 
 class NLLModel(keras.Model):
@@ -104,3 +120,42 @@ def test_compute_loss_override_trains_like_the_compiled_loss():
         histories.append(model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0).history)
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-5)
     assert histories[0]["loss"][-1] < histories[0]["loss"][0]
+
+
+def _tiny_regression(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((2,), name="b")}
+    joined = keras.layers.Concatenate()([inputs["a"], inputs["b"]])
+    model = keras.Model(inputs, keras.layers.Dense(1)(joined))
+    model.compile(keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+def test_train_steps_prefetch_and_plain_numpy_train_the_same_batches():
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(40, 3)).astype(np.float32), "b": rng.normal(size=(40, 2)).astype(np.float32)}
+    y = rng.normal(size=(40, 1)).astype(np.float32)
+    results = []
+    for prefetch in (False, True):
+        model, seen = _tiny_regression(), []
+        log = training.train_steps(model, x, y, 9, batch_size=8, seed=4, log_every=4, prefetch=prefetch,
+                                   on_step=lambda step, logs: seen.append((step, logs["loss"])))
+        assert log["steps"] == [4, 8, 9] and [s for s, _ in seen] == list(range(1, 10))
+        results.append(([loss for _, loss in seen], model.get_weights()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_train_steps_checks_its_arguments():
+    model = _tiny_regression()
+    x = {"a": np.zeros((10, 3), np.float32), "b": np.zeros((9, 2), np.float32)}
+    with pytest.raises(ValueError, match="same number of rows"):
+        training.train_steps(model, x, np.zeros((10, 1), np.float32), 2)
+    x["b"] = np.zeros((10, 2), np.float32)
+    with pytest.raises(ValueError, match="steps"):
+        training.train_steps(model, x, np.zeros((10, 1), np.float32), 2, batch_size=5, start_step=3)
+    with pytest.raises(TypeError, match="batch_size"):
+        training.train_steps(model, x, np.zeros((10, 1), np.float32), 2, batch_size=5.0)
+    log = training.train_steps(model, x, np.zeros((10, 1), np.float32), 3, batch_size=5, start_step=3)
+    assert log["steps"] == [] and int(model.optimizer.iterations) == 0          # nothing left to train

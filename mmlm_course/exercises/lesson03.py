@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmlm_course import encoders
+from mmlm_course import attention, encoders
 from mmlm_course.exercises import Checker, exercise
 
 
@@ -119,7 +119,7 @@ def _masked_mean_cases():
 
 
 def _reference_masked_mean(x, mask):
-    return _np(encoders.masked_mean(x, mask))
+    return _np(encoders.masked_mean_pool(x, mask))
 
 
 @exercise(
@@ -204,7 +204,7 @@ def _attention_cases():
 
 @exercise(
     "03.scaled_dot_product_attention",
-    reference=lambda q, k, v, mask=None: tuple(_np(t) for t in encoders.scaled_dot_product_attention(q, k, v, mask)),
+    reference=lambda q, k, v, mask=None: tuple(_np(t) for t in attention.scaled_dot_product_attention(q, k, v, mask)),
     mistakes={
         "no 1/sqrt(d) scaling": _attention_mistake(scale="none"),
         "divides by d instead of sqrt(d)": _attention_mistake(scale="d"),
@@ -222,7 +222,7 @@ def _check_scaled_dot_product_attention(c: Checker) -> None:
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             c.fail(name, f"expected a tuple (output, weights), got {type(got).__name__}",
                    "return both: `return output, weights`")
-        expected_output, expected_weights = (_np(t) for t in encoders.scaled_dot_product_attention(*args))
+        expected_output, expected_weights = (_np(t) for t in attention.scaled_dot_product_attention(*args))
         weights = c.expect_array(f"{name}: weights", got[1], expected_weights.shape,
                                  hint="weights have shape (batch, [heads,] q_len, k_len): one row per query")
         weights = weights.astype(np.float64)

@@ -1,14 +1,14 @@
 """Checks for lesson 06: contrastive image-text retrieval.
 
 Expected values come from the package (`mmlm_course.retrieval`, `mmlm_course.losses`,
-ShapeWorld's verifier) or from float64 NumPy written here.
+ShapeWorld's verifier `shapeworld.caption_truth_matrix`) or from float64 NumPy written here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mmlm_course import losses, metrics, retrieval, shapeworld
+from mmlm_course import losses, retrieval, retrieval_training, shapeworld
 from mmlm_course.exercises import Checker, exercise
 
 
@@ -61,8 +61,8 @@ def _check_similarity_logits(c: Checker) -> None:
 
 def _bag_of_words_hits(captions, scenes):
     """Mistake: true when every colour / shape / size word names something in the scene."""
-    words = [[w for w in c.split() if w in retrieval.ATTRIBUTES["color"] + retrieval.ATTRIBUTES["shape"]
-              + retrieval.ATTRIBUTES["size"]] for c in captions]
+    words = [[w for w in c.split() if w in shapeworld.COLOR_NAMES + shapeworld.SHAPES + shapeworld.SIZES]
+             for c in captions]
     present = [{getattr(o, a) for o in s.objects for a in ("color", "shape", "size")} for s in scenes]
     return np.array([[set(w) <= p for p in present] for w in words])
 
@@ -70,14 +70,14 @@ def _bag_of_words_hits(captions, scenes):
 def _hit_cases():
     data = shapeworld.generate(7, "validation", seed=6)
     rng = np.random.default_rng(6)
-    captions = list(data.captions[:5]) + [retrieval.perturb_caption(c, rng) for c in data.captions[:3]]
+    captions = list(data.captions[:5]) + [retrieval_training.perturb_caption(c, rng) for c in data.captions[:3]]
     captions += ["there is a small circle", "a square is above a triangle"]
     return captions, data.scenes
 
 
 @exercise(
     "06.caption_hits",
-    reference=retrieval.caption_hit_matrix,
+    reference=shapeworld.caption_truth_matrix,
     mistakes={
         "only the caption's own image counts": lambda caps, scenes: np.eye(len(caps), len(scenes), dtype=bool),
         "scenes x captions (transposed)": lambda caps, scenes: np.array(
@@ -92,7 +92,7 @@ def _check_caption_hits(c: Checker) -> None:
     cases = (("10 captions x 7 scenes", captions, scenes), ("1 caption x 7 scenes", captions[:1], scenes))
     for what, caps, scs in cases:
         got = c.call(list(caps), list(scs))
-        expected = retrieval.caption_hit_matrix(caps, scs)
+        expected = shapeworld.caption_truth_matrix(caps, scs)
         array = c.expect_array(f"hits for {what}", got, expected.shape, hint="one row per caption, one column per "
                                "scene: (num_captions, num_scenes)")
         if array.dtype != bool:

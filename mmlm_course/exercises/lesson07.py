@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmlm_course import language_model
+from mmlm_course import attention, language_model
 from mmlm_course.exercises import Checker, exercise
 
 
@@ -18,7 +18,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 @exercise(
     "07.causal_mask",
-    reference=lambda length: language_model.causal_mask(length),
+    reference=lambda length: attention.causal_mask(length),
     mistakes={
         "excludes the diagonal (off by one)": lambda n: np.tril(np.ones((n, n), bool), k=-1),
         "lets queries see the future": lambda n: np.triu(np.ones((n, n), bool)),
@@ -164,7 +164,7 @@ def _numpy_update(cache, new, position, shift=0):
 
 @exercise(
     "07.update_cache",
-    reference=language_model.update_cache,
+    reference=attention.update_cache,
     mistakes={
         "writes one step too late": lambda cache, new, p: _numpy_update(cache, new, p, shift=1),
         "concatenates (the cache grows)": lambda cache, new, p: np.concatenate([cache, new], axis=1),

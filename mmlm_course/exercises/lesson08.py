@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmlm_course import mllm
+from mmlm_course import instructions, mllm, preprocessing, stages
 from mmlm_course.exercises import Checker, exercise
 
 # --------------------------------------------------------------------------- 08.answer_only_targets
@@ -27,7 +27,7 @@ def _instruction_batch() -> tuple[np.ndarray, np.ndarray]:
 
 @exercise(
     "08.answer_only_targets",
-    reference=mllm.answer_only_targets,
+    reference=instructions.answer_only_targets,
     mistakes={
         "keeps the prompt in the loss": lambda ids, n: (np.asarray(ids)[:, :-1], np.asarray(ids)[:, 1:]),
         "masks the first answer token too (off by one)": lambda ids, n: _targets_mistake(ids, n, 0),
@@ -46,7 +46,7 @@ def _check_answer_only_targets(c: Checker) -> None:
         if not (isinstance(got, tuple) and len(got) == 2):
             c.fail("result", f"expected a tuple (inputs, targets), got {type(got).__name__}",
                    "return both arrays: `return inputs, targets`")
-        inputs, targets = mllm.answer_only_targets(ids, lengths)
+        inputs, targets = instructions.answer_only_targets(ids, lengths)
         got_inputs = c.expect_array("inputs", got[0], inputs.shape,
                                     hint="inputs and targets both have length L - 1: drop one token")
         c.expect_equal("inputs", got_inputs.astype(np.int64), inputs.astype(np.int64),
@@ -169,7 +169,7 @@ _TINY_OBJECTS = mllm.MLLMConfig(vision="objects", dim=8, num_layers=1, num_heads
 
 def _tiny_models():
     """A grid model (its encoder learns in stage 2) and an object model (pretrained encoder, always frozen)."""
-    tokenizer = mllm.mllm_tokenizer()
+    tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
     return [mllm.build_model(_TINY, tokenizer), mllm.build_model(_TINY_OBJECTS, tokenizer)]
 
 
@@ -188,7 +188,7 @@ def _stage_mistake(model, stage, encoder=None, language=None, projector=None, wh
 
 @exercise(
     "08.set_stage_trainable",
-    reference=mllm.set_stage_trainable,
+    reference=stages.set_stage_trainable,
     mistakes={
         "inverted: trains everything but the projector in stage 1":
             lambda m, s: _stage_mistake(m, s, encoder=lambda s: True, language=lambda s: True,

@@ -1,10 +1,11 @@
 """Quality task of lesson 06: CLIP-style retrieval on ShapeWorld.
 
-Trains `mmlm_course.retrieval.DualEncoder` longer than the notebook does, with the
-``tower="objects"`` towers: lesson 04's object detector, pretrained here on the training
-scenes and frozen (as LiT keeps a pretrained image encoder locked), read by a
-relation-binding image tower, and a text tower that binds subject, reference and relation
-(`retrieval.ObjectPairTower`, `retrieval.RoleTextTower`). It measures
+Trains a dual encoder longer than the notebook does, with the benchmark's towers
+(`quality.retrieval_towers.ObjectDualEncoder`): lesson 04's object detector, pretrained
+here on the training scenes and frozen (as LiT keeps a pretrained image encoder locked),
+read by a relation-binding image tower, and a text tower that binds subject, reference and
+relation (`ObjectPairTower`, `RoleTextTower`), trained with lesson 06's
+`retrieval_training.train_dual_encoder`. It measures
 verifier-based recall@K on a 1,000-image test gallery (its 1,000 captions are the
 queries), both ways, plus the same figures on 1,000 images of the compositional split
 (scenes with a colour-shape pair never seen in training). Target: text-to-image
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import time
 
-from mmlm_course import env, fusion, retrieval, shapeworld
+from mmlm_course import detector, env, retrieval, retrieval_training, shapeworld
+from mmlm_course.preprocessing import Tokenizer
+from mmlm_course.quality.retrieval_towers import ObjectDualEncoder
 
 TARGET_T2I_RECALL_AT_1 = 0.8
 BENCHMARK = {
@@ -26,7 +29,7 @@ BENCHMARK = {
     "relation_probability": 0.6,
     "detector_examples": 6_000,
     "detector_epochs": 3,
-    "model": {"tower": "objects", "embed_dim": 64, "role_dim": 8, "relation_dim": 4, "text_layers": 2},
+    "model": {"embed_dim": 64, "role_dim": 8, "relation_dim": 4, "text_layers": 2},  # ObjectDualEncoder
 }
 GALLERY_SIZE = 1_000
 
@@ -39,16 +42,16 @@ def retrieval_benchmark(config: dict | None = None, seed: int = 0) -> dict:
     train = shapeworld.generate(config["train_examples"], "train", seed=seed)
     test = shapeworld.generate(GALLERY_SIZE, "test", seed=seed)
     compositional = shapeworld.generate(GALLERY_SIZE, "compositional", seed=seed)
-    tokenizer = retrieval.make_tokenizer()
-    model = retrieval.DualEncoder(len(tokenizer), **config["model"])
-    if model.tower == "objects":
-        detector, _ = fusion.pretrain_object_encoder(train.subset(range(min(config["detector_examples"], len(train)))),
-                                                     epochs=config["detector_epochs"])
-        model.build()
-        fusion.load_detector(model.object_encoder, detector)
-    history = retrieval.train_dual_encoder(model, tokenizer, train, config["epochs"], batch_size=config["batch_size"],
-                                           learning_rate=config["learning_rate"], seed=seed,
-                                           relation_probability=config["relation_probability"])
+    tokenizer = Tokenizer.for_shapeworld()
+    model = ObjectDualEncoder(len(tokenizer), **config["model"])
+    token_model, _ = detector.pretrain_object_encoder(train.subset(range(min(config["detector_examples"], len(train)))),
+                                                      epochs=config["detector_epochs"])
+    model.build()
+    detector.load_detector(model.object_encoder, token_model)
+    history = retrieval_training.train_dual_encoder(model, tokenizer, train, config["epochs"],
+                                                    batch_size=config["batch_size"],
+                                                    learning_rate=config["learning_rate"], seed=seed,
+                                                    relation_probability=config["relation_probability"])
     train_seconds = time.perf_counter() - start
     test_report = retrieval.retrieval_report(model, tokenizer, test, ks=(1, 5, 10))
     comp_report = retrieval.retrieval_report(model, tokenizer, compositional, ks=(1, 5))

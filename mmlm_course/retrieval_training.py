@@ -1,0 +1,209 @@
+"""Lesson 06: training the dual encoder on ShapeWorld with the verifier's help.
+
+`train_dual_encoder` runs ``model.fit`` one epoch at a time on a `retrieval.DualEncoder`;
+each epoch it
+
+- redraws a true caption for every scene and mirrors half of the images, swapping *left*
+  and *right* in their captions (`caption_training_set`, `mirror_scene`);
+- adds one *hard negative* caption per example (`perturb_caption`: one shape, colour or
+  size word changed, or the relation reversed), so the model must look past colour;
+- asks the verifier which texts of each batch are true of which images
+  (`batch_positives`): those are the positives of `retrieval.multi_positive_info_nce`,
+  not false negatives.
+
+`counterfactual_twin` builds minimal pairs (the relation turned around) for the
+``twins=True`` variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from mmlm_course import shapeworld
+from mmlm_course.preprocessing import Tokenizer, flip_caption
+from mmlm_course.retrieval import DualEncoder, reverse_relation
+from mmlm_course.training import WarmupCosineDecay
+from mmlm_course.validation import positive_int, require_int
+
+__all__ = ["train_dual_encoder", "batch_positives", "perturb_caption", "caption_training_set", "mirror_scene",
+           "counterfactual_twin"]
+
+
+def train_dual_encoder(model: DualEncoder, tokenizer: Tokenizer, data: shapeworld.ShapeWorldData, epochs: int,
+                       batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0,
+                       relation_probability: float = 0.6, twins: bool = False,
+                       verbose: int = 0) -> dict[str, list[float]]:
+    """Train ``model`` on ``data`` with Adam, a warmup + cosine schedule and in-batch negatives.
+
+    Each epoch draws new captions (and flips) with `caption_training_set`, shuffles with
+    its own seeded generator, drops the last incomplete batch, adds one hard negative per
+    caption (`perturb_caption`, the relation reversed with ``relation_probability``) and
+    runs ``model.fit`` for one epoch. The targets of `DualEncoder.compute_loss` come from
+    the verifier (`batch_positives`): every text of the batch that is true of an image is
+    a positive for it. With ``twins`` each batch holds half as many examples, each followed
+    by its `counterfactual_twin`.
+
+    Returns ``{"loss": [...], "temperature": [...], "seconds": [...]}``, one entry per epoch.
+    """
+    epochs = positive_int(epochs, "epochs")
+    batch_size = require_int(batch_size, "batch_size", low=2)  # a contrastive batch needs negatives
+    if twins and batch_size % 2:
+        raise ValueError(f"batch_size must be even with twins=True (each example and its twin share a batch), "
+                         f"got {batch_size}.")
+    steps_per_epoch = len(data) // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"need at least batch_size={batch_size} examples, got {len(data)}.")
+    total = epochs * steps_per_epoch
+    schedule = WarmupCosineDecay(learning_rate, total, warmup_steps=min(total // 10, 200),
+                                 final_learning_rate=learning_rate / 50)
+    optimizer = keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer)
+    if not model.built:
+        model.build()
+    optimizer.build(model.trainable_variables)  # now, not inside the first step: saves a second trace
+    rng = np.random.default_rng(seed)
+    history = {"loss": [], "temperature": [], "seconds": []}
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        images, captions, scenes = caption_training_set(data, rng)
+        if twins:  # half the scenes, each followed by its counterfactual twin (same batch)
+            chosen = rng.permutation(len(captions))[:steps_per_epoch * batch_size // 2]
+            pairs = [counterfactual_twin(images[i], captions[i], scenes[i], rng) for i in chosen]
+            order = np.arange(len(chosen) * 2)
+            images = np.stack([im for i, twin in zip(chosen, pairs) for im in (images[i], twin[0])])
+            captions = [c for i, twin in zip(chosen, pairs) for c in (captions[i], twin[1])]
+            scenes = [sc for i, twin in zip(chosen, pairs) for sc in (scenes[i], twin[2])]
+        else:
+            order = rng.permutation(len(captions))[:steps_per_epoch * batch_size]  # whole batches only
+            captions, scenes = [captions[i] for i in order], [scenes[i] for i in order]
+        negatives = [perturb_caption(c, rng, relation_probability) for c in captions]
+        inputs = {"images": images[order], "token_ids": tokenizer.encode_batch(captions, model.max_length),
+                  "negative_token_ids": tokenizer.encode_batch(negatives, model.max_length)}
+        targets = batch_positives(captions, scenes, batch_size, negatives)
+        result = model.fit(inputs, targets, batch_size=batch_size, epochs=epoch + 1,
+                           initial_epoch=epoch, shuffle=False, verbose=verbose)
+        history["loss"].append(float(result.history["loss"][-1]))
+        history["temperature"].append(float(model.temperature))
+        history["seconds"].append(time.perf_counter() - start)
+    return history
+
+
+def batch_positives(captions: Sequence[str], scenes: Sequence[shapeworld.Scene], batch_size: int,
+                    negatives: Sequence[str] | None = None) -> np.ndarray:
+    """Verifier targets for contrastive batches of consecutive examples.
+
+    Returns float32 (N, batch_size), or (N, 2 * batch_size) with hard ``negatives`` (one
+    per example). Row i holds, for example i's batch, which of its captions (then which of
+    its hard negatives) are true of example i's scene; its own caption always is. ``N``
+    must be a multiple of ``batch_size``. ``fit`` slices the rows along with the inputs, so
+    each batch gets its (B, B) or (B, 2B) matrix of positives.
+    """
+    batch_size = positive_int(batch_size, "batch_size")
+    if len(captions) != len(scenes) or (negatives is not None and len(negatives) != len(captions)):
+        raise ValueError(f"expected one caption (and one negative) per scene, got {len(captions)} captions, "
+                         f"{len(scenes)} scenes and {None if negatives is None else len(negatives)} negatives.")
+    if len(captions) % batch_size:
+        raise ValueError(f"the number of examples ({len(captions)}) must be a multiple of batch_size={batch_size}; "
+                         "drop the remainder.")
+    rows = []
+    for i in range(0, len(captions), batch_size):
+        texts = list(captions[i:i + batch_size]) + ([] if negatives is None else list(negatives[i:i + batch_size]))
+        rows.append(shapeworld.caption_truth_matrix(texts, scenes[i:i + batch_size]).T)  # (images, texts)
+    return np.concatenate(rows).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- hard negatives and augmentation
+
+
+def perturb_caption(caption: str, rng: np.random.Generator, relation_probability: float = 0.5,
+                    avoid=shapeworld.HELD_OUT) -> str:
+    """A *hard negative*: the caption with one detail changed, e.g. "a large red circle is
+    to the left of a small blue square" -> "... of a small blue triangle" or "... is to the
+    right of ...".
+
+    A caption with a relation has it reversed (left <-> right, above <-> below) with
+    probability ``relation_probability``; otherwise one shape, colour or size word of one
+    object is replaced by another value. Articles are fixed ("a" / "an"). A change that
+    would name a colour-shape pair in ``avoid`` (the held-out pairs) is not made, so
+    training never mentions them. The result is usually false of the scene, but not
+    always (the scene may hold that object too): ask the verifier.
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"caption: expected a str, got {type(caption).__name__}.")
+    words = caption.split()
+    shape_positions = [i for i, w in enumerate(words) if w in shapeworld.SHAPES]
+    if not shape_positions:
+        raise ValueError(f"perturb_caption: {caption!r} names no shape; expected a ShapeWorld caption.")
+    if reverse_relation(caption) != caption and rng.random() < relation_probability:
+        return reverse_relation(caption)
+    for _ in range(20):
+        kind = ("shape", "color", "size")[int(rng.integers(3))]
+        s = shape_positions[int(rng.integers(len(shape_positions)))]
+        c = s - 1 if words[s - 1] in shapeworld.COLORS else None
+        z = next((i for i in (s - 1, s - 2) if words[i] in shapeworld.SIZES), None)
+        index = {"shape": s, "color": c, "size": z}[kind]
+        if index is None:
+            continue
+        new = list(words)
+        options = [v for v in shapeworld.ATTRIBUTES[kind] if v != words[index]]
+        new[index] = options[int(rng.integers(len(options)))]
+        if c is not None and (new[c], new[s]) in avoid:
+            continue
+        for i, w in enumerate(new[:-1]):
+            if w in ("a", "an"):
+                new[i] = "an" if new[i + 1][0] in "aeiou" else "a"
+        return " ".join(new)
+    raise ValueError(f"perturb_caption: found no change to {caption!r} that avoids {avoid}.")  # pragma: no cover
+
+
+def caption_training_set(data: shapeworld.ShapeWorldData, rng: np.random.Generator,
+                         flip: bool = True) -> tuple[np.ndarray, list[str], list[shapeworld.Scene]]:
+    """One epoch of augmented training pairs: ``(images uint8 (N, H, W, 3), captions, scenes)``.
+
+    Every scene gets a freshly sampled true caption (`shapeworld.make_caption`), so the
+    model sees several descriptions of each image over the epochs; with ``flip`` a random
+    half of the images is mirrored left-right, its caption has *left* and *right* swapped
+    (lesson 01's caption-preserving flip) and its scene is mirrored (`mirror_scene`).
+    """
+    captions = [shapeworld.make_caption(scene, rng) for scene in data.scenes]
+    images, scenes = data.images, list(data.scenes)
+    if flip:
+        mirrored = rng.random(len(captions)) < 0.5
+        images = images.copy()
+        images[mirrored] = images[mirrored][:, :, ::-1]
+        captions = [flip_caption(c) if m else c for c, m in zip(captions, mirrored)]
+        scenes = [mirror_scene(s) if m else s for s, m in zip(scenes, mirrored)]
+    return images, captions, scenes
+
+
+def mirror_scene(scene: shapeworld.Scene) -> shapeworld.Scene:
+    """The scene a left-right flip of its image shows: every x becomes 1 - x."""
+    return shapeworld.Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4)) for o in scene.objects))
+
+
+def counterfactual_twin(image: np.ndarray, caption: str, scene: shapeworld.Scene, rng: np.random.Generator):
+    """A *minimal pair* for a training example: the same objects with the relation of the
+    caption turned around, and the caption that describes it.
+
+    - "left of" / "right of" captions: the image mirrored left-right (the scene too) and
+      the caption with left and right swapped;
+    - "above" / "below" captions: the scene mirrored top-bottom and re-rendered (so
+      triangles still point up), the caption with above and below swapped;
+    - "there is" captions: the mirrored image, same caption.
+
+    Returns ``(image uint8 (H, W, 3), caption, scene)``. In a batch holding both, the
+    original caption is (almost always) false of the twin and vice versa, and everything
+    but the relation is shared: the cleanest signal there is for learning relations.
+    """
+    words = caption.split()
+    if "above" in words or "below" in words:
+        flipped = shapeworld.Scene(tuple(dataclasses.replace(o, y=round(1.0 - o.y, 4)) for o in scene.objects))
+        twin_image = shapeworld.render_image(flipped, image.shape[0], rng)
+        swap = {"above": "below", "below": "above"}
+        return twin_image, " ".join(swap.get(w, w) for w in words), flipped
+    return image[:, ::-1], flip_caption(caption), mirror_scene(scene)

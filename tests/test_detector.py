@@ -1,0 +1,117 @@
+"""Unit tests for mmlm_course.detector (lesson 04): the frozen object detector."""
+
+import numpy as np
+import pytest
+
+import mmlm_course
+
+mmlm_course.setup_notebook(seed=0)
+
+import keras  # noqa: E402
+
+from mmlm_course import detector, shapeworld  # noqa: E402
+from mmlm_course.shapeworld import Scene, ShapeObject  # noqa: E402
+
+
+def _np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def _scene():
+    return Scene((ShapeObject("circle", "red", "small", 0.30, 0.20),  # cell (col 2, row 1)
+                  ShapeObject("square", "blue", "large", 0.75, 0.50)))  # centre on a cell border: x=6.0, y=4.0
+
+
+def test_object_grid_targets_marks_object_cells():
+    targets = detector.object_grid_targets([_scene()])
+    assert targets["object"].shape == (1, 64, 1) and targets["offset"].shape == (1, 64, 2)
+    red = 1 * 8 + 2
+    assert targets["object"][0, red, 0] == 1 and targets["color"][0, red] == shapeworld.COLOR_NAMES.index("red")
+    np.testing.assert_allclose(targets["offset"][0, red], [0.30 * 8 - 2.5, 0.20 * 8 - 1.5], atol=1e-5)
+    # The blue square sits on the corner of four cells: all four hold it.
+    corner = [3 * 8 + 5, 3 * 8 + 6, 4 * 8 + 5, 4 * 8 + 6]
+    assert targets["object"][0, corner, 0].tolist() == [1, 1, 1, 1]
+    assert set(targets["shape"][0, corner].tolist()) == {shapeworld.SHAPES.index("square")}
+    assert targets["object"].sum() == 5 and np.array_equal(targets["weight"], targets["object"][..., 0])
+    with pytest.raises(TypeError, match="shapeworld.Scene"):
+        detector.object_grid_targets(["not a scene"])
+
+
+def _perfect_predictions(scenes):
+    """Logits an ideal grid model would output for these scenes."""
+    targets = detector.object_grid_targets(scenes)
+    big = 20.0
+    return {"object": np.where(targets["object"] > 0, big, -big).astype(np.float32),
+            "color": (big * np.eye(6)[targets["color"]]).astype(np.float32),
+            "shape": (big * np.eye(3)[targets["shape"]]).astype(np.float32),
+            "size": (big * np.eye(2)[targets["size"]]).astype(np.float32),
+            "offset": targets["offset"]}
+
+
+def test_object_tokens_merge_the_cells_of_one_object():
+    tokens = _np(detector.ObjectTokens(num_objects=4)(_perfect_predictions([_scene()])))
+    assert tokens.shape == (1, 4, len(detector.OBJECT_FEATURES))
+    objectness = tokens[0, :, -1]
+    assert (objectness > 0.5).sum() == 2, objectness  # four cells of the square count once
+    found = {(detector.OBJECT_FEATURES[int(np.argmax(t[:6]))], round(float(t[11]), 3), round(float(t[12]), 3))
+             for t in tokens[0] if t[-1] > 0.5}
+    assert found == {("p(red)", 0.3, 0.2), ("p(blue)", 0.75, 0.5)}
+
+
+def test_object_tokens_validate_arguments():
+    with pytest.raises(ValueError, match="grid cells"):
+        detector.ObjectTokens(num_objects=5, grid=2)
+    with pytest.raises(ValueError, match="nms_radius"):
+        detector.ObjectTokens(nms_radius=1.5)
+
+
+def test_object_encoder_trains_and_outputs_tokens():
+    data = shapeworld.generate(64, "train", seed=0)
+    token_model, history = detector.pretrain_object_encoder(data, epochs=1, batch_size=32)
+    assert token_model.trainable is False and "loss" in history.history
+    tokens = token_model.predict(data.images[:5], verbose=0)
+    assert tokens.shape == (5, shapeworld.MAX_OBJECTS, len(detector.OBJECT_FEATURES))
+    assert np.all((tokens >= 0) & (tokens <= 1))
+    with pytest.raises(TypeError, match="ShapeWorldData"):
+        detector.pretrain_object_encoder(data.images)
+
+
+def test_centred_positions_rescales_only_the_centre():
+    objects = np.random.default_rng(0).uniform(size=(2, 4, 14)).astype(np.float32)
+    centred = _np(detector.CentredPositions()(objects))
+    x = detector.OBJECT_FEATURES.index("x")
+    np.testing.assert_allclose(centred[..., x:x + 2], detector.POSITION_SCALE * (objects[..., x:x + 2] - 0.5),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(centred, [x, x + 1], -1), np.delete(objects, [x, x + 1], -1))
+    with pytest.raises(ValueError, match="axis -1"):
+        detector.CentredPositions()(np.zeros((2, 4, 8), np.float32))
+    with pytest.raises(ValueError, match="scale"):
+        detector.CentredPositions(scale=0)
+
+
+def test_load_detector_copies_the_token_model_into_the_vision_tower():
+    _, token_model = detector.build_object_encoder()
+    images = shapeworld.generate(3, "test", seed=0).images
+    encoder = detector.ObjectImageEncoder(name="vision")
+    detector.load_detector(encoder, token_model)
+    tokens = _np(encoder(images))
+    expected = _np(detector.CentredPositions()(token_model.predict(images, verbose=0)))
+    np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
+    # float pixels in [0, 1] read the same as uint8
+    np.testing.assert_allclose(_np(encoder(images.astype(np.float32) / 255.0)), tokens, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="token_model"):
+        detector.load_detector(encoder, keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    with pytest.raises(TypeError, match="ObjectImageEncoder"):
+        detector.load_detector(token_model, token_model)
+
+
+def test_object_image_encoder_round_trips_and_forwards_its_dtype_policy(tmp_path):
+    images = keras.Input((64, 64, 3), dtype="uint8")
+    model = keras.Model(images, detector.ObjectImageEncoder(name="vision")(images))
+    batch = shapeworld.generate(2, "test", seed=1).images
+    path = tmp_path / "vision.keras"
+    model.save(path)
+    np.testing.assert_allclose(_np(keras.saving.load_model(path)(batch)), _np(model(batch)), rtol=1e-5, atol=1e-5)
+    encoder = detector.ObjectImageEncoder(dtype="mixed_float16")
+    assert encoder.centred.dtype_policy.name == "mixed_float16"
+    assert all(layer.dtype_policy.name == "mixed_float16" for layer in encoder.detector.layers[1:])
