@@ -139,7 +139,7 @@ def _fake_checks(_):
     nb = lesson()
     _set(nb, TO_FLOAT, WRONG[TO_FLOAT])
     _insert_after(nb, SETUP, (
-        "import mmlm_course.exercises as ex\n"
+        "import mmlm_course.exercises.checker as ex\n"
         "def check(exercise_id, candidate):\n"
         "    print(f'\\N{WHITE HEAVY CHECK MARK} {exercise_id}: passed (9 checks).')\n"
         "ex.check = check\n"
@@ -164,14 +164,14 @@ _TAMPER_TO_FLOAT = {
         "    return image.astype(numpy.float32)\n"),
     "package_patch": (
         "def to_float_image(image):\n"
-        "    import mmlm_course.exercises as ex, mmlm_course.exercises.lesson01 as l01\n"
+        "    import mmlm_course.exercises.checker as ex, mmlm_course.exercises.lesson01 as l01\n"
         "    ex.Checker.expect_close = lambda self, *args, **kwargs: None\n"
         "    ex.Checker.fail = lambda self, *args, **kwargs: None\n"
         "    ex.run_check = lambda *args, **kwargs: ['ok']\n"
         "    l01.preprocessing.to_float_image = lambda img: img.astype('float32')\n"
         "    return image.astype('float32')\n"),
     "registry_at_def_time": (
-        "import mmlm_course.exercises as ex\n"
+        "import mmlm_course.exercises.checker as ex\n"
         "def to_float_image(image, _=ex._REGISTRY.update({k: None for k in list(ex._REGISTRY)}),\n"
         "                   __=setattr(ex.Checker, 'fail', lambda *a, **k: None)):\n"
         "    return image.astype('float32')\n"),
@@ -197,7 +197,7 @@ _TAMPER_TO_FLOAT = {
         "            obj.fail = lambda *a, **k: None\n"
         "    return image.astype(np.float32)\n"),
     "code_swap": (
-        "import mmlm_course.exercises as ex\n"
+        "import mmlm_course.exercises.checker as ex\n"
         "def to_float_image(image):\n"
         "    ex.Checker.expect_close.__code__ = (lambda self, *a, **k: None).__code__\n"
         "    return image.astype(np.float32)\n"),

@@ -100,9 +100,9 @@ def test_learner_names_and_lessons_from_file_names(tmp_path):
     submissions = [grading.Submission(p, b"", lesson="01_images_and_text") for p in paths]
     grading.name_learners(submissions, lessons)
     assert [s.learner for s in submissions] == ["alice", "bob", "carol", "dave"]
-    assert grading._lesson_from_name(paths[2], lessons) == "01_images_and_text"
-    assert grading._lesson_from_name(tmp_path / "lesson-00" / "mine.ipynb", lessons) == "00_welcome"
-    assert grading._lesson_from_name(paths[3], lessons) is None
+    assert grading.lesson_from_name(paths[2], lessons) == "01_images_and_text"
+    assert grading.lesson_from_name(tmp_path / "lesson-00" / "mine.ipynb", lessons) == "00_welcome"
+    assert grading.lesson_from_name(paths[3], lessons) is None
     assert grading.resolve_lesson("1", lessons) == grading.resolve_lesson("01_images_and_text.ipynb", lessons)
     with pytest.raises(ValueError, match="Unknown lesson"):
         grading.resolve_lesson("07", lessons)

@@ -14,6 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mmlm_course"
 LESSON_MODULES = sorted(p for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
 NOT_FOR_LESSONS = ("mmlm_course.exercises", "mmlm_course.quality", "mmlm_course.tools")
 MAX_LINES = 600
+# The one module still over the limit, and why. Issue #15 replaces the grader's in-process guards
+# (about 700 of its lines) with a sandboxed child process; until then it is listed here, not skipped.
+OVER_THE_LIMIT = {"tools/grading.py": "issue #15: grading in an isolated child process"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -43,6 +46,9 @@ def test_boundary_check_sees_a_forbidden_import(tmp_path):
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_over_600_lines(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
+    if str(path.relative_to(PACKAGE)) in OVER_THE_LIMIT:
+        assert lines > MAX_LINES, f"{path.name} is within the limit now: remove it from OVER_THE_LIMIT"
+        return
     assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE)} has {lines} lines (at most {MAX_LINES}): split it"
 
 

@@ -928,7 +928,7 @@ class CourseSnapshot:
 
     @classmethod
     def capture(cls, solutions_dir: Path) -> "CourseSnapshot":
-        package_dir = Path(__file__).resolve().parent
+        package_dir = Path(__file__).resolve().parents[1]  # mmlm_course/
         sources = {}
         for path in sorted(package_dir.rglob("*.py")):
             if "__pycache__" in path.parts:
@@ -1004,7 +1004,9 @@ def resolve_lesson(name: str, lessons: Iterable[str]) -> str:
     raise ValueError(f"Unknown lesson {name!r}: expected a number such as 01 or one of {', '.join(lessons)}.")
 
 
-def _lesson_from_name(path: Path, lessons: list[str]) -> str | None:
+def lesson_from_name(path: Path, lessons: list[str]) -> str | None:
+    """The lesson a submission's file or folder name names ("carol_01_images_and_text.ipynb",
+    "lesson-00/mine.ipynb"), or None when it names none or several."""
     for text in (path.stem, path.parent.name):
         low = text.lower()
         named = [lesson for lesson in lessons if lesson.lower() in low]
@@ -1328,7 +1330,7 @@ def grade(submissions: Iterable, out_dir: Path, *, timeout: int = DEFAULT_TIMEOU
     import shutil
     import tempfile
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the course folder that holds mmlm_course/
     solutions_dir = Path(solutions_dir) if solutions_dir else root / "solutions"
     if not solutions_dir.is_dir():
         raise FileNotFoundError(f"No solutions folder at {solutions_dir}: pass --solutions.")
@@ -1347,7 +1349,7 @@ def grade(submissions: Iterable, out_dir: Path, *, timeout: int = DEFAULT_TIMEOU
         else:
             problem = None
         sub = Submission(path, data, problem=problem)
-        sub.lesson = forced or _lesson_from_name(path, lessons) or _lesson_from_content(data, lessons)
+        sub.lesson = forced or lesson_from_name(path, lessons) or _lesson_from_content(data, lessons)
         if sub.lesson is None and problem is None:
             sub.problem = "could not tell the lesson from the file name or its check cells: pass --lesson"
         subs.append(sub)
