@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course import encoders, shapeworld
+from mmlm_course import encoders, preprocessing, shapeworld
 from mmlm_course.validation import positive_int, require_float
 
 __all__ = [
@@ -55,7 +55,6 @@ OBJECT_RADIUS = 0.75  # a cell whose centre is this close to an object's centre 
 OFFSET_RADIUS = 1.5  # cells this close to an object's centre learn to point at it
 NMS_RADIUS = 0.11  # half the smallest distance between two ShapeWorld object centres (0.22)
 POSITION_SCALE = 5.0  # `CentredPositions`: [0, 1] -> about [-2.5, 2.5]
-PIXEL_CENTER, PIXEL_SCALE = 0.8, 0.25  # ShapeWorld pixels are mostly light background: centre them near 0
 
 
 # --------------------------------------------------------------------------- the vision tower
@@ -128,8 +127,9 @@ def build_object_encoder(filters: Sequence[int] = (8, 16, 32), width: int = 32,
     ``dtype``: the dtype policy of every layer (None: the global policy).
     """
     images = keras.Input((64, 64, 3), dtype="uint8", name="image")
-    x = keras.layers.Rescaling(1.0 / (255.0 * PIXEL_SCALE), offset=-PIXEL_CENTER / PIXEL_SCALE, name="rescale",
-                               dtype=dtype)(images)
+    mean, std = np.array(preprocessing.SHAPEWORLD_MEAN), np.array(preprocessing.SHAPEWORLD_STD)
+    x = keras.layers.Rescaling((1.0 / (255.0 * std)).tolist(), offset=(-mean / std).tolist(), name="rescale",
+                               dtype=dtype)(images)  # (pixel / 255 - mean) / std, per channel
     regions = encoders.ConvImageEncoder(filters, width, output="tokens", name="cnn", dtype=dtype)(x)  # (B, 64, w)
     hidden = keras.layers.Dense(width, activation="relu", name="cell_features", dtype=dtype)(regions)
     outputs = {name: keras.layers.Dense(units, name=name, dtype=dtype)(hidden)
