@@ -178,13 +178,13 @@ def safe_extract(archive, target) -> list[Path]:
             zf.extractall(root)
         return [root / n for n in names]
     if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
             bad = [m.name for m in members if Path(m.name).is_absolute() or not inside(m.name)
                    or ((m.issym() or m.islnk()) and not inside(str(Path(m.name).parent / m.linkname)))]
             if bad:
                 raise ValueError(f"{archive}: refusing to extract members outside {target}: {bad[:3]}.")
-            tf.extractall(root, filter="data")
+            tar.extractall(root, filter="data")
         return [root / m.name for m in members]
     raise ValueError(f"{archive}: expected a .zip or .tar archive.")
 

@@ -11,7 +11,7 @@ object's centre is there and if so its colour, shape, size and exact position;
 name                           what it does
 =============================  =============================================================
 `ObjectImageEncoder`           the pretrained detector as a frozen vision tower (the core
-                               class; lessons 06, 08 and 09 read images through it)
+                               class; lessons 08 and 09, and the lesson-06 benchmark, read images through it)
 `build_object_encoder`         the grid model (per-cell logits) and the token model
 `object_grid_targets`          ShapeWorld scenes -> per-cell training targets
 `pretrain_object_encoder`      trains the grid model, returns the frozen token model
@@ -96,7 +96,7 @@ class ObjectImageEncoder(keras.layers.Layer):
 
 def load_detector(encoder: ObjectImageEncoder, token_model) -> None:
     """Copy a pretrained object detector (the token model `pretrain_object_encoder`
-    returns) into an `ObjectImageEncoder` (a vision tower of lessons 06, 08 and 09)."""
+    returns) into an `ObjectImageEncoder` (the vision tower of lessons 08 and 09 and of the lesson-06 benchmark)."""
     if not isinstance(encoder, ObjectImageEncoder):
         raise TypeError(f"expected an ObjectImageEncoder to load into, got {type(encoder).__name__}.")
     detector = encoder.detector

@@ -24,6 +24,11 @@ def test_console_script_is_installed():
     assert script.value == "mmlm_course.tools.cli:main"
 
 
+def test_the_course_folder_is_the_checkout_whatever_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.course_root() == ROOT
+
+
 def test_help_explains_every_command_and_option():
     out = run("--help").stdout
     for command in ("build-lessons", "check", "execute", "doctor", "benchmark"):

@@ -165,7 +165,6 @@ def test_config_round_trips_and_validates():
     assert mllm.MLLMConfig(**json.loads(json.dumps(dataclasses.asdict(config)))) == config
     assert config.image_size == 64 and config.num_image_tokens == 16 and config.grid_size == 4
     assert mllm.MLLMConfig(image_size=32, stem=1).grid_size == 4
-    assert "encoder_blocks" not in dataclasses.asdict(config)
     assert config.image_mean == preprocessing.SHAPEWORLD_MEAN and config.image_std == preprocessing.SHAPEWORLD_STD
     with pytest.raises(ValueError, match="divisible by stem"):
         mllm.MLLMConfig(image_size=60)

@@ -73,8 +73,7 @@ def test_build_lessons_check_names_stale_and_orphaned_notebooks(tmp_path, capsys
     assert cli.main(args) == 0 and cli.main(args + ["--check"]) == 1  # the orphan is reported, never deleted
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xdist_group(f"lesson-{p.stem}")) for p in LESSONS],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_untouched_lesson_fails_only_with_not_implemented_at_its_checks(path):
     execution = notebooks.execute_notebook(path)
     ids = notebooks.exercise_ids(execution.notebook)

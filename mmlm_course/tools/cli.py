@@ -16,7 +16,7 @@ SYMBOL = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}", "not a
 
 def course_root() -> Path:
     """The course folder: the checkout this package lives in, else the current folder."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # mmlm_course/tools/cli.py -> the checkout
     return checkout if (checkout / "solutions").is_dir() else Path.cwd()
 
 
