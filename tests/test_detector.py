@@ -11,10 +11,7 @@ import keras  # noqa: E402
 
 from mmlm_course import detector, shapeworld  # noqa: E402
 from mmlm_course.shapeworld import Scene, ShapeObject  # noqa: E402
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
+from keras_helpers import to_numpy  # noqa: E402
 
 
 def _scene():
@@ -49,7 +46,7 @@ def _perfect_predictions(scenes):
 
 
 def test_object_tokens_merge_the_cells_of_one_object():
-    tokens = _np(detector.ObjectTokens(num_objects=4)(_perfect_predictions([_scene()])))
+    tokens = to_numpy(detector.ObjectTokens(num_objects=4)(_perfect_predictions([_scene()])))
     assert tokens.shape == (1, 4, len(detector.OBJECT_FEATURES))
     objectness = tokens[0, :, -1]
     assert (objectness > 0.5).sum() == 2, objectness  # four cells of the square count once
@@ -78,7 +75,7 @@ def test_object_encoder_trains_and_outputs_tokens():
 
 def test_centred_positions_rescales_only_the_centre():
     objects = np.random.default_rng(0).uniform(size=(2, 4, 14)).astype(np.float32)
-    centred = _np(detector.CentredPositions()(objects))
+    centred = to_numpy(detector.CentredPositions()(objects))
     x = detector.OBJECT_FEATURES.index("x")
     np.testing.assert_allclose(centred[..., x:x + 2], detector.POSITION_SCALE * (objects[..., x:x + 2] - 0.5),
                                rtol=1e-6)
@@ -94,11 +91,11 @@ def test_load_detector_copies_the_token_model_into_the_vision_tower():
     images = shapeworld.generate(3, "test", seed=0).images
     encoder = detector.ObjectImageEncoder(name="vision")
     detector.load_detector(encoder, token_model)
-    tokens = _np(encoder(images))
-    expected = _np(detector.CentredPositions()(token_model.predict(images, verbose=0)))
+    tokens = to_numpy(encoder(images))
+    expected = to_numpy(detector.CentredPositions()(token_model.predict(images, verbose=0)))
     np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
     # float pixels in [0, 1] read the same as uint8
-    np.testing.assert_allclose(_np(encoder(images.astype(np.float32) / 255.0)), tokens, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(encoder(images.astype(np.float32) / 255.0)), tokens, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="token_model"):
         detector.load_detector(encoder, keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
     with pytest.raises(TypeError, match="ObjectImageEncoder"):
@@ -111,7 +108,7 @@ def test_object_image_encoder_round_trips_and_forwards_its_dtype_policy(tmp_path
     batch = shapeworld.generate(2, "test", seed=1).images
     path = tmp_path / "vision.keras"
     model.save(path)
-    np.testing.assert_allclose(_np(keras.saving.load_model(path)(batch)), _np(model(batch)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(keras.saving.load_model(path)(batch)), to_numpy(model(batch)), rtol=1e-5, atol=1e-5)
     encoder = detector.ObjectImageEncoder(dtype="mixed_float16")
     assert encoder.centred.dtype_policy.name == "mixed_float16"
     assert all(layer.dtype_policy.name == "mixed_float16" for layer in encoder.detector.layers[1:])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmlm_course import encoders as E
+from keras_helpers import round_trip
 
 RNG = np.random.default_rng(0)
 
@@ -191,24 +192,13 @@ def test_shape_trace_prints_every_step(capsys):
 # --------------------------------------------------------------------------- serialization
 
 
-def _round_trip(model, inputs, tmp_path):
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    expected = model(inputs)
-    got = loaded(inputs)
-    for a, b in zip(keras.tree.flatten(expected), keras.tree.flatten(got)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
-    return loaded
-
-
 def test_image_layers_round_trip(tmp_path):
     inputs = keras.Input((16, 16, 3))
     tokens = E.PatchEmbedding(16, 4, 8, use_class_token=True)(inputs)
     vector = E.ConvImageEncoder(filters=(4, 8), embed_dim=8)(inputs)
     grid = E.ConvImageEncoder(filters=(4,), embed_dim=8, output="tokens")(inputs)
     model = keras.Model(inputs, [tokens, vector, grid])
-    loaded = _round_trip(model, RNG.random((2, 16, 16, 3), dtype=np.float32), tmp_path)
+    loaded = round_trip(model, RNG.random((2, 16, 16, 3), dtype=np.float32), tmp_path)
     patches = next(layer for layer in loaded.layers if isinstance(layer, E.PatchEmbedding))
     assert patches.get_config()["use_class_token"]
 
@@ -220,7 +210,7 @@ def test_text_layers_round_trip(tmp_path):
     embedded = keras.layers.Embedding(12, 6, mask_zero=True)(ids)
     outputs.append(E.PositionEmbedding(4, 6)(embedded))
     model = keras.Model(ids, outputs)
-    _round_trip(model, IDS, tmp_path)
+    round_trip(model, IDS, tmp_path)
 
 
 def test_audio_encoder_round_trip(tmp_path):
@@ -229,5 +219,5 @@ def test_audio_encoder_round_trip(tmp_path):
     encoder = E.AudioEncoder(8, filters=(4, 4), strides=(1, 2), embed_dim=6)
     model = keras.Model([spectrogram, frames], encoder(spectrogram, mask=frames))
     mask = np.arange(20)[None].repeat(2, 0) < np.array([[20], [11]])
-    loaded = _round_trip(model, [normal(2, 20, 8), mask], tmp_path)
+    loaded = round_trip(model, [normal(2, 20, 8), mask], tmp_path)
     assert loaded.layers[-1].get_config()["strides"] == [1, 2]

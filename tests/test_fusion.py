@@ -10,6 +10,7 @@ mmlm_course.setup_notebook(seed=0)
 import keras  # noqa: E402
 
 from mmlm_course import detector, fusion  # noqa: E402
+from keras_helpers import round_trip, to_numpy  # noqa: E402
 
 
 def _rng(seed=0):
@@ -20,20 +21,16 @@ def _normal(*shape, seed=0):
     return _rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
 # --------------------------------------------------------------------------- functions
 
 
 def test_early_fusion_tiles_text_over_every_position():
     image, text = _normal(2, 4, 5, 3), _normal(2, 6, seed=1)
-    fused = _np(fusion.early_fusion(image, text))
+    fused = to_numpy(fusion.early_fusion(image, text))
     assert fused.shape == (2, 4, 5, 9)
     np.testing.assert_allclose(fused[..., :3], image)
     np.testing.assert_allclose(fused[:, 2, 3, 3:], text)
-    patches = _np(fusion.early_fusion(_normal(2, 7, 3), text))
+    patches = to_numpy(fusion.early_fusion(_normal(2, 7, 3), text))
     assert patches.shape == (2, 7, 9)
 
 
@@ -48,7 +45,7 @@ def test_concat_fusion_ignores_padding():
     image, text = _normal(2, 5, 3), _normal(2, 4, 2, seed=1)
     mask = np.array([[True, True, False, False], [True, True, True, True]])
     text[0, 2:] = 1e6
-    fused = _np(fusion.concat_fusion(image, text, mask))
+    fused = to_numpy(fusion.concat_fusion(image, text, mask))
     expected_text = np.stack([text[0, :2].mean(0), text[1].mean(0)])
     np.testing.assert_allclose(fused, np.concatenate([image.mean(1), expected_text], -1), rtol=1e-5, atol=1e-5)
 
@@ -66,17 +63,17 @@ def test_concat_fusion_validates_inputs():
 
 def test_product_fusion():
     a, b = _normal(3, 4), _normal(3, 4, seed=1)
-    np.testing.assert_allclose(_np(fusion.product_fusion(a, b)), a * b)
+    np.testing.assert_allclose(to_numpy(fusion.product_fusion(a, b)), a * b)
     with pytest.raises(ValueError, match="product fusion needs vectors of one size"):
         fusion.product_fusion(a, _normal(3, 5))
 
 
 def test_film_scales_and_shifts_channels():
     features, gamma, beta = _normal(2, 3, 4), _normal(2, 4, seed=1), _normal(2, 4, seed=2)
-    np.testing.assert_allclose(_np(fusion.film(features, gamma, beta)), features * gamma[:, None] + beta[:, None],
+    np.testing.assert_allclose(to_numpy(fusion.film(features, gamma, beta)), features * gamma[:, None] + beta[:, None],
                                rtol=1e-6)
     grid = _normal(2, 3, 3, 4)
-    np.testing.assert_allclose(_np(fusion.film(grid, gamma, beta)), grid * gamma[:, None, None] + beta[:, None, None],
+    np.testing.assert_allclose(to_numpy(fusion.film(grid, gamma, beta)), grid * gamma[:, None, None] + beta[:, None, None],
                                rtol=1e-6)
     with pytest.raises(ValueError, match=r"gamma: expected one value per feature channel, shape \(batch, 4\)"):
         fusion.film(features, _normal(2, 3), beta)
@@ -91,7 +88,7 @@ def test_late_fusion_is_a_weighted_sum_of_log_probabilities():
         x = x - x.max(-1, keepdims=True)
         return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
-    np.testing.assert_allclose(_np(fusion.late_fusion(a, b, 0.25)), 0.25 * log_softmax(a) + 0.75 * log_softmax(b),
+    np.testing.assert_allclose(to_numpy(fusion.late_fusion(a, b, 0.25)), 0.25 * log_softmax(a) + 0.75 * log_softmax(b),
                                rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="image_weight"):
         fusion.late_fusion(a, b, 1.5)
@@ -101,17 +98,17 @@ def test_late_fusion_is_a_weighted_sum_of_log_probabilities():
 
 def test_naive_similarity_weights_grow_with_the_square_of_the_scale():
     queries, context = _normal(2, 3, 8), _normal(2, 4, 8, seed=1)
-    output, weights = (_np(t) for t in fusion.naive_similarity_fusion(queries, context))
+    output, weights = (to_numpy(t) for t in fusion.naive_similarity_fusion(queries, context))
     np.testing.assert_allclose(weights, queries @ context.transpose(0, 2, 1), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(output, weights @ context, rtol=1e-4, atol=1e-4)
     _, scaled = fusion.naive_similarity_fusion(10 * queries, 10 * context)
-    np.testing.assert_allclose(_np(scaled), 100 * weights, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(to_numpy(scaled), 100 * weights, rtol=1e-4, atol=1e-3)
 
 
 def test_cross_attention_matches_numpy_and_masks_padding():
     queries, context = _normal(2, 3, 16), _normal(2, 5, 16, seed=1)
     mask = np.array([[True, True, True, False, False], [True] * 5])
-    output, weights = (_np(t) for t in fusion.cross_attention(queries, context, mask))
+    output, weights = (to_numpy(t) for t in fusion.cross_attention(queries, context, mask))
     scores = queries @ context.transpose(0, 2, 1) / 4.0
     scores = np.where(mask[:, None], scores, -np.inf)
     expected = np.exp(scores - scores.max(-1, keepdims=True))
@@ -124,7 +121,7 @@ def test_cross_attention_matches_numpy_and_masks_padding():
 
 def test_object_pairs_holds_every_ordered_pair():
     objects = _normal(2, 3, 4)
-    pairs = _np(fusion.object_pairs(objects))
+    pairs = to_numpy(fusion.object_pairs(objects))
     assert pairs.shape == (2, 3, 3, 8)
     for i in range(3):
         for j in range(3):
@@ -147,14 +144,6 @@ def test_cross_attention_validates_inputs():
 # --------------------------------------------------------------------------- layers
 
 
-def _round_trip(model, inputs, tmp_path):
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(_np(loaded(inputs)), _np(model(inputs)), rtol=1e-5, atol=1e-5)
-    return loaded
-
-
 def test_fusion_layers_round_trip_through_keras_files(tmp_path):
     objects = keras.Input((4, 8), name="objects")
     words = keras.Input((6, 8), name="words")
@@ -171,7 +160,7 @@ def test_fusion_layers_round_trip_through_keras_files(tmp_path):
     model = keras.Model({"objects": objects, "words": words, "mask": mask}, out)
     inputs = {"objects": _normal(3, 4, 8), "words": _normal(3, 6, 8, seed=1),
               "mask": np.array([[True] * 6, [True] * 2 + [False] * 4, [True] * 5 + [False]])}
-    loaded = _round_trip(model, inputs, tmp_path)
+    loaded = round_trip(model, inputs, tmp_path, rtol=1e-5, atol=1e-5)
     assert isinstance(loaded.get_layer("gate"), fusion.FiLM) and loaded.get_layer("gate").mode == "gate"
 
 
@@ -179,7 +168,7 @@ def test_cross_attention_layer_returns_weights_and_checks_batch():
     layer = fusion.CrossAttentionFusion(num_heads=2, key_dim=4)
     out, weights = layer(_normal(2, 3, 5), _normal(2, 6, 7), np.ones((2, 6), bool), return_attention_scores=True)
     assert tuple(out.shape) == (2, 3, 8) and tuple(weights.shape) == (2, 2, 3, 6)
-    np.testing.assert_allclose(_np(weights).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(weights).sum(-1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="mismatched batch sizes: queries \\(image side\\) has 2"):
         layer(_normal(2, 3, 5), _normal(4, 6, 7))
 
@@ -206,11 +195,11 @@ def test_relation_fusion_shapes_grounding_and_empty_slots():
     layer = fusion.RelationFusion(units=12, key_dim=4)
     fused, grounding = layer(objects, tokens, question, mask, objectness, return_grounding=True)
     assert tuple(fused.shape) == (3, 24) and tuple(grounding.shape) == (3, 4, 6)
-    assert np.all(_np(grounding)[1, :, 2:] == 0)  # padded words describe no object
+    assert np.all(to_numpy(grounding)[1, :, 2:] == 0)  # padded words describe no object
     assert layer.count_params() == (14 + 1) * 4 + (8 + 1) * 4 + (2 * (14 + 6) + 5 + 1) * 12 + (12 + 1) * 12
     changed = objects.copy()
     changed[:, -1] = 100.0  # what an empty slot holds does not matter
-    np.testing.assert_allclose(_np(layer(changed, tokens, question, mask, objectness)), _np(fused), rtol=1e-5,
+    np.testing.assert_allclose(to_numpy(layer(changed, tokens, question, mask, objectness)), to_numpy(fused), rtol=1e-5,
                                atol=1e-5)
     assert tuple(layer(objects, tokens, question).shape) == (3, 24)  # no mask, every slot an object
 
@@ -220,12 +209,12 @@ def test_relation_fusion_equals_its_formula_on_every_pair():
     objects, tokens, question, mask, objectness = _relation_inputs()
     layer = fusion.RelationFusion(units=12, key_dim=4)
     fused, grounding = layer(objects, tokens, question, mask, objectness, return_grounding=True)
-    pairs = _np(fusion.object_pairs(np.concatenate([objects, _np(grounding)], axis=-1)))  # (3, 4, 4, 2 (14 + 6))
+    pairs = to_numpy(fusion.object_pairs(np.concatenate([objects, to_numpy(grounding)], axis=-1)))  # (3, 4, 4, 2 (14 + 6))
     q = np.broadcast_to(question[:, None, None, :], pairs.shape[:3] + (question.shape[-1],))
-    scores = _np(layer.pair_output(layer.pair_hidden(np.concatenate([pairs, q], axis=-1))))  # (3, 4, 4, 12)
+    scores = to_numpy(layer.pair_output(layer.pair_hidden(np.concatenate([pairs, q], axis=-1))))  # (3, 4, 4, 12)
     scores = scores * objectness[:, :, None, :] * objectness[:, None, :, :]
     expected = np.concatenate([scores.mean(axis=(1, 2)), scores.max(axis=(1, 2))], axis=-1)
-    np.testing.assert_allclose(_np(fused), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(fused), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_relation_fusion_validates_inputs():
@@ -258,7 +247,7 @@ def test_relation_layers_round_trip_through_keras_files(tmp_path):
                         keras.layers.Dense(3)(fused))
     inputs = {"objects": _rng().uniform(size=(3, 4, 14)).astype(np.float32), "tokens": _normal(3, 6, 8, seed=1),
               "mask": _relation_inputs()[3], "objectness": _relation_inputs()[4]}
-    loaded = _round_trip(model, inputs, tmp_path)
+    loaded = round_trip(model, inputs, tmp_path, rtol=1e-5, atol=1e-5)
     assert loaded.get_layer("centred").scale == 4.0
     assert (loaded.get_layer("relation").units, loaded.get_layer("relation").key_dim) == (8, 4)
 
@@ -268,15 +257,15 @@ def test_cross_attention_layer_ignores_padded_context():
     queries, context = _normal(2, 3, 5), _normal(2, 6, 7, seed=1)
     mask = np.array([[True] * 4 + [False] * 2, [True] * 6])
     out, weights = layer(queries, context, mask, return_attention_scores=True)
-    assert np.all(_np(weights)[0, :, :, 4:] == 0)
+    assert np.all(to_numpy(weights)[0, :, :, 4:] == 0)
     changed = context.copy()
     changed[0, 4:] = 1e3  # junk in the padding changes nothing
-    np.testing.assert_allclose(_np(layer(queries, changed, mask)), _np(out), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer(queries, changed, mask)), to_numpy(out), rtol=1e-5, atol=1e-5)
 
 
 def test_product_fusion_layer_normalises_before_the_product():
     layer = fusion.ProductFusion(12)
-    out = _np(layer(1e4 * _normal(3, 5), _normal(3, 7, seed=1)))
+    out = to_numpy(layer(1e4 * _normal(3, 5), _normal(3, 7, seed=1)))
     assert out.shape == (3, 12) and np.all(np.abs(out) < 1.0) and out.std() > 0.05  # not saturated
     assert layer.count_params() == (5 + 1) * 12 + (7 + 1) * 12 + 4 * 12
     with pytest.raises(ValueError, match="mismatched batch sizes"):

@@ -11,18 +11,7 @@ import keras  # noqa: E402
 
 from mmlm_course import detector, qa, shapeworld  # noqa: E402
 from mmlm_course.preprocessing import Tokenizer  # noqa: E402
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
-def _round_trip(model, inputs, tmp_path):
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(_np(loaded(inputs)), _np(model(inputs)), rtol=1e-5, atol=1e-5)
-    return loaded
+from keras_helpers import round_trip, to_numpy  # noqa: E402
 
 
 def _perfect_tokens(scenes):
@@ -34,7 +23,7 @@ def _perfect_tokens(scenes):
               "shape": (big * np.eye(3)[targets["shape"]]).astype(np.float32),
               "size": (big * np.eye(2)[targets["size"]]).astype(np.float32),
               "offset": targets["offset"]}
-    return _np(detector.ObjectTokens()(logits))
+    return to_numpy(detector.ObjectTokens()(logits))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +69,7 @@ def test_qa_arrays_and_models_work_on_another_dataset():
                                   answer_set=OWN_ANSWERS, image_shape=(32, 48, 1), token_features=5)
         logits = model(qa.inputs_for(model, arrays))
         assert tuple(logits.shape) == (30, len(OWN_ANSWERS)), method
-        assert np.all(np.isfinite(_np(logits)))
+        assert np.all(np.isfinite(to_numpy(logits)))
     history = qa.fit_qa_model(model, arrays, epochs=1, batch_size=8, validation=arrays)
     assert {"loss", "val_loss", "val_accuracy"} <= set(history.history)
 
@@ -140,7 +129,7 @@ def test_every_qa_model_builds_and_predicts(method, qa_data):
     model = qa.build_qa_model(method, width=16)
     logits = model(qa.inputs_for(model, qa_data))
     assert tuple(logits.shape) == (24, len(qa.ANSWERS))
-    assert np.all(np.isfinite(_np(logits)))
+    assert np.all(np.isfinite(to_numpy(logits)))
 
 
 def test_qa_model_round_trips_and_trains(qa_data, tmp_path):
@@ -149,7 +138,7 @@ def test_qa_model_round_trips_and_trains(qa_data, tmp_path):
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
     history = qa.fit_qa_model(model, qa_data, epochs=1, batch_size=8, callbacks=[callback])
     assert np.isfinite(history.history["loss"][0]) and seen == [0]
-    _round_trip(model, qa.inputs_for(model, qa_data), tmp_path)
+    round_trip(model, qa.inputs_for(model, qa_data), tmp_path, rtol=1e-5, atol=1e-5)
     predicted = qa.predict_answers(model, qa_data, batch_size=10)
     assert predicted.shape == (24,)
 
@@ -163,7 +152,7 @@ def test_only_the_relation_model_tells_subject_from_reference(qa_data):
     for method in ("concat", "relation"):
         keras.utils.set_random_seed(0)
         model = qa.build_qa_model(method, width=16)
-        logits[method] = _np(model({"objects": objects, "token_ids": token_ids}))
+        logits[method] = to_numpy(model({"objects": objects, "token_ids": token_ids}))
     # A mean over (word + position) embeddings is a bag of words: both questions look the same.
     np.testing.assert_allclose(logits["concat"][0], logits["concat"][1], rtol=1e-5, atol=1e-6)
     assert np.abs(logits["relation"][0] - logits["relation"][1]).max() > 1e-4
