@@ -357,18 +357,19 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
 
 
 def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
-    """Plot ``count`` images with their generated caption and answer into ``path``."""
-    import matplotlib
+    """Plot ``count`` images with their generated caption and answer into ``path``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Draws on a `matplotlib.figure.Figure` of its own, never through pyplot, so it neither
+    changes the backend nor shows up in (or hides figures from) a notebook."""
+    from matplotlib.figure import Figure
 
     from mmlm_course import generation
 
     images = data.images[:count]
     captions = generation.generate_texts(model, tokenizer, images, [""] * len(images))
     answers = generation.generate_texts(model, tokenizer, images, data.questions[:count])
-    fig, axes = plt.subplots(2, (count + 1) // 2, figsize=(3 * ((count + 1) // 2), 7))
+    fig = Figure(figsize=(3 * ((count + 1) // 2), 7))
+    axes = fig.subplots(2, (count + 1) // 2)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(images):
@@ -379,7 +380,6 @@ def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
                      fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def load_trained(run_dir):

@@ -7,7 +7,7 @@ no lesson module imports from here.
 """
 
 from mmlm_course.exercises.checker import (CHECK_LOG_ENV, CheckFailed, Checker, Exercise, ExerciseNotAttempted,
-                                           check, exercise, registry, run_check)
+                                           STRICT_ENV, check, exercise, registry, run_check)
 
-__all__ = ["CHECK_LOG_ENV", "CheckFailed", "Checker", "Exercise", "ExerciseNotAttempted", "check", "exercise",
-           "registry", "run_check"]
+__all__ = ["CHECK_LOG_ENV", "STRICT_ENV", "CheckFailed", "Checker", "Exercise", "ExerciseNotAttempted", "check",
+           "exercise", "registry", "run_check"]

@@ -10,7 +10,7 @@ from pathlib import Path
 # Importing env first sets TF_CPP_MIN_LOG_LEVEL before anything loads TensorFlow.
 from mmlm_course import env
 
-SYMBOL = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}", "not attempted": "\N{HOURGLASS}",
+SYMBOL = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}", "not attempted": "\N{HOURGLASS WITH FLOWING SAND}",
           "not run": "\N{WARNING SIGN}"}
 
 

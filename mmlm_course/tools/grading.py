@@ -1088,7 +1088,7 @@ async def run_notebook(notebook: dict, last_cell: int, cwd: Path, ipython_dir: P
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "00-mmlm-grader.py").write_text(_kernel_startup_file(protected, [str(cwd.parent)]))
     nb = nbformat.from_dict(copy.deepcopy(notebook))
-    env = {k: v for k, v in os.environ.items() if k not in ("MMLM_COURSE_CHECK_LOG",) and not k.startswith("JPY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMLM_COURSE_", "JPY_"))}
     env["IPYTHONDIR"] = str(ipython_dir)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             interrupt_on_timeout=False, shutdown_kernel="immediate",
@@ -1168,7 +1168,7 @@ def check_functions(snapshot: CourseSnapshot, plan: LessonPlan, notebook: dict, 
         job = {"nonce": nonce, "fd": write_end, "sources": snapshot.sources, "setup": plan.setup,
                "check_module": check_module if f"lesson{plan.number}" in snapshot.check_modules else None,
                "exercises": pending, "protected": protected, "allowed": [str(work)]}
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MMLM_COURSE_CHECK_LOG"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MMLM_COURSE_"))}
         env.update(MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3")
         stderr_path = scratch / f"checks-{attempt}.stderr"
         with open(stderr_path, "wb") as stderr:
@@ -1431,7 +1431,7 @@ def write_outputs(grades: list[LearnerGrade], snapshot: CourseSnapshot, out_dir:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
-SYMBOLS = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}", "not attempted": "\N{HOURGLASS}",
+SYMBOLS = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}", "not attempted": "\N{HOURGLASS WITH FLOWING SAND}",
            "error": "\N{WARNING SIGN}"}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 
-from mmlm_course.exercises import CHECK_LOG_ENV
+from mmlm_course.exercises import CHECK_LOG_ENV, STRICT_ENV
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CHECK_CALL = re.compile(r"""^\s*check\(\s*["']([\w.]+)["']""", re.MULTILINE)
@@ -133,11 +133,13 @@ class Execution:
     check_log: list[dict]
 
 
-def execute_notebook(path: Path, timeout: int = 600, cwd: Path | None = None) -> Execution:
+def execute_notebook(path: Path, timeout: int = 600, cwd: Path | None = None, strict: bool = False) -> Execution:
     """Run every cell of a notebook in a fresh kernel, continuing after errors.
 
-    Returns the executed notebook, its wall time, every cell error and the exercise
-    check results the kernel logged (see `mmlm_course.exercises`).
+    Checks behave as in JupyterLab (they show their result and never raise) unless
+    ``strict``, where a failed or unattempted check raises as under nbval. Returns the
+    executed notebook, its wall time, every cell error and the exercise check results the
+    kernel logged (see `mmlm_course.exercises`).
     """
     from nbclient import NotebookClient
 
@@ -145,19 +147,15 @@ def execute_notebook(path: Path, timeout: int = 600, cwd: Path | None = None) ->
     nb = read_notebook(path)
     with tempfile.TemporaryDirectory() as scratch:
         log_path = Path(scratch) / "checks.jsonl"
-        previous = os.environ.get(CHECK_LOG_ENV)
-        os.environ[CHECK_LOG_ENV] = str(log_path)
-        try:
-            client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                                    resources={"metadata": {"path": str(cwd or path.parent)}})
-            start = time.perf_counter()
-            client.execute()
-            seconds = time.perf_counter() - start
-        finally:
-            if previous is None:
-                os.environ.pop(CHECK_LOG_ENV, None)
-            else:
-                os.environ[CHECK_LOG_ENV] = previous
+        env = {k: v for k, v in os.environ.items() if k not in (CHECK_LOG_ENV, STRICT_ENV)}
+        env[CHECK_LOG_ENV] = str(log_path)
+        if strict:
+            env[STRICT_ENV] = "1"
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
+                                resources={"metadata": {"path": str(cwd or path.parent)}})
+        start = time.perf_counter()
+        client.execute(env=env)
+        seconds = time.perf_counter() - start
         log = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     errors = [CellError(i, out.ename, out.evalue, cell.source)
               for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
