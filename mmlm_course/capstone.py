@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -368,7 +369,7 @@ def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
     images = data.images[:count]
     captions = generation.generate_texts(model, tokenizer, images, [""] * len(images))
     answers = generation.generate_texts(model, tokenizer, images, data.questions[:count])
-    fig = Figure(figsize=(3 * ((count + 1) // 2), 7))
+    fig = Figure(figsize=(3 * ((count + 1) // 2), 8))
     axes = fig.subplots(2, (count + 1) // 2)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -376,15 +377,16 @@ def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
             continue
         ax.imshow(images[i])
         verdict = "true" if shapeworld.caption_is_true(captions[i], data.scenes[i]) else "FALSE"
-        ax.set_title(f"{captions[i]} ({verdict})\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})",
-                     fontsize=7)
+        title = textwrap.fill(f"{captions[i]} ({verdict})", 34)
+        ax.set_title(f"{title}\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
 
 def load_trained(run_dir):
     """(model, tokenizer, config) of a finished run (its ``model.keras``), or of its
-    latest checkpoint when the run was interrupted."""
+    latest checkpoint when the run was interrupted. For inference: the model comes back
+    without its optimizer (``compile=False``); resuming training reads the checkpoints."""
     import keras
 
     from mmlm_course import mllm, preprocessing
@@ -393,7 +395,7 @@ def load_trained(run_dir):
     config = load_config(run_dir)
     tokenizer = preprocessing.Tokenizer.load(folder.vocab_path)
     if folder.model_path.exists():
-        return keras.models.load_model(folder.model_path), tokenizer, config
+        return keras.models.load_model(folder.model_path, compile=False), tokenizer, config
     latest = folder.checkpoints.latest()
     if latest is None:
         raise FileNotFoundError(f"{run_dir} has neither model.keras nor a checkpoint: train it first.")

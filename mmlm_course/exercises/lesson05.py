@@ -223,3 +223,79 @@ def _check_recall_at_k(c: Checker) -> None:
                 hint = "the rank of the true item is the number of candidates whose score is at least as high"
             c.fail(label, f"expected {expected}, got {got}", hint)
         c.passed.append(label)
+
+
+# --------------------------------------------------------------------------- 05.adam_step
+
+
+def _adam64(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+    """Kingma & Ba's Algorithm 1, one step, in float64."""
+    param, grad, m, v = (np.asarray(a, np.float64) for a in (param, grad, m, v))
+    m = beta_1 * m + (1 - beta_1) * grad
+    v = beta_2 * v + (1 - beta_2) * grad ** 2
+    m_hat, v_hat = m / (1 - beta_1 ** t), v / (1 - beta_2 ** t)
+    return param - learning_rate * m_hat / (np.sqrt(v_hat) + epsilon), m, v
+
+
+def _adam_without_bias_correction(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+    m = beta_1 * m + (1 - beta_1) * grad
+    v = beta_2 * v + (1 - beta_2) * grad ** 2
+    return param - learning_rate * m / (np.sqrt(v) + epsilon), m, v
+
+
+def _adam_variant(**change):
+    def step(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        g2 = np.abs(grad) if change.get("abs_grad") else grad ** 2
+        b1, b2 = (beta_2, beta_1) if change.get("swap_betas") else (beta_1, beta_2)
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * g2
+        m_hat, v_hat = m / (1 - beta_1 ** t), v / (1 - beta_2 ** t)
+        denominator = v_hat + epsilon if change.get("no_sqrt") else np.sqrt(v_hat) + epsilon
+        sign = 1 if change.get("ascent") else -1
+        return param + sign * learning_rate * m_hat / denominator, m, v
+    return step
+
+
+@exercise(
+    "05.adam_step",
+    reference=_adam64,
+    mistakes={
+        "no bias correction: the first steps are far too large": _adam_without_bias_correction,
+        "beta_1 and beta_2 swapped in the moment updates": _adam_variant(swap_betas=True),
+        "|g| instead of g**2 in the second moment": _adam_variant(abs_grad=True),
+        "divides by v_hat instead of its square root": _adam_variant(no_sqrt=True),
+        "adds the update: gradient ascent": _adam_variant(ascent=True),
+        "returns only the new parameters": lambda param, grad, m, v, t, **kw: _adam64(param, grad, m, v, t, **kw)[0],
+    },
+)
+def _check_adam_step(c: Checker) -> None:
+    rng = np.random.default_rng(8)
+    shape = (3, 4)
+    param = rng.normal(size=shape).astype(np.float32)
+    grad = (rng.normal(size=shape) * rng.choice([0.1, 1.0, 3.0], size=shape)).astype(np.float32)
+    zeros = np.zeros(shape, np.float32)
+    m_old = (0.1 * rng.normal(size=shape)).astype(np.float32)
+    v_old = (0.1 * rng.random(size=shape) + 0.01).astype(np.float32)
+    cases = [
+        ("the first step (t=1, zero moments)", (param, grad, zeros, zeros, 1), {}),
+        ("step t=5 with moments from earlier steps", (param, grad, m_old, v_old, 5), {}),
+        ("step t=1000", (param, grad, m_old, v_old, 1000), {}),
+        ("t=3 with learning_rate=0.1, beta_1=0.5, beta_2=0.9", (param, grad, m_old, v_old, 3),
+         dict(learning_rate=0.1, beta_1=0.5, beta_2=0.9)),
+    ]
+    hint_for = {
+        "param": "param - learning_rate * m_hat / (sqrt(v_hat) + epsilon), with m_hat = m / (1 - beta_1**t) and "
+                 "v_hat = v / (1 - beta_2**t): the bias correction matters most in the first steps",
+        "m": "m = beta_1 * m + (1 - beta_1) * grad",
+        "v": "v = beta_2 * v + (1 - beta_2) * grad**2 (the square of the gradient, element by element)",
+    }
+    for what, args, kwargs in cases:
+        got = c.call(*args, **kwargs)
+        c.expect_type(f"result of {what}", got, (tuple, list),
+                      hint="return the tuple (new_param, new_m, new_v)")
+        if len(got) != 3:
+            c.fail(f"result of {what}", f"expected 3 values (new_param, new_m, new_v), got {len(got)}",
+                   "return all three: the caller keeps m and v for the next step")
+        expected = _adam64(*args, **kwargs)
+        for name, value, want in zip(("param", "m", "v"), got, expected):
+            c.expect_close(f"new {name} after {what}", value, want, atol=1e-6, rtol=1e-4, hint=hint_for[name])

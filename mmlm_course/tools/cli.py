@@ -98,7 +98,7 @@ def cmd_benchmark(args) -> int:
     root = course_root()
     paths = [Path(p) for p in args.notebooks] or sorted((root / "solutions").glob("*.ipynb"))
     print("Executing notebooks ...", flush=True)
-    rows = [] if args.skip_notebooks else benchmark.time_notebooks(paths)
+    rows, calibration = ([], None) if args.skip_notebooks else benchmark.time_notebooks(paths)
     quality = []
     for name, task in tasks.items():
         if args.only and name not in args.only:
@@ -106,12 +106,16 @@ def cmd_benchmark(args) -> int:
         print(f"Quality task {name} ...", flush=True)
         quality.append({"task": name, **task()})
     print()
+    if calibration:
+        print(f"calibration notebook: {calibration['before_s']} s before, {calibration['after_s']} s after the "
+              f"notebooks (reference machine: {calibration['reference_s']} s); ratio = seconds / "
+              f"{calibration['unit_s']} s")
     print(benchmark.format_table(rows) if rows else "")
     for row in quality:
         print()
         print(benchmark.format_table([row]))
     if args.json:
-        Path(args.json).write_text(json.dumps({"notebooks": rows, "quality": quality}, indent=2))
+        Path(args.json).write_text(json.dumps({"calibration": calibration, "notebooks": rows, "quality": quality}, indent=2))
     return 0 if all(r["within"] and not r["errors"] for r in rows) else 1
 
 
