@@ -49,3 +49,40 @@ def _adam_in_place_returning_a_list(param, grad, m, v, t, learning_rate=1e-3, be
                          ids=lambda f: f.__name__)
 def test_other_correct_adam_updates_pass(answer):
     assert exercises.run_check("05.adam_step", answer)
+
+
+def _block_answer(call):
+    """The notebook's TransformerBlock class with a learner's ``call``."""
+    import keras
+
+    from mmlm_course import attention
+
+    def __init__(self, embed_dim, num_heads, mlp_dim, **kwargs):
+        keras.layers.Layer.__init__(self, **kwargs)
+        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5)
+        self.attention = attention.MultiHeadAttention(num_heads, embed_dim // num_heads)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5)
+        self.mlp_in = keras.layers.Dense(mlp_dim, activation="gelu")
+        self.mlp_out = keras.layers.Dense(embed_dim)
+        self.supports_masking = True
+
+    return type("TransformerBlock", (keras.layers.Layer,), {"__init__": __init__, "call": call})
+
+
+def _block_with_add_layers(self, x, mask=None, training=None):
+    import keras
+    h = self.attention(self.norm1(x), mask=mask, training=training)
+    x = keras.layers.Add()([x, h])
+    return keras.layers.Add()([x, self.mlp_out(self.mlp_in(self.norm2(x)))])
+
+
+def _block_with_context_mask(self, x, mask=None):
+    h = self.norm1(x)
+    x = x + self.attention(h, context=h, mask=mask, context_mask=mask)
+    y = self.norm2(x)
+    return x + self.mlp_out(self.mlp_in(y))
+
+
+@pytest.mark.parametrize("call", [_block_with_add_layers, _block_with_context_mask], ids=lambda f: f.__name__)
+def test_other_correct_transformer_blocks_pass(call):
+    assert exercises.run_check("03.transformer_block", _block_answer(call))

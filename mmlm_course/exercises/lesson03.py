@@ -1,7 +1,10 @@
-"""Checks for lesson 03: encoders (parameter counts, patches, masked pooling, attention)."""
+"""Checks for lesson 03: encoders (parameter counts, patches, masked pooling, attention, the block)."""
 
 from __future__ import annotations
 
+import warnings
+
+import keras
 import numpy as np
 
 from mmlm_course import attention, encoders
@@ -247,3 +250,107 @@ def _check_scaled_dot_product_attention(c: Checker) -> None:
         c.expect_close(f"{name}: output", got[0], expected_output, atol=1e-5,
                        hint="output = weights @ value, shape (batch, [heads,] q_len, d_v)")
     c.passed.append("scaling, softmax axis and masks")
+
+
+# --------------------------------------------------------------------------- 03.transformer_block
+
+
+class _BlockParts(keras.layers.Layer):
+    """The parts of a pre-norm block, exactly as the notebook's ``__init__`` creates them."""
+
+    def __init__(self, embed_dim, num_heads, mlp_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5)
+        self.attention = attention.MultiHeadAttention(num_heads, embed_dim // num_heads)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5)
+        self.mlp_in = keras.layers.Dense(mlp_dim, activation="gelu")
+        self.mlp_out = keras.layers.Dense(embed_dim)
+        self.supports_masking = True
+
+
+def _pre_norm_forward(block, x, mask=None):
+    x = x + block.attention(block.norm1(x), mask=mask)
+    return x + block.mlp_out(block.mlp_in(block.norm2(x)))
+
+
+class _ReferenceBlock(_BlockParts):
+    def call(self, x, mask=None):
+        return _pre_norm_forward(self, x, mask)
+
+
+def _post_norm(b, x, mask):
+    x = b.norm1(x + b.attention(x, mask=mask))
+    return b.norm2(x + b.mlp_out(b.mlp_in(x)))
+
+
+def _no_attention_residual(b, x, mask):
+    x = b.attention(b.norm1(x), mask=mask)
+    return x + b.mlp_out(b.mlp_in(b.norm2(x)))
+
+
+def _no_mlp_residual(b, x, mask):
+    x = x + b.attention(b.norm1(x), mask=mask)
+    return b.mlp_out(b.mlp_in(b.norm2(x)))
+
+
+def _norm1_twice(b, x, mask):
+    x = x + b.attention(b.norm1(x), mask=mask)
+    return x + b.mlp_out(b.mlp_in(b.norm1(x)))
+
+
+def _parallel_mlp(b, x, mask):
+    return x + b.attention(b.norm1(x), mask=mask) + b.mlp_out(b.mlp_in(b.norm2(x)))
+
+
+def _block_mistake(forward):
+    return type("MistakenBlock", (_BlockParts,), {"call": lambda self, x, mask=None: forward(self, x, mask)})
+
+
+_BLOCK_PARTS = ("norm1", "attention", "norm2", "mlp_in", "mlp_out")
+
+
+@exercise(
+    "03.transformer_block",
+    reference=_ReferenceBlock,
+    mistakes={
+        "post-norm (LayerNorm after the residual sum)": _block_mistake(_post_norm),
+        "no residual around the attention": _block_mistake(_no_attention_residual),
+        "no residual around the MLP": _block_mistake(_no_mlp_residual),
+        "norm1 used twice": _block_mistake(_norm1_twice),
+        "the MLP reads the block's input, not the attention's output": _block_mistake(_parallel_mlp),
+        "ignores the padding mask": _block_mistake(lambda b, x, m: _pre_norm_forward(b, x, None)),
+    },
+)
+def _check_transformer_block(c: Checker) -> None:
+    with warnings.catch_warnings():              # Keras' build / mask warnings about a wrong answer's unused layers
+        warnings.simplefilter("ignore")
+        _check_block(c)
+
+
+def _check_block(c: Checker) -> None:
+    if not (isinstance(c.candidate, type) and issubclass(c.candidate, keras.layers.Layer)):
+        c.fail("your answer", f"expected the class itself (a keras.layers.Layer subclass), got "
+                              f"{type(c.candidate).__name__}",
+               "pass the class, not an instance: check(\"03.transformer_block\", TransformerBlock)")
+    rng = np.random.default_rng(3)
+    block = c.call(16, 2, 32)                               # embed_dim, num_heads, mlp_dim
+    missing = [name for name in _BLOCK_PARTS if not isinstance(getattr(block, name, None), keras.layers.Layer)]
+    if missing:
+        c.fail("the block's layers", f"missing {missing}",
+               "keep the layers that __init__ creates (norm1, attention, norm2, mlp_in, mlp_out) and write call()")
+    run = Checker(c.exercise_id, block)                     # calling the block: crashes become one line
+    x = rng.normal(size=(2, 6, 16)).astype(np.float32)
+    mask = np.array([[True] * 6, [True] * 4 + [False] * 2])
+    first = run.call(x, mask=mask)                          # builds the layers it uses
+    c.expect_array("output of the block for x (2, 6, 16)", first, (2, 6, 16),
+                   hint="a block keeps the shape: (batch, time, embed_dim) in and out")
+    for part in _BLOCK_PARTS:                               # random weights: the two LayerNorms now differ
+        layer = getattr(block, part)
+        if layer.get_weights():
+            layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype(np.float32) for w in layer.get_weights()])
+    hint = ("pre-norm: x = x + attention(norm1(x), mask=mask), then x = x + mlp_out(mlp_in(norm2(x))); "
+            "call the attention with one input so that the padding mask also hides the padded keys")
+    for what, m in (("without a mask", None), ("with a padding mask", mask)):
+        got = run.call(x, mask=m)
+        expected = _np(_pre_norm_forward(block, x, m))
+        c.expect_close(f"output {what} (random weights)", got, expected, atol=1e-4, rtol=1e-4, hint=hint)
