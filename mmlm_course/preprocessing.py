@@ -5,8 +5,9 @@ one set of pixel statistics: `IMAGENET_MEAN` / `IMAGENET_STD` for photos,
 `SHAPEWORLD_MEAN` / `SHAPEWORLD_STD` for ShapeWorld), resizing and a caption-preserving
 horizontal flip. Text: a word-level `Tokenizer` with special tokens (the one tokenizer of
 the course: `Tokenizer.for_shapeworld` for ShapeWorld, `Tokenizer.from_texts` for your own
-data), encode / decode, `Tokenizer.encode_batch` for many texts, padding with a mask. A
-`tf.data` pipeline puts them together.
+data), encode / decode, `Tokenizer.encode_batch` for many texts, padding with a mask.
+Sub-words: a small byte-pair-encoding learner (`learn_bpe`, `bpe_segment`) that shows how
+large language models avoid unknown words. A `tf.data` pipeline puts them together.
 """
 
 from __future__ import annotations
@@ -295,6 +296,83 @@ def pad_sequences(sequences: Sequence[Sequence[int]], max_length: int | None = N
         ids[row, : len(kept)] = kept
         mask[row, : len(kept)] = True
     return ids, mask
+
+
+# --------------------------------------------------------------------------- sub-words (BPE)
+
+END_OF_WORD = "</w>"  # BPE's end-of-word marker: "est</w>" ends a word, "est" may not
+
+
+def _check_word(word, name: str) -> str:
+    if not isinstance(word, str):
+        raise TypeError(f"{name}: expected a str (one word), got {type(word).__name__} {word!r}.")
+    if not word or any(c.isspace() for c in word):
+        raise ValueError(f"{name}: expected one non-empty word without spaces, got {word!r}; split texts "
+                         "into words first with preprocessing.split_words(text).")
+    return word
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    """Replace every adjacent ``pair`` in ``symbols``, left to right, by its concatenation."""
+    merged, i = [], 0
+    while i < len(symbols):
+        if symbols[i:i + 2] == pair:
+            merged.append(pair[0] + pair[1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return tuple(merged)
+
+
+def learn_bpe(words: Sequence[str], num_merges: int) -> list[tuple[str, str]]:
+    """Learn byte-pair-encoding merges from a corpus of words (Sennrich et al., 2016).
+
+    Every word starts as its characters plus `END_OF_WORD` ("low" -> l o w </w>). Each
+    step counts the pairs of adjacent symbols over the corpus (a word that occurs 5 times
+    counts 5 times), merges the most frequent pair into one new symbol everywhere, and
+    records it. **Ties** go to the pair seen first when the corpus is read from its start
+    (words in the order they first occur, symbols left to right): the rule of the paper's
+    reference code, so the result is deterministic. Learning stops early, with fewer
+    merges, once every word is a single symbol.
+
+    ``words``: list of str, one entry per occurrence, no spaces (``split_words(text)``).
+    ``num_merges``: int >= 0. Returns the merges in the order learned, as ``(left, right)``
+    pairs of str; the vocabulary is the characters, ``</w>`` and one symbol per merge.
+    """
+    if isinstance(words, str) or not isinstance(words, Iterable):
+        raise TypeError(f"words: expected a list of words (str), got {type(words).__name__} {words!r:.40}; "
+                        "split a text with preprocessing.split_words(text).")
+    words = [_check_word(word, f"words[{i}]") for i, word in enumerate(words)]
+    if not words:
+        raise ValueError("words: expected at least one word, got an empty list; give the words of your corpus.")
+    num_merges = require_int(num_merges, "num_merges", low=0)
+    corpus = {tuple(word) + (END_OF_WORD,): count for word, count in Counter(words).items()}  # first-seen order
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for symbols, count in corpus.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:  # every word is one symbol: nothing left to merge
+            break
+        best = max(pairs, key=pairs.get)  # the most frequent pair; on a tie, the first one seen
+        merges.append(best)
+        corpus = {_merge_pair(symbols, best): count for symbols, count in corpus.items()}
+    return merges
+
+
+def bpe_segment(word: str, merges: Sequence[tuple[str, str]]) -> list[str]:
+    """Split one word into sub-words: its characters plus `END_OF_WORD`, then every merge
+    of `learn_bpe` applied in the order it was learned. A word never seen in training
+    still splits into known pieces ("lowest" -> ["low", "est</w>"]); only a character
+    outside the training alphabet stays a piece of its own that the vocabulary lacks."""
+    symbols = tuple(_check_word(word, "word")) + (END_OF_WORD,)
+    for i, pair in enumerate(merges):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise TypeError(f"merges[{i}]: expected a pair of str (left, right) as learn_bpe returns, got {pair!r}.")
+        symbols = _merge_pair(symbols, pair)
+    return list(symbols)
 
 
 # --------------------------------------------------------------------------- tf.data

@@ -138,6 +138,21 @@ def _place_object(rng, others, allowed) -> ShapeObject | None:
     return None
 
 
+def rotate_scene_180(scene: Scene) -> Scene:
+    """The scene an image rotated by 180 degrees about its centre shows: every object
+    centre (x, y) moves to (1 - x, 1 - y), rounded to 4 decimals like sampled positions.
+
+    Every relation turns into its `OPPOSITE`: "a circle is to the left of a square" is
+    false of the rotated scene and "a circle is to the right of a square" true. (Shapes are
+    kept as they are: a rotated image shows its triangles upside down, the re-rendered
+    rotated scene draws them upright.) Rotating twice gives the scene back.
+    """
+    if not isinstance(scene, Scene):
+        raise TypeError(f"scene: expected a shapeworld.Scene, got {type(scene).__name__}; "
+                        "take one from shapeworld.generate(...).scenes.")
+    return Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4), y=round(1.0 - o.y, 4)) for o in scene.objects))
+
+
 # --------------------------------------------------------------------------- images
 
 

@@ -168,3 +168,80 @@ def test_tf_data_pipeline_batches_and_checks_batch_sizes():
     assert batches[0][0].dtype.name == "float32"
     with pytest.raises(ValueError, match="same batch size"):
         pp.make_image_text_dataset(images, ids[:9])
+
+
+# --------------------------------------------------------------------------- sub-words (BPE)
+
+SENNRICH_CORPUS = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6 + ["widest"] * 3
+
+
+def test_learn_bpe_finds_the_merges_of_sennrich_et_al():
+    merges = pp.learn_bpe(SENNRICH_CORPUS, 10)
+    assert merges == [("e", "s"), ("es", "t"), ("est", "</w>"), ("l", "o"), ("lo", "w"), ("n", "e"),
+                      ("ne", "w"), ("new", "est</w>"), ("low", "</w>"), ("w", "i")]
+    assert pp.learn_bpe(SENNRICH_CORPUS, 3) == merges[:3]  # fewer merges: a prefix of the same list
+    assert pp.learn_bpe(SENNRICH_CORPUS, 0) == []
+
+
+def test_learn_bpe_breaks_ties_by_the_first_pair_seen():
+    # ("a", "b") and ("c", "d") both occur twice: the pair seen first wins, whatever the alphabet says
+    assert pp.learn_bpe(["cd", "ab", "cd", "ab"], 1) == [("c", "d")]
+    assert pp.learn_bpe(["ab", "cd", "ab", "cd"], 1) == [("a", "b")]
+    assert pp.learn_bpe(["ab", "cd", "cd", "ab", "x"], 1) == [("a", "b")]
+    # a more frequent pair beats an earlier one
+    assert pp.learn_bpe(["ab", "cd", "cd"], 1) == [("c", "d")]
+
+
+def test_learn_bpe_stops_when_every_word_is_one_symbol():
+    merges = pp.learn_bpe(["ab", "ab", "a"], 100)
+    assert merges == [("a", "b"), ("ab", "</w>"), ("a", "</w>")]
+    assert pp.bpe_segment("ab", merges) == ["ab</w>"] and pp.bpe_segment("a", merges) == ["a</w>"]
+
+
+def test_bpe_segment_splits_unseen_words_into_known_pieces():
+    merges = pp.learn_bpe(SENNRICH_CORPUS, 10)
+    assert pp.bpe_segment("lowest", merges) == ["low", "est</w>"]
+    assert pp.bpe_segment("newest", merges) == ["newest</w>"]
+    assert pp.bpe_segment("newer", merges) == ["new", "e", "r", "</w>"]
+    assert pp.bpe_segment("lower", []) == ["l", "o", "w", "e", "r", pp.END_OF_WORD]
+    assert pp.bpe_segment("zzz", merges) == ["z", "z", "z", "</w>"]  # characters never seen stay alone
+    # the segments spell the word again, and every piece is a character or a learned symbol
+    vocabulary = set("lowernstid") | {pp.END_OF_WORD} | {a + b for a, b in merges}
+    for word in ("widest", "lowest", "slower", "wider"):
+        pieces = pp.bpe_segment(word, merges)
+        assert "".join(pieces) == word + pp.END_OF_WORD and set(pieces) <= vocabulary
+
+
+def test_bpe_on_shapeworld_keeps_frequent_words_whole():
+    from mmlm_course import shapeworld
+
+    data = shapeworld.generate(100, "train", seed=0)
+    words = [w for text in data.captions for w in pp.split_words(text)]
+    merges = pp.learn_bpe(words, 1000)
+    assert all(pp.bpe_segment(w, merges) == [w + pp.END_OF_WORD] for w in set(words))
+    assert len(pp.bpe_segment("squares", merges)) > 1
+
+
+@pytest.mark.parametrize("words,num_merges,error,message", [
+    ("low lower", 5, TypeError, "expected a list of words.*split_words"),
+    (5, 5, TypeError, "expected a list of words"),
+    ([], 5, ValueError, "at least one word"),
+    (["low", 3], 5, TypeError, r"words\[1\]: expected a str"),
+    (["low", ""], 5, ValueError, r"words\[1\].*non-empty word"),
+    (["low", "new est"], 5, ValueError, r"words\[1\].*without spaces.*split_words"),
+    (["low"], 2.0, TypeError, "num_merges must be an int"),
+    (["low"], -1, ValueError, "num_merges must be >= 0"),
+])
+def test_learn_bpe_rejects_bad_input_with_a_clear_message(words, num_merges, error, message):
+    with pytest.raises(error, match=message):
+        pp.learn_bpe(words, num_merges)
+
+
+def test_bpe_segment_rejects_bad_input_with_a_clear_message():
+    merges = pp.learn_bpe(SENNRICH_CORPUS, 3)
+    with pytest.raises(TypeError, match="word: expected a str"):
+        pp.bpe_segment(["low"], merges)
+    with pytest.raises(ValueError, match="without spaces"):
+        pp.bpe_segment("low est", merges)
+    with pytest.raises(TypeError, match=r"merges\[1\]: expected a pair of str"):
+        pp.bpe_segment("lowest", [("e", "s"), "est"])

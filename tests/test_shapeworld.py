@@ -166,3 +166,38 @@ def test_relation_holds_is_the_rule_of_relations_between():
     np.testing.assert_array_equal(sw.relation_holds("to the right of", xs, 0.0, 0.5, 0.0), [False, False, True])
     with pytest.raises(ValueError, match="Unknown relation"):
         sw.relation_holds("near", 0.1, 0.1, 0.2, 0.2)
+
+
+def test_rotate_scene_180_swaps_every_relation():
+    scene = Scene((ShapeObject("circle", "red", "large", 0.2, 0.3), ShapeObject("square", "blue", "small", 0.8, 0.7)))
+    turned = sw.rotate_scene_180(scene)
+    assert [(o.x, o.y) for o in turned.objects] == [(0.8, 0.7), (0.2, 0.3)]
+    assert sw.caption_is_true("a red circle is to the left of a blue square", scene)
+    assert not sw.caption_is_true("a red circle is to the left of a blue square", turned)
+    assert sw.caption_is_true("a red circle is to the right of a blue square", turned)
+    assert sw.caption_is_true("a red circle is above a blue square", scene)
+    assert sw.caption_is_true("a red circle is below a blue square", turned)
+    assert sw.caption_is_true("there is a large red circle and there are two objects", turned)  # attributes kept
+    with pytest.raises(TypeError, match="expected a shapeworld.Scene"):
+        sw.rotate_scene_180(scene.objects)
+
+
+def test_rotate_scene_180_on_generated_scenes():
+    data = sw.generate(200, "train", seed=2)
+    for caption, scene in zip(data.captions, data.scenes):
+        turned = sw.rotate_scene_180(scene)
+        assert sw.rotate_scene_180(turned) == scene  # two half turns: the scene again
+        if caption.startswith("there is"):
+            assert sw.caption_is_true(caption, turned)
+            continue
+        relation = next(r for r in sw.RELATIONS if f" {r} " in caption)
+        assert sw.caption_is_true(caption.replace(relation, sw.OPPOSITE[relation]), turned)
+
+
+def test_rotate_scene_180_is_the_image_turned_by_180_degrees():
+    # circles and squares are symmetric under a half turn, so rendering the turned scene gives
+    # the turned image (triangles would be drawn upright instead of upside down)
+    scene = Scene((ShapeObject("circle", "red", "large", 0.25, 0.3), ShapeObject("square", "blue", "small", 0.7, 0.75)))
+    turned_image = sw.render_image(scene)[::-1, ::-1]
+    assert np.mean(sw.render_image(sw.rotate_scene_180(scene)) == turned_image) > 0.99
+    assert np.mean(sw.render_image(scene) == turned_image) < 0.95
