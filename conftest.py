@@ -10,7 +10,10 @@
 A worker takes a whole file at a time: a notebook's cells share one kernel, and a test
 module's fixtures run once. The one exception is the untouched-lesson test of
 `tests/test_notebooks.py`: each lesson is a unit of its own, so that the lessons spread over
-the workers instead of running one after the other on one of them.
+the workers instead of running one after the other on one of them. Workers take the units in
+collection order, so `pytest_collection_modifyitems` puts the longest first (longest
+processing time first: the short ones then fill the gaps instead of one long notebook
+running alone at the end).
 """
 
 import os
@@ -34,6 +37,24 @@ if LoadScopeScheduling is not None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     return FileScheduling(config, log)
+
+
+# Seconds per unit on the 2-core machine (`mmlm-course benchmark` for the notebooks,
+# `pytest --durations` for the test files); only the order matters, not the values.
+NOTEBOOK_SECONDS = {"09": 150, "08": 96, "04": 88, "06": 60, "07": 28, "05": 22, "03": 16, "01": 9, "02": 8, "00": 7}
+
+
+def _unit_seconds(item) -> float:
+    path = item.nodeid.split("::", 1)[0]
+    if path.startswith(("solutions/", "lessons/")):                       # a notebook under nbval
+        return NOTEBOOK_SECONDS.get(os.path.basename(path)[:2], 0)
+    if "::test_untouched_lesson" in item.nodeid:                          # an untouched lesson, run by nbclient
+        return NOTEBOOK_SECONDS.get(item.nodeid.split("[", 1)[-1][:2], 0)
+    return 0.0
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_unit_seconds, reverse=True)   # stable: a file's items stay together and in order
 
 
 def pytest_configure(config):

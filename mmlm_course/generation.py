@@ -7,6 +7,8 @@
   recompute the text at every step.
 - `evaluate`: caption truth (is what the model said true of the scene? `shapeworld`'s
   verifier decides) and question-answering exact match, in total and per question type.
+- `object_hallucination`: CHAIR (Rohrbach et al., 2018), the share of the objects a caption
+  mentions that are not in the image at all (lesson 09's open problems).
 - `image_attention`: how much each text position attends to each image token, read from
   the attention layers themselves (``return_attention_scores=True``).
 """
@@ -26,7 +28,7 @@ from mmlm_course.mllm import CrossAttentionMLLM, LLaVAModel
 from mmlm_course.stages import require_model
 from mmlm_course.validation import positive_int
 
-__all__ = ["generate_texts", "evaluate", "image_attention"]
+__all__ = ["generate_texts", "evaluate", "object_hallucination", "image_attention"]
 
 
 def _prompt_groups(prompts: Sequence[str], tokenizer) -> dict[int, list[int]]:
@@ -133,6 +135,40 @@ def evaluate(model, tokenizer: preprocessing.Tokenizer, data: shapeworld.ShapeWo
             "qa_by_type": {t: float(correct[types == t].mean()) for t in order},
             "captions": captions, "answers": answers,
             "seconds": seconds, "examples_per_second": len(data) / seconds}
+
+
+def object_hallucination(captions: Sequence[str], scenes: Sequence[shapeworld.Scene]) -> dict:
+    """CHAIR, the object-hallucination rates of Rohrbach et al. (2018), for ShapeWorld captions.
+
+    Every noun phrase a caption mentions ("a large red circle", in a "there is" or either
+    side of a relation) is one *mention*; it is *hallucinated* when no object of the scene
+    has its attributes. A caption that is false only because of a wrong relation or count
+    hallucinates nothing. Returns ``chair_i`` (hallucinated mentions / mentions),
+    ``chair_s`` (captions with at least one hallucinated mention / captions that parse),
+    ``mentions`` and ``unparsed`` (captions outside the grammar, left out of both rates).
+    """
+    captions, scenes = list(captions), list(scenes)
+    if len(captions) != len(scenes):
+        raise ValueError(f"need one scene per caption, got {len(captions)} captions and {len(scenes)} scenes.")
+    if not captions:
+        raise ValueError("no captions: nothing to measure.")
+    for caption, scene in zip(captions, scenes):
+        if not isinstance(caption, str) or not isinstance(scene, shapeworld.Scene):
+            raise TypeError(f"expected str captions and shapeworld.Scene scenes, got {type(caption).__name__} "
+                            f"and {type(scene).__name__}.")
+    mentions = hallucinated = parsed = captions_with = 0
+    for caption, scene in zip(captions, scenes):
+        try:
+            statements = shapeworld.parse_caption(caption)
+        except shapeworld.CaptionParseError:
+            continue
+        parsed += 1
+        phrases = [part for statement in statements for part in statement[1:] if isinstance(part, dict)]
+        missing = sum(shapeworld.count_objects(scene, **attributes) == 0 for attributes in phrases)
+        mentions, hallucinated = mentions + len(phrases), hallucinated + missing
+        captions_with += missing > 0
+    return {"chair_i": hallucinated / max(mentions, 1), "chair_s": captions_with / max(parsed, 1),
+            "mentions": mentions, "unparsed": len(captions) - parsed}
 
 
 def image_attention(model, images, token_ids) -> np.ndarray:

@@ -642,3 +642,26 @@ def test_cached_image_features_errors(object_model, object_data):
         object_model({"image_features": cached["image_features"], "token_ids": cached["token_ids"][:3]})
     with pytest.raises(ValueError, match="same number of rows"):
         training.train_steps(object_model, cached, y[:3], steps=1)
+
+
+def test_object_hallucination_counts_mentions_of_absent_objects():
+    red_circle = shapeworld.ShapeObject("circle", "red", "large", 0.3, 0.5)
+    blue_square = shapeworld.ShapeObject("square", "blue", "small", 0.7, 0.5)
+    scene = shapeworld.Scene((red_circle, blue_square))
+    captions = ["a red circle is to the left of a blue square",      # true: 2 mentions, 0 hallucinated
+                "a blue square is to the left of a red circle",      # false relation, nothing hallucinated
+                "there is a green triangle",                         # 1 of 1 hallucinated
+                "a large red circle is above a small blue circle",   # 1 of 2 hallucinated
+                "not a caption at all"]
+    result = generation.object_hallucination(captions, [scene] * len(captions))
+    assert result == {"chair_i": 2 / 7, "chair_s": 2 / 4, "mentions": 7, "unparsed": 1}
+
+
+@pytest.mark.parametrize("captions,scenes,error,word", [
+    (["there is a circle"], [], ValueError, "one scene per caption"),
+    ([], [], ValueError, "no captions"),
+    ([3], [None], TypeError, "str captions"),
+])
+def test_object_hallucination_rejects_bad_input(captions, scenes, error, word):
+    with pytest.raises(error, match=word):
+        generation.object_hallucination(captions, scenes)
