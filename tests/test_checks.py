@@ -86,3 +86,36 @@ def _block_with_context_mask(self, x, mask=None):
 @pytest.mark.parametrize("call", [_block_with_add_layers, _block_with_context_mask], ids=lambda f: f.__name__)
 def test_other_correct_transformer_blocks_pass(call):
     assert exercises.run_check("03.transformer_block", _block_answer(call))
+
+
+def _gpt_answer(tied: bool):
+    """Other correct decoders: a smaller MLP and bias-free head, or nanoGPT's tied head."""
+    import keras
+    from keras import ops
+
+    from mmlm_course import attention
+
+    class Answer(keras.Model):
+        def __init__(self, vocab_size, max_length, dim, num_layers, num_heads, **kwargs):
+            super().__init__(**kwargs)
+            self.token_embedding = keras.layers.Embedding(vocab_size, dim)
+            self.position_embedding = keras.layers.Embedding(max_length, dim)
+            self.blocks = [attention.TransformerBlock(dim, num_heads, 2 * dim, causal=True) for _ in range(num_layers)]
+            self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5)
+            if not tied:
+                self.head = keras.layers.Dense(vocab_size, use_bias=False)
+
+        def call(self, token_ids):
+            positions = ops.arange(ops.shape(token_ids)[1])
+            x = self.token_embedding(token_ids) + self.position_embedding(positions)
+            for block in self.blocks:
+                x = block(x)
+            x = self.final_norm(x)
+            return ops.matmul(x, ops.transpose(self.token_embedding.embeddings)) if tied else self.head(x)
+
+    return Answer
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["bias_free_head", "tied_head"])
+def test_other_correct_decoders_pass(tied):
+    assert exercises.run_check("07.decoder_lm", _gpt_answer(tied))

@@ -1,8 +1,12 @@
-"""Checks for lesson 07: a small decoder-only language model."""
+"""Checks for lesson 07: a small decoder-only language model (the mask, the model, decoding, the cache)."""
 
 from __future__ import annotations
 
+import warnings
+
+import keras
 import numpy as np
+from keras import ops
 
 from mmlm_course import attention, language_model
 from mmlm_course.exercises import Checker, exercise
@@ -190,3 +194,98 @@ def _check_update_cache(c: Checker) -> None:
                    "entries" if inside else "every time step outside position .. position + T_new - 1 keeps "
                    "its old value")
         c.passed.append(what)
+
+
+# --------------------------------------------------------------------------- 07.decoder_lm
+
+
+class _ReferenceGPT(keras.Model):
+    """The notebook's model: token + position embeddings, causal blocks, final norm, head."""
+
+    def __init__(self, vocab_size, max_length, dim, num_layers, num_heads, causal=True, **kwargs):
+        super().__init__(**kwargs)
+        self.token_embedding = keras.layers.Embedding(vocab_size, dim)
+        self.position_embedding = keras.layers.Embedding(max_length, dim)
+        self.blocks = [attention.TransformerBlock(dim, num_heads, 4 * dim, causal=causal) for _ in range(num_layers)]
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5)
+        self.head = keras.layers.Dense(vocab_size)
+
+    def call(self, token_ids):
+        return _gpt_forward(self, token_ids)
+
+
+def _gpt_forward(model, token_ids, positions=True, final_norm=True, softmax=False, tied=False):
+    x = model.token_embedding(token_ids)                                          # (B, T, d)
+    if positions:
+        x = x + model.position_embedding(ops.arange(ops.shape(token_ids)[1]))[None]
+    for block in (model.blocks if isinstance(model.blocks, (list, tuple)) else [model.blocks]):
+        x = block(x)
+    x = model.final_norm(x) if final_norm else x
+    logits = ops.matmul(x, ops.transpose(model.token_embedding.embeddings)) if tied else model.head(x)   # (B, T, V)
+    return ops.softmax(logits) if softmax else logits
+
+
+def _gpt_mistake(causal=True, **forward):
+    return type("MistakenGPT", (_ReferenceGPT,), {
+        "__init__": lambda self, *args, **kwargs: _ReferenceGPT.__init__(self, *args, causal=causal, **kwargs),
+        "call": lambda self, token_ids: _gpt_forward(self, token_ids, **forward)})
+
+
+_GPT_PARTS = ("token_embedding", "position_embedding", "final_norm", "head")
+
+
+@exercise(
+    "07.decoder_lm",
+    reference=_ReferenceGPT,
+    mistakes={
+        "blocks without the causal mask: each position reads the future": _gpt_mistake(causal=False),
+        "no position embedding": _gpt_mistake(positions=False),
+        "no final LayerNorm before the head": _gpt_mistake(final_norm=False),
+        "returns probabilities (softmax) instead of logits": _gpt_mistake(softmax=True),
+        "only the first block is used": type("OneBlockGPT", (_ReferenceGPT,), {
+            "call": lambda self, ids: self.head(self.final_norm(self.blocks[0](
+                self.token_embedding(ids) + self.position_embedding(ops.arange(ops.shape(ids)[1]))[None])))}),
+    },
+)
+def _check_decoder_lm(c: Checker) -> None:
+    with warnings.catch_warnings():           # Keras' build warnings about a wrong answer's unused layers
+        warnings.simplefilter("ignore")
+        _check_gpt(c)
+
+
+def _check_gpt(c: Checker) -> None:
+    if not (isinstance(c.candidate, type) and issubclass(c.candidate, keras.layers.Layer)):
+        c.fail("your answer", f"expected the class itself (a keras.Model subclass), got {type(c.candidate).__name__}",
+               "pass the class, not an instance: check(\"07.decoder_lm\", MiniGPT)")
+    vocab, length = 11, 12
+    model = c.call(vocab_size=vocab, max_length=length, dim=16, num_layers=2, num_heads=2)
+    run = Checker(c.exercise_id, model)                  # calling the model: crashes become one line
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1, vocab, size=(3, 8)).astype(np.int32)
+    logits = c.expect_array("logits for token_ids (3, 8)", run.call(ids), (3, 8, vocab),
+                            hint="one row of vocab_size logits per position: (batch, time, vocab_size)")
+    if np.allclose(logits.sum(-1), 1.0, atol=1e-3) and logits.min() >= 0:
+        c.fail("the output", "every row sums to 1: these are probabilities",
+               "return the head's logits; the loss (from_logits=True) and sampling apply the softmax themselves")
+    changed = ids.copy()
+    changed[:, 5:] = rng.integers(1, vocab, size=(3, 3))
+    early = c.expect_array("logits after changing tokens 5..7", run.call(changed), (3, 8, vocab))[:, :5]
+    if not np.allclose(early, logits[:, :5], atol=1e-5):
+        c.fail("causality", "the logits at positions 0..4 changed when only tokens 5..7 changed",
+               "a language model may not read the future: build the blocks with causal=True")
+    same = np.full((1, 6), 3, np.int32)
+    constant = np.asarray(run.call(same))[0]
+    if np.allclose(constant, constant[:1], atol=1e-5):
+        c.fail("positions", "a sequence of one repeated token gets the same logits at every position",
+               "add the position embedding of positions 0..T-1 to the token embeddings")
+    blocks = getattr(model, "blocks", None)
+    tied = not isinstance(getattr(model, "head", None), keras.layers.Layer)   # nanoGPT's tied head: logits = x E^T
+    needed = [name for name in _GPT_PARTS if not (tied and name == "head")]
+    missing = [name for name in needed if not isinstance(getattr(model, name, None), keras.layers.Layer)]
+    if missing or not ((isinstance(blocks, (list, tuple)) and blocks) or isinstance(blocks, keras.layers.Layer)):
+        c.fail("the model's layers", f"missing {missing or ['blocks']}",
+               "create token_embedding, position_embedding, blocks (a list), final_norm and head in __init__")
+    expected = np.asarray(_gpt_forward(model, ids, tied=tied))
+    c.expect_close("logits (your layers, in the order of the notes)", logits, expected, atol=1e-4, rtol=1e-4,
+                   hint="x = token_embedding(ids) + position_embedding(positions); every block in turn; "
+                        "then head(final_norm(x))")
