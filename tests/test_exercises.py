@@ -90,3 +90,15 @@ def test_a_learner_function_cannot_change_the_checks_inputs():
 
     with pytest.raises(CheckFailed):
         exercises.run_check("01.to_float_image", overwrite_then_answer)
+
+
+def test_run_check_turns_a_crash_inside_the_comparison_into_one_line():
+    class Shape:                                # has a shape, but np.asarray of it raises
+        shape, dtype = (4, 5, 3), "float32"
+
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("no array")
+
+    with pytest.raises(CheckFailed, match="could not be checked .RuntimeError: no array") as error:
+        exercises.run_check("01.to_float_image", lambda img: Shape())
+    assert "\n" not in str(error.value)

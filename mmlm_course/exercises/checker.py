@@ -237,13 +237,23 @@ def _lookup(exercise_id: str) -> Exercise:
 def run_check(exercise_id: str, candidate) -> list[str]:
     """Run the checks of ``exercise_id`` on ``candidate``; return the passed checks'
     names or raise `CheckFailed` / `ExerciseNotAttempted` (`KeyError` for an unknown id).
+    An answer that makes the comparison itself raise is a `CheckFailed` too, in one line.
     Prints nothing."""
     exercise = _lookup(exercise_id)
     if not callable(candidate):
         raise CheckFailed(f"{exercise_id}: expected your function itself, got {_describe(candidate)}. "
                           "Pass the name without calling it: check(\"...\", my_function), not my_function(x).")
     checker = Checker(exercise_id, candidate)
-    exercise.run(checker)
+    try:
+        exercise.run(checker)
+    except (CheckFailed, ExerciseNotAttempted):
+        raise
+    except Exception as error:                 # the answer broke the comparison itself: one line, no traceback
+        raise CheckFailed(f"{exercise_id}: your answer could not be checked ({type(error).__name__}: {error}). "
+                          "Hint: return what the exercise asks for (type, shape, dtype).") from None
+    if not checker.passed:
+        raise CheckFailed(f"{exercise_id}: no comparison ran, so nothing was checked. Hint: run the lesson's "
+                          "cells in order, and do not change the course's modules from your code.")
     return checker.passed
 
 
@@ -257,9 +267,6 @@ def check(exercise_id: str, candidate) -> None:
         passed = run_check(exercise_id, candidate)
     except (ExerciseNotAttempted, CheckFailed) as raised:
         error = raised
-    except Exception as raised:                    # the answer broke the comparison itself
-        error = CheckFailed(f"{exercise_id}: your answer could not be checked ({type(raised).__name__}: "
-                            f"{raised}). Hint: return what the exercise asks for (type, shape, dtype).")
     if error is None:
         _log(exercise_id, "pass", "")
         print(f"\N{WHITE HEAVY CHECK MARK} {exercise_id}: passed ({len(passed)} check{'s' if len(passed) != 1 else ''}).")
