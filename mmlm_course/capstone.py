@@ -299,8 +299,12 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     stage = 1 if start_step < config.stage1_steps else 2
     trainable = compile_stage(stage)
     if state and not pretrained_now:
-        folder.checkpoints.restore(model, model.optimizer)
-        log(f"resumed from step {start_step} ({state[0].name})")
+        # A checkpoint from the end of an earlier stage (stage 0's, or stage 1's last step)
+        # holds that stage's optimizer; the new stage starts a fresh one, stopped or not.
+        same_stage = state[1].get("stage") == stage
+        folder.checkpoints.restore(model, model.optimizer if same_stage else None)
+        log(f"resumed from step {start_step} ({state[0].name})"
+            + ("" if same_stage else f"; stage {stage} starts with a fresh optimizer, as without the stop"))
     elif resuming:
         log("no checkpoint yet in this run folder: starting from step 0")
     history = folder.history(start_step)

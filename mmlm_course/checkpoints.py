@@ -73,13 +73,18 @@ class CheckpointStore:
         folder = self.folder / json.loads(pointer.read_text())["checkpoint"]
         return folder, json.loads((folder / "state.json").read_text())
 
-    def restore(self, model, optimizer) -> dict | None:
+    def restore(self, model, optimizer=None) -> dict | None:
         """Load the latest checkpoint into a built ``model`` and ``optimizer``; return its
-        training state, or None when there is nothing to resume."""
+        training state, or None when there is nothing to resume. With ``optimizer=None``
+        only the weights are loaded (a run resuming into a new stage starts that stage's
+        optimizer fresh, as an uninterrupted run does)."""
         found = self.latest()
         if found is None:
             return None
         folder, state = found
+        if optimizer is None:
+            model.load_weights(folder / "model.weights.h5")
+            return state
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,3 +89,34 @@ def test_object_vision_run_pretrains_the_detector_first(tmp_path):
     assert {"test", "compositional"} <= set(metrics)
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
     assert model.config.vision == "objects" and model.relation_head is not None
+
+
+def test_a_run_killed_just_after_the_stage_boundary_resumes_exactly(tmp_path, monkeypatch):
+    """The stage-1 boundary checkpoint holds stage 1's optimizer; a run killed before stage 2's
+    first checkpoint must resume from it, with stage 2's fresh optimizer, and train exactly the
+    steps an uninterrupted run trains."""
+    from mmlm_course import capstone, training
+
+    config = capstone.resolve_config("tiny", train_examples=96, eval_examples=8, stage1_steps=4, stage2_steps=6,
+                                     checkpoint_every=100)             # checkpoints: step 0, 4 (boundary), 10
+    capstone.train(config, tmp_path / "whole", progress=False, log=lambda line: None)
+
+    real_train_steps = training.train_steps
+
+    def killed_at_step_6(*args, on_step=None, **kwargs):
+        def hook(done, logs):
+            on_step(done, logs)
+            if done == 6:
+                raise KeyboardInterrupt("killed")
+        return real_train_steps(*args, on_step=hook, **kwargs)
+
+    monkeypatch.setattr(training, "train_steps", killed_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        capstone.train(config, tmp_path / "killed", progress=False, log=lambda line: None)
+    monkeypatch.setattr(training, "train_steps", real_train_steps)
+    lines = []
+    capstone.train(config, tmp_path / "killed", progress=False, log=lines.append)
+    assert any(line.startswith("resumed from step 4") and "fresh optimizer" in line for line in lines), lines
+    whole, resumed = _history(tmp_path / "whole"), _history(tmp_path / "killed")
+    assert [r["step"] for r in resumed] == list(range(1, 11))
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
