@@ -256,14 +256,18 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     from mmlm_course import detector, generation, mllm, stages, training
 
     folder = RunFolder(out)
-    resuming = folder.start(config)
     has_gpu = env.has_gpu()
     log(f"preset {config.preset} on {describe_device()}")
     _apply_precision(config, has_gpu, log)
     keras.utils.set_random_seed(config.seed)
 
-    data = load_run_data(config)
+    data = load_run_data(config)          # data and arguments are checked before the folder is written
     log(data.report)
+    rows = len(data.y)
+    if config.batch_size > rows:
+        raise ValueError(f"batch size {config.batch_size} is larger than the {rows} training rows of "
+                         f"{config.data!r}: pass --batch-size {rows} or less, or use more data.")
+    resuming = folder.start(config)
     data.tokenizer.save(folder.vocab_path)
     model = mllm.build_model(mllm.MLLMConfig(**config.model), data.tokenizer)
     log(f"model: vision {model.config.vision!r}" + (", relation head" if model.config.relation_head else "")

@@ -120,3 +120,15 @@ def test_a_run_killed_just_after_the_stage_boundary_resumes_exactly(tmp_path, mo
     whole, resumed = _history(tmp_path / "whole"), _history(tmp_path / "killed")
     assert [r["step"] for r in resumed] == list(range(1, 11))
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole], rel=1e-5)
+
+
+def test_a_batch_larger_than_the_data_is_one_clear_error_before_anything_is_written(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(TRAIN + ["--batch-size", "5000", "--out", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "batch size 5000 is larger than the 512 training rows" in result.stderr
+    assert "Traceback" not in result.stderr and not (run / "config.json").exists()
+    bad = subprocess.run(TRAIN + ["--batch-size", "0", "--out", str(run)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode == 2 and "--batch-size must be at least 1" in bad.stderr

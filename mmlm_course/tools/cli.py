@@ -138,6 +138,11 @@ def cmd_train(args) -> int:
 
     env.quiet_import_tensorflow()
     overrides = {"seed": args.seed} if args.seed is not None else {}
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            print(f"error: --batch-size must be at least 1, got {args.batch_size}", file=sys.stderr)
+            return 2
+        overrides["batch_size"] = args.batch_size
     if args.steps is not None:
         if args.steps < 2:
             print(f"error: --steps must be at least 2 (one per training stage), got {args.steps}", file=sys.stderr)
@@ -243,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder; an existing one is resumed (default: %(default)s)")
     p.add_argument("--steps", type=int, help="total training steps, overriding the preset's (10%% projector-only)")
     p.add_argument("--seed", type=int, help="random seed (default: the preset's, 0)")
+    p.add_argument("--batch-size", type=int, help="examples per training step, overriding the preset's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_train)
 
