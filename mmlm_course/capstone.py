@@ -407,6 +407,9 @@ def load_trained(run_dir):
     latest = folder.checkpoints.latest()
     if latest is None:
         raise FileNotFoundError(f"{run_dir} has neither model.keras nor a checkpoint: train it first.")
+    if latest[1].get("step", 0) == 0:
+        raise ValueError(f"{run_dir} was stopped before its first training step (only the stage-0 checkpoint "
+                         "exists): its answers would be an untrained model's. Resume the run first.")
     model = mllm.build_model(mllm.MLLMConfig(**config.model), tokenizer)
     model.load_weights(latest[0] / "model.weights.h5", skip_mismatch=False)
     return model, tokenizer, config
@@ -414,12 +417,9 @@ def load_trained(run_dir):
 
 def generate_from_run(run_dir, image_path, prompt: str = "", max_new_tokens: int = 20) -> str:
     """Answer ``prompt`` (empty: caption the image) about the image file at ``image_path``."""
-    from PIL import Image
-
-    from mmlm_course import generation, mllm
+    from mmlm_course import generation, mllm, preprocessing
 
     model, tokenizer, config = load_trained(run_dir)
     size = mllm.MLLMConfig(**config.model).image_size
-    with Image.open(image_path) as img:
-        image = np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    image = preprocessing.load_image(image_path, size)          # any mode -> uint8 (size, size, 3)
     return generation.generate_texts(model, tokenizer, image[None], [prompt], max_new_tokens=max_new_tokens)[0]

@@ -133,22 +133,21 @@ def load_vqa(questions_file, annotations_file, image_folder, image_pattern: str 
 def read_images(records: list[ImageTextRecord], size: int) -> LoadedImages:
     """Decode and resize every record's image to uint8 (size, size, 3).
 
-    Real datasets contain grayscale and CMYK JPEGs: they are converted to RGB. Missing or
-    corrupt files are skipped and listed in ``skipped``; if none can be read, a
-    ValueError says so.
+    Real datasets contain greyscale, CMYK and 16-bit files: `preprocessing.load_image`
+    converts every mode to RGB. Missing or corrupt files are skipped and listed in
+    ``skipped``; if none can be read, a ValueError says so.
     """
-    from PIL import Image, UnidentifiedImageError
+    from mmlm_course.preprocessing import load_image
 
     size = positive_int(size, "size")
     images, kept, skipped = [], [], []
     for record in records:
         try:
-            with Image.open(record.image_path) as img:
-                images.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)))
+            images.append(load_image(record.image_path, size))          # any mode -> uint8 RGB
             kept.append(record)
         except FileNotFoundError:
             skipped.append((str(record.image_path), "missing: no such file"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        except ValueError as error:
             skipped.append((str(record.image_path), f"corrupt: {error}"))
     if not images:
         raise ValueError(f"None of the {len(records)} images could be read "

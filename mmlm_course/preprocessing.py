@@ -90,19 +90,50 @@ def resize_image(image, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def load_image(path, size: int | tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file into uint8 (H, W, 3), optionally resized.
+    """Decode an image file into uint8 (H, W, 3) RGB, optionally resized (bilinear).
 
-    Only RGB files are accepted as they are: an RGBA, palette or grayscale file raises a
-    ValueError that says how to convert it (``Image.open(path).convert("RGB")``).
+    Every common mode is converted: greyscale and palette images become three equal or
+    looked-up channels, CMYK and YCbCr are converted, transparent pixels (RGBA, LA, a
+    palette with transparency) are laid over white, and 16-bit or 32-bit greyscale is scaled
+    from its own range (0..65535) to 0..255 rather than clipped. Raises FileNotFoundError
+    for a missing file and ValueError, naming the file, for a folder, an empty or truncated
+    file, or anything that is not an image.
     """
     from PIL import Image
 
-    with Image.open(path) as img:
-        if img.mode != "RGB":
-            raise ValueError(f"{path}: expected an RGB image, got mode {img.mode!r}; convert it first "
-                             f"with PIL: Image.open(path).convert('RGB').")
-        array = np.asarray(img)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file: pass the path of one image.")
+    if not path.exists():
+        raise FileNotFoundError(f"No image file at {path}.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = _to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as error:   # Pillow's errors for empty, truncated, non-image files
+        raise ValueError(f"{path} is not a readable image ({type(error).__name__}: {error}).") from None
     return array if size is None else resize_image(array, size)
+
+
+def _to_rgb(img) -> np.ndarray:
+    """A Pillow image of any mode -> uint8 (H, W, 3)."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):       # 16 / 32-bit integer or float greyscale
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0.0) > 255 else 255.0
+        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
 
 
 FLIP_WORDS = {"left": "right", "right": "left"}

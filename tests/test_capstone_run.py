@@ -58,6 +58,12 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip() == answer.stdout.strip().splitlines()[0]    # one line of text
 
+    (tmp_path / "notes.png").write_text("not an image")
+    wrong = subprocess.run([sys.executable, "-m", "mmlm_course.tools.cli", "generate", "--run", str(run), "--image",
+                            str(tmp_path / "notes.png")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 2 and "notes.png is not a readable image" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
 
 def test_train_refuses_a_folder_of_another_run(tmp_path):
     run = tmp_path / "run"

@@ -42,13 +42,46 @@ def test_hflip_swaps_left_and_right_only():
     assert pp.flip_caption("left right above") == "right left above"
 
 
-def test_load_image_rgb_resize_and_rejects_rgba(tmp_path):
+def test_load_image_rgb_and_resize(tmp_path):
     Image.new("RGB", (10, 6), (10, 20, 30)).save(tmp_path / "rgb.png")
-    Image.new("RGBA", (10, 6)).save(tmp_path / "rgba.png")
     assert pp.load_image(tmp_path / "rgb.png").shape == (6, 10, 3)
     assert pp.load_image(tmp_path / "rgb.png", size=4).shape == (4, 4, 3)
-    with pytest.raises(ValueError, match="mode 'RGBA'.*convert\\('RGB'\\)"):
-        pp.load_image(tmp_path / "rgba.png")
+
+
+def _saved(tmp_path, name, image, **options):
+    image.save(tmp_path / name, **options)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("name,make,pixel", [
+    ("grey.png", lambda: Image.new("L", (4, 3), 100), (100, 100, 100)),
+    ("palette.png", lambda: Image.new("RGB", (4, 3), (204, 0, 51)).convert("P"), (204, 0, 51)),   # a web-palette colour
+    ("transparent.png", lambda: Image.new("RGBA", (4, 3), (0, 0, 0, 0)), (255, 255, 255)),   # laid over white
+    ("half.png", lambda: Image.new("RGBA", (4, 3), (0, 0, 0, 128)), (127, 127, 127)),
+    ("grey_alpha.png", lambda: Image.new("LA", (4, 3), (50, 255)), (50, 50, 50)),
+    ("cmyk.jpg", lambda: Image.new("CMYK", (4, 3), (0, 0, 0, 0)), (255, 255, 255)),
+    ("sixteen.png", lambda: Image.fromarray(np.full((3, 4), 32896, np.uint16)), (128, 128, 128)),
+    ("sixteen_white.png", lambda: Image.fromarray(np.full((3, 4), 65535, np.uint16)), (255, 255, 255)),
+    ("float.tif", lambda: Image.fromarray(np.full((3, 4), 0.5, np.float32)), (128, 128, 128)),
+])
+def test_load_image_converts_every_common_mode_to_rgb(tmp_path, name, make, pixel):
+    array = pp.load_image(_saved(tmp_path, name, make()))
+    assert array.dtype == np.uint8 and array.shape == (3, 4, 3)
+    assert np.abs(array[1, 1].astype(int) - pixel).max() <= 2, array[1, 1]
+
+
+def test_load_image_names_the_file_for_what_is_no_image(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:200])
+    for name in ("empty.png", "text.jpg", "cut.jpg"):
+        with pytest.raises(ValueError, match=f"{name} is not a readable image"):
+            pp.load_image(tmp_path / name)
+    with pytest.raises(ValueError, match="is a folder"):
+        pp.load_image(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        pp.load_image(tmp_path / "missing.png")
 
 
 def test_shapeworld_constants_are_the_statistics_of_shapeworld_images():
