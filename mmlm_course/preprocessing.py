@@ -412,6 +412,7 @@ def bpe_segment(word: str, merges: Sequence[tuple[str, str]]) -> list[str]:
 def make_image_text_dataset(images: np.ndarray, token_ids: np.ndarray, batch_size: int = 64,
                             shuffle: bool = True, seed: int = 0, cache: bool = True):
     """A `tf.data.Dataset` of ``(image float32 (B, H, W, 3) in [0, 1], ids int32 (B, T))``.
+    ``images`` are uint8 (scaled by 1/255) or float already in [0, 1] (kept as they are).
 
     Order matters: cache the decoded data, map the cheap per-example work, shuffle
     examples (not batches), batch, and prefetch so the next batch is ready while the
@@ -419,14 +420,15 @@ def make_image_text_dataset(images: np.ndarray, token_ids: np.ndarray, batch_siz
     """
     import tensorflow as tf
 
-    validate_image(images, "images")
+    images = validate_image(images, "images")
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0      # float images are already in [0, 1]
     if len(images) != len(token_ids):
         raise ValueError(f"images and token_ids must have the same batch size, got {len(images)} images "
                          f"and {len(token_ids)} token rows.")
     dataset = tf.data.Dataset.from_tensor_slices((images, token_ids))
     if cache:
         dataset = dataset.cache()
-    dataset = dataset.map(lambda image, ids: (tf.cast(image, tf.float32) / 255.0, ids),
+    dataset = dataset.map(lambda image, ids: (tf.cast(image, tf.float32) * scale, tf.cast(ids, tf.int32)),
                           num_parallel_calls=tf.data.AUTOTUNE)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)

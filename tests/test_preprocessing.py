@@ -203,6 +203,15 @@ def test_tf_data_pipeline_batches_and_checks_batch_sizes():
         pp.make_image_text_dataset(images, ids[:9])
 
 
+def test_tf_data_pipeline_scales_uint8_once_and_keeps_float_images():
+    ids = np.ones((2, 5), np.int32)
+    as_uint8 = np.full((2, 4, 4, 3), 255, np.uint8)
+    as_float = np.full((2, 4, 4, 3), 0.5, np.float32)
+    (uint8_batch, _), = pp.make_image_text_dataset(as_uint8, ids, batch_size=2, shuffle=False)
+    (float_batch, _), = pp.make_image_text_dataset(as_float, ids, batch_size=2, shuffle=False)
+    assert np.allclose(uint8_batch, 1.0) and np.allclose(float_batch, 0.5)     # never divided by 255 twice
+
+
 # --------------------------------------------------------------------------- sub-words (BPE)
 
 SENNRICH_CORPUS = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6 + ["widest"] * 3
