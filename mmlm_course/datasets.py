@@ -155,37 +155,113 @@ def read_images(records: list[ImageTextRecord], size: int) -> LoadedImages:
     return LoadedImages(np.stack(images).astype(np.uint8), kept, skipped)
 
 
-def safe_extract(archive, target) -> list[Path]:
-    """Extract a .zip or .tar(.gz) archive into ``target``; return the extracted paths.
+MAX_EXTRACT_BYTES = 20 * 2 ** 30     # 20 GiB unpacked: COCO's train2017 images fit, a "zip bomb" does not
+MAX_EXTRACT_MEMBERS = 500_000
 
-    Refuses (ValueError, nothing extracted) an archive with a member whose path is
-    absolute, climbs out with ``..``, or is a link pointing outside ``target``.
+
+def safe_extract(archive, target, max_bytes: int = MAX_EXTRACT_BYTES,
+                 max_members: int = MAX_EXTRACT_MEMBERS) -> list[Path]:
+    """Extract a .zip or .tar(.gz/.bz2/.xz) archive into ``target``; return the extracted paths.
+
+    Every member is checked before anything is written: only regular files and folders
+    (links, hard links, devices and pipes are refused, wherever they point), relative names
+    that stay inside ``target`` (no absolute path, drive letter or ``..``), and at most
+    ``max_members`` members and ``max_bytes`` unpacked bytes in all. The files are then
+    written by this function (never by ``extractall``, whose path checks have had holes) into
+    a temporary folder beside ``target``, and moved into ``target`` only when all of them are
+    complete; a refusal, a member larger than it claims or a full disk leaves nothing behind.
+    Every failure is a ValueError that names the archive.
     """
-    archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
+    import os
+    import shutil
 
-    def inside(name: str) -> bool:
-        return (root / name).resolve().is_relative_to(root)
+    archive, target = Path(archive), Path(target)
+    max_bytes, max_members = positive_int(max_bytes, "max_bytes"), positive_int(max_members, "max_members")
+    if not archive.is_file():
+        raise ValueError(f"{archive}: no such archive file.")
+    try:
+        members, open_member, close = _archive_members(archive)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{archive}: not a readable archive ({type(error).__name__}: {error}).") from None
+    staging = None
+    try:
+        bad = [name for name, kind, _ in members if kind not in ("file", "dir")]
+        bad += [name for name, kind, _ in members if kind in ("file", "dir") and _safe_parts(name) is None]
+        if bad:
+            raise ValueError(f"{archive}: refusing to extract links, special files or names outside {target}: "
+                             f"{bad[:3]}.")
+        total = sum(size for _, _, size in members)
+        if len(members) > max_members or total > max_bytes:
+            raise ValueError(f"{archive}: refusing to extract {len(members):,} members of {total:,} bytes in all; "
+                             f"the limits are {max_members:,} members and {max_bytes:,} bytes (raise max_members / "
+                             "max_bytes for an archive you trust).")
+        target.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.extracting-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        written, extracted = 0, []
+        for index, (name, kind, size) in enumerate(members):
+            parts = _safe_parts(name)
+            if not parts:
+                continue                                     # the archive's root folder itself
+            destination = staging.joinpath(*parts)
+            extracted.append(target.joinpath(*parts))
+            if kind == "dir":
+                destination.mkdir(parents=True, exist_ok=True)
+                continue
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open_member(index) as source, open(destination, "wb") as sink:
+                while chunk := source.read(1 << 20):
+                    written += len(chunk)
+                    if written > max_bytes or sink.tell() + len(chunk) > size:
+                        raise ValueError(f"{archive}: member {name!r} unpacks to more than the {size:,} bytes it "
+                                         "declares; refusing the archive.")
+                    sink.write(chunk)
+        for path in sorted(staging.rglob("*")):             # parents before children
+            final = target / path.relative_to(staging)
+            if path.is_dir():
+                final.mkdir(exist_ok=True)
+            else:
+                os.replace(path, final)
+        return extracted
+    except OSError as error:                                 # a full disk, a name clash, permissions
+        raise ValueError(f"{archive}: extraction into {target} failed ({type(error).__name__}: {error}); "
+                         "nothing was extracted.") from None
+    finally:
+        close()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _safe_parts(name: str) -> tuple[str, ...] | None:
+    """The path parts of a member name that stays inside the target, or None."""
+    if not name or "\0" in name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = tuple(part for part in name.replace("\\", "/").split("/") if part not in ("", "."))
+    return None if ".." in parts else parts
+
+
+def _archive_members(archive: Path):
+    """``(members, open_member, close)``: members are ``(name, kind, size)`` with kind
+    "file", "dir" or "other"; ``open_member(i)`` opens member i for reading."""
+    import stat
 
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            names = zf.namelist()
-            bad = [n for n in names if Path(n).is_absolute() or not inside(n)]
-            if bad:
-                raise ValueError(f"{archive}: refusing to extract members outside {target}: {bad[:3]}.")
-            zf.extractall(root)
-        return [root / n for n in names]
+        zf = zipfile.ZipFile(archive)
+        infos = zf.infolist()
+        members = []
+        for info in infos:
+            file_type = stat.S_IFMT(info.external_attr >> 16)                   # 0 when no Unix mode is stored
+            other = file_type not in (0, stat.S_IFREG, stat.S_IFDIR)            # e.g. a symlink stored by Unix zip
+            members.append((info.filename, "other" if other else "dir" if info.is_dir() else "file",
+                            0 if info.is_dir() else info.file_size))
+        return members, lambda i: zf.open(infos[i]), zf.close
     if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            bad = [m.name for m in members if Path(m.name).is_absolute() or not inside(m.name)
-                   or ((m.issym() or m.islnk()) and not inside(str(Path(m.name).parent / m.linkname)))]
-            if bad:
-                raise ValueError(f"{archive}: refusing to extract members outside {target}: {bad[:3]}.")
-            tar.extractall(root, filter="data")
-        return [root / m.name for m in members]
-    raise ValueError(f"{archive}: expected a .zip or .tar archive.")
+        tar = tarfile.open(archive)
+        infos = tar.getmembers()
+        members = [(m.name, "file" if m.isreg() else "dir" if m.isdir() else "other", m.size if m.isreg() else 0)
+                   for m in infos]
+        return members, lambda i: tar.extractfile(infos[i]), tar.close
+    raise OSError("expected a .zip or .tar archive")
 
 
 def parse_data_spec(spec: str) -> tuple[str, list[str]]:

@@ -127,3 +127,65 @@ def test_safe_extract_rejects_other_files(tmp_path):
     (tmp_path / "x.txt").write_text("hello")
     with pytest.raises(ValueError, match="expected a .zip or .tar"):
         datasets.safe_extract(tmp_path / "x.txt", tmp_path / "out")
+
+
+def _tar(path, members):
+    """members: (name, type, size or linkname)."""
+    with tarfile.open(path, "w") as tf:
+        for name, kind, extra in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = extra
+                tf.addfile(info, io.BytesIO(b"x" * extra))
+            else:
+                info.linkname = extra if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+                tf.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("kind,extra", [
+    (tarfile.SYMTYPE, "data/a.txt"),            # a link that points inside the target is refused too
+    (tarfile.LNKTYPE, "data/a.txt"),
+    (tarfile.CHRTYPE, ""),
+    (tarfile.FIFOTYPE, ""),
+])
+def test_safe_extract_refuses_links_and_special_members_before_writing_anything(tmp_path, kind, extra):
+    archive = _tar(tmp_path / "a.tar", [("data/a.txt", tarfile.REGTYPE, 1), ("data/odd", kind, extra)])
+    with pytest.raises(ValueError, match="refusing to extract links, special files"):
+        datasets.safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [archive]
+
+
+def test_safe_extract_refuses_a_zip_symlink(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("data/link")
+        info.external_attr = (0o120777 << 16)                       # how Unix zip stores a symlink
+        zf.writestr(info, "../../etc/passwd")
+    with pytest.raises(ValueError, match="refusing to extract links"):
+        datasets.safe_extract(archive, tmp_path / "out")
+
+
+def test_safe_extract_checks_counts_and_sizes_before_writing(tmp_path):
+    archive = _tar(tmp_path / "big.tar", [(f"f{i}.txt", tarfile.REGTYPE, 100) for i in range(5)])
+    with pytest.raises(ValueError, match="5 members of 500 bytes"):
+        datasets.safe_extract(archive, tmp_path / "out", max_bytes=499)
+    with pytest.raises(ValueError, match="the limits are 4 members"):
+        datasets.safe_extract(archive, tmp_path / "out", max_members=4)
+    assert not (tmp_path / "out").exists()
+    extracted = datasets.safe_extract(archive, tmp_path / "out", max_bytes=500)
+    assert sorted(p.name for p in extracted) == [f"f{i}.txt" for i in range(5)]
+    assert (tmp_path / "out" / "f4.txt").read_bytes() == b"x" * 100
+
+
+def test_safe_extract_merges_into_an_existing_folder_and_names_a_broken_archive(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("kept")
+    _zip(tmp_path / "ok.zip", ["data/a.txt"])
+    datasets.safe_extract(tmp_path / "ok.zip", tmp_path / "out")
+    assert (tmp_path / "out" / "mine.txt").read_text() == "kept" and (tmp_path / "out" / "data" / "a.txt").exists()
+    (tmp_path / "cut.zip").write_bytes((tmp_path / "ok.zip").read_bytes()[:-30])
+    with pytest.raises(ValueError, match="cut.zip"):
+        datasets.safe_extract(tmp_path / "cut.zip", tmp_path / "out2")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]     # no staging folder left
