@@ -57,7 +57,7 @@ def validate_waveform(signal, name: str = "signal", max_ndim: int = 1, min_lengt
         raise TypeError(f"{name}: expected a float array, got a ragged or object array "
                         f"(waveforms of different lengths? pad them with pad_waveforms).")
     if np.issubdtype(array.dtype, np.integer):
-        hint = " (16-bit PCM? divide by 32768, or read files with load_wav)" if array.dtype == np.int16 else ""
+        hint = " (16-bit PCM? divide by 32768, or read files with audio_io.load_audio)" if array.dtype == np.int16 else ""
         raise TypeError(f"{name}: expected a float waveform with values in [-1, 1], got dtype {array.dtype}{hint}.")
     if np.iscomplexobj(array):
         raise TypeError(f"{name}: expected a real waveform, got complex dtype {array.dtype} "

@@ -1,9 +1,8 @@
-"""Lesson 02: sound files. Reading and writing 16-bit PCM WAV files with Python's `wave`
-module, and loading any WAV (mono or stereo, any rate) at the course rate.
-
-`read_wav` returns a file as it is stored; `load_wav` is what a lesson calls: mono, float32
-in [-1, 1], resampled with `audio.resample` to 16 kHz. `save_wav` writes a float waveform.
-The signal processing itself (resampling, spectrograms) lives in `audio`.
+"""Lesson 02: sound files. `save_wav` writes a float waveform as a 16-bit PCM WAV file
+with Python's `wave` module; `load_audio` reads any common sound file (WAV in every
+encoding, FLAC, OGG, MP3) with the `soundfile` library and returns what a lesson needs:
+mono, float32 in [-1, 1], resampled with `audio.resample` to 16 kHz. The signal processing
+itself (resampling, spectrograms) lives in `audio`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import numpy as np
 from mmlm_course.audio import COURSE_SAMPLE_RATE, resample, validate_waveform
 from mmlm_course.validation import positive_int
 
-PCM16_SCALE = 32768.0  # int16 sample -> float, as tf.audio.decode_wav
+PCM16_SCALE = 32768.0  # float -> int16 sample (and back, as tf.audio.decode_wav and soundfile)
 
 
 def save_wav(path, signal, sample_rate: int = COURSE_SAMPLE_RATE) -> Path:
@@ -46,58 +45,30 @@ def save_wav(path, signal, sample_rate: int = COURSE_SAMPLE_RATE) -> Path:
     return path
 
 
-def read_wav(path) -> tuple[np.ndarray, int]:
-    """Read a 16-bit PCM WAV file as it is stored.
-
-    Returns ``(samples, sample_rate)``: float32 of shape (num_samples, channels), values
-    in [-1, 1) (int16 / 32768). Raises FileNotFoundError for a missing file and
-    ValueError for a file that is not a WAV, is truncated, or is not 16-bit PCM.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No WAV file at {path}.")
-    with open(path, "rb") as file:
-        head = file.read(12)
-    if not (b"RIFF".startswith(head[:4]) and b"WAVE".startswith(head[8:12])):
-        raise ValueError(f"{path} is not a WAV file: it does not start with a RIFF/WAVE header "
-                         f"(first bytes {head[:12]!r}); expected 16-bit PCM WAV.")
-    try:
-        with wave.open(str(path), "rb") as file:
-            channels, width = file.getnchannels(), file.getsampwidth()
-            rate, frames = file.getframerate(), file.getnframes()
-            data = file.readframes(frames)
-    except wave.Error as error:
-        message = str(error)
-        if "RIFF" in message or "WAVE" in message:
-            raise ValueError(f"{path} is not a WAV file ({message}); expected a RIFF/WAVE file "
-                             f"with 16-bit PCM samples.") from None
-        raise ValueError(f"{path}: unsupported WAV encoding ({message}); expected 16-bit PCM "
-                         f"(convert it, e.g. `sox in.wav -b 16 -e signed out.wav`).") from None
-    except EOFError:
-        raise ValueError(f"{path} is truncated or empty: the WAV header is incomplete "
-                         f"({path.stat().st_size} bytes).") from None
-    if width != 2:
-        raise ValueError(f"{path}: expected 16-bit PCM samples (2 bytes), got {8 * width}-bit; "
-                         f"convert it, e.g. `sox in.wav -b 16 out.wav`.")
-    if channels not in (1, 2):
-        raise ValueError(f"{path}: expected a mono or stereo file, got {channels} channels.")
-    expected_bytes = frames * channels * width
-    if len(data) != expected_bytes:
-        raise ValueError(f"{path} is truncated: its header announces {frames} frames "
-                         f"({expected_bytes} bytes of audio) but the file holds only {len(data)} bytes.")
-    samples = np.frombuffer(data, dtype="<i2").reshape(-1, channels)
-    return (samples.astype(np.float32) / PCM16_SCALE), rate
-
-
-def load_wav(path, sample_rate: int | None = COURSE_SAMPLE_RATE, mono: bool = True) -> np.ndarray:
-    """Load a 16-bit PCM WAV file (mono or stereo, any rate) for the course.
+def load_audio(path, sample_rate: int | None = COURSE_SAMPLE_RATE, mono: bool = True) -> np.ndarray:
+    """Load a sound file for the course: WAV in any encoding (8/16/24/32-bit, float,
+    WAVE_FORMAT_EXTENSIBLE), FLAC, OGG/Vorbis, MP3 and the other formats of libsndfile,
+    read with the well-kept `soundfile` library.
 
     Returns float32 of shape (num_samples,) when ``mono`` (channels averaged), else
-    (num_samples, channels); values in [-1, 1]. The file is resampled to
-    ``sample_rate`` (default: the course rate, 16 kHz); ``None`` keeps the file's rate.
-    Errors: see `read_wav`.
+    (num_samples, channels); values in [-1, 1]. The file is resampled to ``sample_rate``
+    (default: the course rate, 16 kHz) with `audio.resample`; ``None`` keeps the file's rate.
+    Raises FileNotFoundError for a missing file, and ValueError, naming the file, for a
+    folder, a file that is no audio, or a WAV file cut short (libsndfile would silently
+    return the part that is there).
     """
-    samples, rate = read_wav(path)
+    import soundfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a sound file: pass the path of one file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No sound file at {path}.")
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)   # (num_samples, channels)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{path} is not a readable sound file ({error}); expected WAV, FLAC, OGG or MP3.") from None
+    _check_wav_complete(path)
     if mono:
         samples = samples.mean(axis=1)
     if sample_rate is None:
@@ -108,3 +79,24 @@ def load_wav(path, sample_rate: int | None = COURSE_SAMPLE_RATE, mono: bool = Tr
     if samples.ndim == 1:
         return resample(samples, rate, sample_rate)
     return np.stack([resample(samples[:, c], rate, sample_rate) for c in range(samples.shape[1])], axis=1)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """A RIFF/WAVE file whose ``data`` chunk announces more bytes than the file holds was cut
+    short (a failed download): refuse it instead of returning the part that is there."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        if file.read(12)[8:12] != b"WAVE":
+            return
+        while True:
+            header = file.read(8)
+            if len(header) < 8:
+                return
+            chunk, length = header[:4], int.from_bytes(header[4:], "little")
+            if chunk == b"data":
+                present = size - file.tell()
+                if length > present and length != 0xFFFFFFFF:       # 0xFFFFFFFF: a streamed file of unknown length
+                    raise ValueError(f"{path} is truncated: its header announces {length} bytes of audio but the "
+                                     f"file holds only {present}.")
+                return
+            file.seek(length + (length & 1), 1)                    # chunks are padded to an even length

@@ -149,64 +149,73 @@ def write_raw_wav(path, data: np.ndarray, rate: int, width: int = 2):
 
 def test_wav_round_trip_mono(tmp_path, scene_sound):
     path = audio_io.save_wav(tmp_path / "scene.wav", scene_sound)
-    loaded = audio_io.load_wav(path)
+    loaded = audio_io.load_audio(path)
     assert loaded.shape == scene_sound.shape and loaded.dtype == np.float32
     np.testing.assert_allclose(loaded, scene_sound, atol=1 / 32768)
     with wave.open(str(path)) as file:
         assert (file.getnchannels(), file.getsampwidth(), file.getframerate()) == (1, 2, RATE)
 
 
-def test_load_wav_stereo_44k_is_mixed_and_resampled(tmp_path):
+def test_load_audio_stereo_44k_is_mixed_and_resampled(tmp_path):
     left, right = sine(440, 0.5, 44100), sine(440, 0.5, 44100, amplitude=0.3)
     pcm = np.round(np.stack([left, right], axis=1) * 32767).astype("<i2")
     write_raw_wav(tmp_path / "stereo.wav", pcm, 44100)
-    mono = audio_io.load_wav(tmp_path / "stereo.wav")
+    mono = audio_io.load_audio(tmp_path / "stereo.wav")
     assert mono.shape == (8000,) and mono.dtype == np.float32
     np.testing.assert_allclose(mono[200:-200], sine(440, 0.5, RATE, amplitude=0.4)[200:-200], atol=3e-3)
-    both = audio_io.load_wav(tmp_path / "stereo.wav", mono=False)
+    both = audio_io.load_audio(tmp_path / "stereo.wav", mono=False)
     assert both.shape == (8000, 2)
-    native = audio_io.load_wav(tmp_path / "stereo.wav", sample_rate=None, mono=False)
+    native = audio_io.load_audio(tmp_path / "stereo.wav", sample_rate=None, mono=False)
     assert native.shape == (22050, 2)
     np.testing.assert_array_equal(native, pcm.astype(np.float32) / 32768)
 
 
-def test_read_wav_agrees_with_tf_decode_wav(tmp_path):
+def test_load_audio_agrees_with_tf_decode_wav(tmp_path):
     pcm = np.random.default_rng(0).integers(-32768, 32768, size=(300, 2)).astype("<i2")
     write_raw_wav(tmp_path / "x.wav", pcm, 8000)
-    ours, rate = audio_io.read_wav(tmp_path / "x.wav")
+    ours = audio_io.load_audio(tmp_path / "x.wav", sample_rate=None, mono=False)
     theirs = tf.audio.decode_wav(tf.io.read_file(str(tmp_path / "x.wav")))
-    assert rate == int(theirs.sample_rate) == 8000
     np.testing.assert_array_equal(ours, theirs.audio.numpy())
 
 
-def test_truncated_wav_is_refused(tmp_path, scene_sound):
+@pytest.mark.parametrize("fmt,subtype,atol", [
+    ("WAV", "PCM_U8", 1 / 64), ("WAV", "PCM_24", 1e-6), ("WAV", "PCM_32", 1e-6), ("WAV", "FLOAT", 1e-7),
+    ("FLAC", "PCM_16", 1 / 16384), ("OGG", "VORBIS", 0.05),
+])
+def test_load_audio_reads_every_common_encoding(tmp_path, scene_sound, fmt, subtype, atol):
+    import soundfile
+
+    path = tmp_path / f"scene.{fmt.lower()}"
+    soundfile.write(str(path), scene_sound, RATE, format=fmt, subtype=subtype)
+    loaded = audio_io.load_audio(path)
+    assert loaded.shape == scene_sound.shape and loaded.dtype == np.float32
+    assert np.abs(loaded - scene_sound).max() <= atol
+
+
+def test_load_audio_reads_four_channel_extensible_wav(tmp_path):
+    import soundfile
+
+    four = np.stack([sine(440, 0.2, RATE, amplitude=a) for a in (0.1, 0.2, 0.3, 0.4)], axis=1)
+    soundfile.write(str(tmp_path / "four.wav"), four, RATE, subtype="PCM_24")   # WAVE_FORMAT_EXTENSIBLE
+    assert audio_io.load_audio(tmp_path / "four.wav").shape == (3200,)
+
+
+def test_truncated_and_non_audio_files_are_refused(tmp_path, scene_sound):
     data = audio_io.save_wav(tmp_path / "full.wav", scene_sound).read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="truncated.*announces"):
-        audio_io.load_wav(tmp_path / "cut.wav")
+    with pytest.raises(ValueError, match="cut.wav is truncated: its header announces"):
+        audio_io.load_audio(tmp_path / "cut.wav")
     (tmp_path / "header.wav").write_bytes(data[:30])
-    with pytest.raises(ValueError, match="truncated or empty"):
-        audio_io.load_wav(tmp_path / "header.wav")
     (tmp_path / "empty.wav").write_bytes(b"")
-    with pytest.raises(ValueError, match="truncated or empty"):
-        audio_io.load_wav(tmp_path / "empty.wav")
-
-
-def test_non_wav_and_unsupported_files_are_refused(tmp_path):
     (tmp_path / "notes.wav").write_text("these are not audio samples " * 10)
-    with pytest.raises(ValueError, match="not a WAV file.*RIFF"):
-        audio_io.load_wav(tmp_path / "notes.wav")
-    write_raw_wav(tmp_path / "eight.wav", np.full(100, 128, np.uint8), 8000, width=1)
-    with pytest.raises(ValueError, match="expected 16-bit PCM.*got 8-bit"):
-        audio_io.load_wav(tmp_path / "eight.wav")
-    (tmp_path / "tiny.wav").write_bytes(b"abc")
-    with pytest.raises(ValueError, match="not a WAV file"):
-        audio_io.load_wav(tmp_path / "tiny.wav")
     (tmp_path / "avi.wav").write_bytes(b"RIFF\x10\x00\x00\x00AVI LIST" + bytes(20))
-    with pytest.raises(ValueError, match="not a WAV file"):
-        audio_io.load_wav(tmp_path / "avi.wav")
-    with pytest.raises(FileNotFoundError, match="No WAV file"):
-        audio_io.load_wav(tmp_path / "missing.wav")
+    for name in ("header.wav", "empty.wav", "notes.wav", "avi.wav"):
+        with pytest.raises(ValueError, match=f"{name} is not a readable sound file"):
+            audio_io.load_audio(tmp_path / name)
+    with pytest.raises(ValueError, match="is a folder"):
+        audio_io.load_audio(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No sound file"):
+        audio_io.load_audio(tmp_path / "missing.wav")
 
 
 def test_save_wav_errors(tmp_path):
