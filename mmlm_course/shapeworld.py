@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from mmlm_course.validation import require_int
+
 SHAPES = ("circle", "square", "triangle")
 COLORS = {
     "red": (220, 40, 40),
@@ -105,6 +107,8 @@ def sample_scene(rng: np.random.Generator, split: str = "train",
                  num_objects: int | None = None) -> Scene:
     """Sample a random scene of 1-4 non-overlapping objects valid for ``split``."""
     _check_split(split)
+    if num_objects is not None:                 # more would not fit without overlap: the loop would never end
+        num_objects = require_int(num_objects, "num_objects", 1, MAX_OBJECTS)
     allowed = _allowed_for_split(split)
     while True:
         n = int(rng.integers(1, MAX_OBJECTS + 1)) if num_objects is None else num_objects
@@ -555,10 +559,8 @@ def generate(num_examples: int, split: str = "train", seed: int = 0, image_size:
     scenes.
     """
     _check_split(split)
-    if not isinstance(num_examples, (int, np.integer)) or num_examples < 0:
-        raise ValueError(f"num_examples must be a non-negative int, got {num_examples!r}")
-    if not isinstance(image_size, (int, np.integer)) or image_size < 16:
-        raise ValueError(f"image_size must be an int >= 16 so shapes stay recognisable, got {image_size!r}")
+    num_examples = require_int(num_examples, "num_examples", 0)
+    image_size = require_int(image_size, "image_size (>= 16 so shapes stay recognisable)", 16)
     rng = np.random.default_rng([SPLITS.index(split), seed])
     allowed = _allowed_for_split(split)
     scenes, captions, questions, answers, qtypes = [], [], [], [], []

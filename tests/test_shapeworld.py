@@ -96,10 +96,14 @@ def test_sound_encodes_the_objects():
 def test_bad_arguments_say_what_was_expected():
     with pytest.raises(ValueError, match="Unknown split 'tran'"):
         sw.generate(3, "tran")
-    with pytest.raises(ValueError, match="non-negative int"):
+    with pytest.raises(ValueError, match="num_examples must be >= 0"):
         sw.generate(-1)
+    with pytest.raises(TypeError, match="num_examples must be an int"):
+        sw.generate(2.0)
     with pytest.raises(ValueError, match="image_size"):
         sw.generate(2, image_size=8)
+    with pytest.raises(ValueError, match="num_objects must be <= 4"):
+        sw.sample_scene(np.random.default_rng(0), num_objects=12)
     with pytest.raises(ValueError, match="unknown attribute"):
         sw.count_objects(sw.generate(1).scenes[0], colour="red")
 
