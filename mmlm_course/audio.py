@@ -223,6 +223,8 @@ def num_frames(num_samples: int, frame_length: int, hop_length: int, pad_end: bo
     """How many frames `frame_signal` makes: ``1 + (num_samples - frame_length) // hop_length``
     (0 if the signal is shorter than a frame), or ``ceil(num_samples / hop_length)`` with
     ``pad_end``."""
+    num_samples = require_int(num_samples, "num_samples", 0)
+    frame_length, hop_length = positive_int(frame_length, "frame_length"), positive_int(hop_length, "hop_length")
     if pad_end:
         return -(-num_samples // hop_length)
     return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // hop_length

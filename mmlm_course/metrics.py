@@ -42,6 +42,9 @@ def accuracy(labels, logits, mask=None):
     Returns: float32 scalar tensor in [0, 1].
     """
     logits = float_tensor(logits, "accuracy: logits", "scores")
+    values = concrete_values(logits)                     # None while tracing a graph
+    if values is not None and np.isnan(values).any():
+        raise ValueError("accuracy: the scores contain NaN (a diverged model?); the arg-max of NaN is meaningless.")
     if len(static_shape(logits)) < 2:
         raise ValueError(f"accuracy: expected scores of shape (B, C) (or (B, T, C)), got shape {static_shape(logits)}.")
     labels = check_labels(labels, logits, "accuracy: labels")

@@ -75,7 +75,19 @@ def to_float_image(image) -> np.ndarray:
 def standardize_image(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """(image - mean) / std per channel. Input uint8 or float in [0, 1]; output float32,
     same shape; ``mean`` and ``std`` have shape (3,)."""
-    return (to_float_image(image) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    stats = {}
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            array = np.asarray(value, np.float32)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected 3 numbers, one per channel, got {value!r}.") from None
+        if array.shape != (3,) or not np.isfinite(array).all():
+            raise ValueError(f"{name}: expected 3 finite numbers, one per channel (e.g. preprocessing.IMAGENET_"
+                             f"{name.upper()}), got {value!r}.")
+        stats[name] = array
+    if (stats["std"] <= 0).any():
+        raise ValueError(f"std: every channel's standard deviation must be > 0, got {std!r}.")
+    return (to_float_image(image) - stats["mean"]) / stats["std"]
 
 
 def resize_image(image, size: int | tuple[int, int]) -> np.ndarray:
@@ -141,6 +153,8 @@ FLIP_WORDS = {"left": "right", "right": "left"}
 
 def flip_caption(caption: str) -> str:
     """Swap the words "left" and "right" so a caption stays true of a mirrored image."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption: expected a str, got {type(caption).__name__} {caption!r}.")
     return " ".join(FLIP_WORDS.get(word, word) for word in caption.split(" "))
 
 
@@ -319,7 +333,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], max_length: int | None = N
     lengths = [len(s) for s in sequences]
     if min(lengths) == 0:
         raise ValueError(f"sequence {lengths.index(0)} is empty; every sequence needs at least one token.")
-    length = max(lengths) if max_length is None else max_length
+    length = max(lengths) if max_length is None else positive_int(max_length, "max_length")
     ids = np.full((len(sequences), length), pad_id, np.int32)
     mask = np.zeros((len(sequences), length), bool)
     for row, seq in enumerate(sequences):

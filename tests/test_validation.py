@@ -4,6 +4,8 @@ wrong kind of value, ValueError for a wrong value), and what each accepts."""
 import numpy as np
 import pytest
 
+from mmlm_course import audio, metrics, preprocessing
+
 from mmlm_course.validation import (as_array, int_tuple, positive_int, require_choice, require_float, require_int,
                                     require_rank, require_rate)
 
@@ -59,3 +61,19 @@ def test_arrays():
     assert require_rank(np.zeros((2, 3)), (2,), "x", "(batch, time)") == (2, 3)
     with pytest.raises(ValueError, match=r"\(batch, time\)"):
         require_rank(np.zeros(3), (2,), "x", "(batch, time)")
+
+
+IMAGE = np.zeros((2, 2, 3), np.uint8)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: preprocessing.standardize_image(IMAGE, mean=None), ValueError, "mean: expected 3 finite numbers"),
+    (lambda: preprocessing.standardize_image(IMAGE, std=(0.2, 0.0, 0.2)), ValueError, "must be > 0"),
+    (lambda: preprocessing.pad_sequences([[1, 2]], max_length=0), ValueError, "max_length"),
+    (lambda: preprocessing.flip_caption(None), TypeError, "expected a str"),
+    (lambda: audio.num_frames(1000, 400, -3), ValueError, "hop_length"),
+    (lambda: metrics.accuracy(np.array([0, 1]), np.full((2, 3), np.nan, np.float32)), ValueError, "NaN"),
+])
+def test_bad_inputs_that_used_to_pass_silently_are_refused(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
