@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from mmlm_course import audio, metrics, preprocessing
-
 from mmlm_course.validation import (as_array, int_tuple, positive_int, require_choice, require_float, require_int,
                                     require_rank, require_rate)
 
