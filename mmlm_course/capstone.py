@@ -182,9 +182,12 @@ class RunFolder:
     samples_path = property(lambda self: self.root / "samples.png")
 
     def start(self, config: RunConfig) -> bool:
-        """Create or reopen the folder; True when resuming. A folder that holds another
-        config is refused rather than mixed with this one."""
+        """Create or reopen the folder and take its lock; True when resuming. A folder that
+        holds another config is refused rather than mixed with this one, and so is a folder
+        another process is training in (the lock is the operating system's ``flock`` on
+        ``.lock``: a killed process drops it, so its run can be resumed at once)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         text = json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
         if self.config_path.exists():
             if json.loads(self.config_path.read_text()) != json.loads(text):
@@ -193,6 +196,31 @@ class RunFolder:
             return True
         self.config_path.write_text(text)
         return False
+
+    def _take_lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:                      # Windows: no flock; one trainer per folder is then up to you
+            return
+        self._lock = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self.release()
+            raise ValueError(f"{self.root} is in use by {holder}: wait for that run to finish (or stop it), "
+                             "or choose another --out.") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"process {os.getpid()}")
+        self._lock.flush()
+
+    def release(self) -> None:
+        """Drop the folder's lock (closing the file releases the ``flock``)."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()
 
     def history(self, up_to_step: int) -> list[dict]:
         """Logged steps 1..up_to_step (later ones were not checkpointed: they are redone)."""
@@ -249,13 +277,21 @@ def _tensorboard_writer(folder: Path):
 
 
 def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
-    """Train (or resume) the run in ``out``; return the final metrics dict."""
+    """Train (or resume) the run in ``out``; return the final metrics dict. One process
+    at a time: a second trainer on the same folder is refused (`RunFolder.start`)."""
+    folder = RunFolder(out)
+    try:
+        return _train(config, folder, progress, log)
+    finally:
+        folder.release()
+
+
+def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     import keras
     from tqdm import tqdm
 
     from mmlm_course import detector, generation, mllm, stages, training
 
-    folder = RunFolder(out)
     has_gpu = env.has_gpu()
     log(f"preset {config.preset} on {describe_device()}")
     _apply_precision(config, has_gpu, log)
@@ -280,6 +316,8 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
         return stages.compile_for_stage(model, stage, learning_rate, total_steps=steps, jit_compile=jit)
 
     state = folder.checkpoints.latest()
+    for name, problem in folder.checkpoints.skipped:
+        log(f"checkpoint {name} cannot be read ({problem}): using the one before it")
     pretrained_now = False
     uses_detector = model.config.vision == "objects"
     if state is None and (uses_detector or config.pretrain_epochs):

@@ -66,18 +66,34 @@ class CheckpointStore:
         return final
 
     def latest(self) -> tuple[Path, dict] | None:
-        """(checkpoint folder, its state) of the latest complete checkpoint, or None."""
-        pointer = self.folder / LATEST
-        if not pointer.exists():
-            return None
-        folder = self.folder / json.loads(pointer.read_text())["checkpoint"]
-        return folder, json.loads((folder / "state.json").read_text())
+        """(checkpoint folder, its state) of the newest checkpoint that can be read, or None.
+
+        ``latest.json`` names the newest; if it (or the pointer itself) is damaged, for
+        example by a disk error or a hand-edited file, the checkpoints before it are tried
+        newest first. Each one skipped is recorded in ``self.skipped`` as (name, problem),
+        for the caller to report.
+        """
+        self.skipped: list[tuple[str, str]] = []
+        candidates = []
+        try:
+            candidates.append(self.folder / json.loads((self.folder / LATEST).read_text())["checkpoint"])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.skipped.append((LATEST, f"{type(error).__name__}: {error}"))
+        candidates += sorted((p for p in self.folder.glob("step-*") if p.is_dir()), reverse=True)
+        for folder in dict.fromkeys(candidates):                   # in order, each once
+            problem = _unreadable(folder)
+            if problem is None:
+                return folder, json.loads((folder / "state.json").read_text())
+            self.skipped.append((folder.name, problem))
+        return None
 
     def restore(self, model, optimizer=None) -> dict | None:
-        """Load the latest checkpoint into a built ``model`` and ``optimizer``; return its
-        training state, or None when there is nothing to resume. With ``optimizer=None``
-        only the weights are loaded (a run resuming into a new stage starts that stage's
-        optimizer fresh, as an uninterrupted run does)."""
+        """Load the latest readable checkpoint (`latest`) into a built ``model`` and
+        ``optimizer``; return its training state, or None when there is nothing to resume.
+        With ``optimizer=None`` only the weights are loaded (a run resuming into a new stage
+        starts that stage's optimizer fresh, as an uninterrupted run does)."""
         found = self.latest()
         if found is None:
             return None
@@ -104,3 +120,21 @@ class CheckpointStore:
         for stale in self.folder.glob(".tmp-step-*"):
             if stale.is_dir() and not stale.name.endswith(f"-{os.getpid()}"):
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def _unreadable(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be restored, or None when every file reads."""
+    import h5py
+
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            return "state.json holds no step"
+        with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:
+            for name in saved.files:
+                saved[name]                                           # reads (and checks) every array
+        with h5py.File(folder / "model.weights.h5", "r") as weights:
+            weights.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception as error:        # h5py, zipfile and numpy raise many kinds for a damaged file
+        return f"{type(error).__name__}: {str(error)[:160]}"
+    return None

@@ -97,6 +97,21 @@ def test_object_vision_run_pretrains_the_detector_first(tmp_path):
     assert model.config.vision == "objects" and model.relation_head is not None
 
 
+def _killed_at(step):
+    """A `training.train_steps` that stops the run after ``step`` (as a kill would)."""
+    from mmlm_course import training
+
+    real = training.train_steps
+
+    def stopping(*args, on_step=None, **kwargs):
+        def hook(done, logs):
+            on_step(done, logs)
+            if done == step:
+                raise KeyboardInterrupt("killed")
+        return real(*args, on_step=hook, **kwargs)
+    return stopping
+
+
 def test_a_run_killed_just_after_the_stage_boundary_resumes_exactly(tmp_path, monkeypatch):
     """The stage-1 boundary checkpoint holds stage 1's optimizer; a run killed before stage 2's
     first checkpoint must resume from it, with stage 2's fresh optimizer, and train exactly the
@@ -108,15 +123,7 @@ def test_a_run_killed_just_after_the_stage_boundary_resumes_exactly(tmp_path, mo
     capstone.train(config, tmp_path / "whole", progress=False, log=lambda line: None)
 
     real_train_steps = training.train_steps
-
-    def killed_at_step_6(*args, on_step=None, **kwargs):
-        def hook(done, logs):
-            on_step(done, logs)
-            if done == 6:
-                raise KeyboardInterrupt("killed")
-        return real_train_steps(*args, on_step=hook, **kwargs)
-
-    monkeypatch.setattr(training, "train_steps", killed_at_step_6)
+    monkeypatch.setattr(training, "train_steps", _killed_at(6))
     with pytest.raises(KeyboardInterrupt):
         capstone.train(config, tmp_path / "killed", progress=False, log=lambda line: None)
     monkeypatch.setattr(training, "train_steps", real_train_steps)
@@ -138,3 +145,35 @@ def test_a_batch_larger_than_the_data_is_one_clear_error_before_anything_is_writ
     bad = subprocess.run(TRAIN + ["--batch-size", "0", "--out", str(run)], cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert bad.returncode == 2 and "--batch-size must be at least 1" in bad.stderr
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, monkeypatch):
+    from mmlm_course import capstone, training
+
+    config = capstone.resolve_config("tiny", train_examples=96, eval_examples=8, stage1_steps=2, stage2_steps=14,
+                                     checkpoint_every=4)
+    run = tmp_path / "run"
+    real = training.train_steps
+    monkeypatch.setattr(training, "train_steps", _killed_at(14))
+    with pytest.raises(KeyboardInterrupt):
+        capstone.train(config, run, progress=False, log=lambda line: None)
+    monkeypatch.setattr(training, "train_steps", real)
+    weights = run / "checkpoints" / "step-00000012" / "model.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])                  # a torn write, a disk error
+    lines = []
+    capstone.train(config, run, progress=False, log=lines.append)
+    assert any(line.startswith("checkpoint step-00000012 cannot be read") for line in lines), lines
+    assert any(line.startswith("resumed from step 8") for line in lines), lines
+    assert [r["step"] for r in _history(run)] == list(range(1, 17))
+
+
+def test_one_trainer_per_run_folder(tmp_path):
+    from mmlm_course import capstone
+
+    config = capstone.resolve_config("tiny", train_examples=64, eval_examples=4, stage1_steps=2, stage2_steps=2)
+    holder = capstone.RunFolder(tmp_path / "run")
+    holder.start(config)                                                # another trainer holds the folder
+    with pytest.raises(ValueError, match=f"in use by process {os.getpid()}"):
+        capstone.train(config, tmp_path / "run", progress=False, log=lambda line: None)
+    holder.release()                                                    # it stopped (a kill drops the lock too)
+    assert capstone.train(config, tmp_path / "run", progress=False, log=lambda line: None)["steps"] == 4
