@@ -48,20 +48,26 @@ class CheckpointStore:
         final = self.folder / f"step-{step:08d}"
         temporary = self.folder / f".tmp-step-{step:08d}-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir()
         if not optimizer.built:  # a checkpoint taken before the first step still restores
             optimizer.build(model.trainable_variables)
-        model.save_weights(temporary / "model.weights.h5")
-        arrays = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
-        np.savez(temporary / "optimizer.npz", **arrays)
-        (temporary / "state.json").write_text(json.dumps(state, indent=1))
-        for file in temporary.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        _write_atomically(self.folder / LATEST, json.dumps({"checkpoint": final.name, "step": step}))
+        try:
+            temporary.mkdir()
+            model.save_weights(temporary / "model.weights.h5")
+            arrays = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
+            np.savez(temporary / "optimizer.npz", **arrays)
+            (temporary / "state.json").write_text(json.dumps(state, indent=1))
+            for file in temporary.iterdir():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            _write_atomically(self.folder / LATEST, json.dumps({"checkpoint": final.name, "step": step}))
+        except OSError as error:                 # a full disk, a quota, a folder removed under us
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise ValueError(f"could not write the checkpoint of step {step} in {self.folder} "
+                             f"({error.strerror or error}); the previous checkpoint is kept. Free some space, "
+                             "then run the same command again to resume.") from None
         self._prune()
         return final
 

@@ -61,3 +61,21 @@ def test_mismatched_optimizer_is_named(tmp_path):
     other.train_on_batch(np.ones((2, 4), "float32"), np.zeros((2, 1), "float32"))
     with pytest.raises(ValueError, match="optimizer variables"):
         CheckpointStore(tmp_path).restore(other, other.optimizer)
+
+
+def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    model = _trained_model()
+    optimizer = model.optimizer
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.save(model, optimizer, {"step": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(ValueError, match="step 2 .*No space left on device.*previous checkpoint is kept"):
+        store.save(model, optimizer, {"step": 2})
+    assert store.latest()[1]["step"] == 1
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest.json", "step-00000001"]   # no debris
