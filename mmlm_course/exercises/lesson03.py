@@ -328,12 +328,12 @@ def _check_transformer_block(c: Checker) -> None:
 
 
 def _check_block(c: Checker) -> None:
-    if not (isinstance(c.candidate, type) and issubclass(c.candidate, keras.layers.Layer)):
-        c.fail("your answer", f"expected the class itself (a keras.layers.Layer subclass), got "
-                              f"{type(c.candidate).__name__}",
-               "pass the class, not an instance: check(\"03.transformer_block\", TransformerBlock)")
     rng = np.random.default_rng(3)
     block = c.call(16, 2, 32)                               # embed_dim, num_heads, mlp_dim
+    if not isinstance(block, keras.layers.Layer):
+        c.fail("your answer", f"calling it with (embed_dim, num_heads, mlp_dim) gave {type(block).__name__}, "
+                              "not a Keras layer", "pass the class itself: check(\"03.transformer_block\", "
+                                                   "TransformerBlock)")
     missing = [name for name in _BLOCK_PARTS if not isinstance(getattr(block, name, None), keras.layers.Layer)]
     if missing:
         c.fail("the block's layers", f"missing {missing}",

@@ -254,11 +254,11 @@ def _check_decoder_lm(c: Checker) -> None:
 
 
 def _check_gpt(c: Checker) -> None:
-    if not (isinstance(c.candidate, type) and issubclass(c.candidate, keras.layers.Layer)):
-        c.fail("your answer", f"expected the class itself (a keras.Model subclass), got {type(c.candidate).__name__}",
-               "pass the class, not an instance: check(\"07.decoder_lm\", MiniGPT)")
     vocab, length = 11, 12
     model = c.call(vocab_size=vocab, max_length=length, dim=16, num_layers=2, num_heads=2)
+    if not isinstance(model, keras.layers.Layer):
+        c.fail("your answer", f"calling it gave {type(model).__name__}, not a Keras model",
+               "pass the class itself: check(\"07.decoder_lm\", MiniGPT)")
     run = Checker(c.exercise_id, model)                  # calling the model: crashes become one line
     rng = np.random.default_rng(7)
     ids = rng.integers(1, vocab, size=(3, 8)).astype(np.int32)
