@@ -1,14 +1,19 @@
 """Checks for lesson 06: contrastive image-text retrieval.
 
 Expected values come from the package (`mmlm_course.retrieval`, `mmlm_course.losses`,
-ShapeWorld's verifier `shapeworld.caption_truth_matrix`) or from float64 NumPy written here.
+ShapeWorld's verifier `shapeworld.caption_truth_matrix`) or from float64 NumPy written here;
+the text tower's from a reference forward pass through the learner's own sub-layers.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import warnings
 
-from mmlm_course import losses, retrieval, retrieval_training, shapeworld
+import keras
+import numpy as np
+from keras import ops
+
+from mmlm_course import attention, encoders, losses, retrieval, retrieval_training, shapeworld
 from mmlm_course.exercises import Checker, exercise
 
 
@@ -229,3 +234,168 @@ def _check_zero_shot_predict(c: Checker) -> None:
                    "compare by cosine similarity (normalise images and prompts), take each image's best prompt "
                    "(argmax over prompts) and return that prompt's class from prompt_classes")
         c.passed.append(f"predictions for {what}")
+
+
+# --------------------------------------------------------------------------- 06.text_tower
+
+_TOWER_PARTS = ("token_embedding", "position_embedding", "block", "final_norm", "projection")
+_VOCAB, _MAX_LENGTH, _WIDTH, _EMBED, _HEADS = 12, 8, 16, 6, 2
+# four captions padded to T = 8 (0 = padding): 5, 3, 4 and 8 real tokens
+_TOWER_IDS = np.array([[3, 7, 2, 9, 4, 0, 0, 0],
+                       [5, 11, 6, 0, 0, 0, 0, 0],
+                       [8, 2, 10, 3, 0, 0, 0, 0],
+                       [4, 4, 9, 1, 7, 2, 6, 11]], np.int32)
+
+
+class _TowerParts(keras.layers.Layer):
+    """The sub-layers of the text tower, exactly as the notebook's ``__init__`` creates them."""
+
+    def __init__(self, vocab_size, max_length, width=64, embed_dim=128, num_heads=4, **kwargs):
+        super().__init__(**kwargs)
+        self.token_embedding = keras.layers.Embedding(vocab_size, width)
+        self.position_embedding = encoders.PositionEmbedding(max_length, width)
+        self.block = attention.TransformerBlock(width, num_heads, 2 * width)
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5)
+        self.projection = keras.layers.Dense(embed_dim)
+
+
+def _tower_forward(t, token_ids, positions=True, block_mask=True, final_norm=True, pooling="real",
+                   normalise="last"):
+    """The text tower from ``t``'s sub-layers; the keywords switch on one typical mistake each."""
+    mask = ops.not_equal(token_ids, 0)                                  # (B, T) True on real tokens
+    x = t.token_embedding(token_ids)                                    # (B, T, width)
+    if positions:
+        x = t.position_embedding(x)
+    x = t.block(x, mask=mask if block_mask else None)
+    if final_norm:
+        x = t.final_norm(x)
+    if pooling == "real":
+        x = encoders.masked_mean_pool(x, mask)                          # (B, width)
+    elif pooling == "all":
+        x = ops.mean(x, axis=1)
+    else:                                                               # "length": masked sum / T
+        x = ops.sum(x * ops.expand_dims(ops.cast(mask, x.dtype), -1), axis=1) / x.shape[1]
+    if normalise == "first":
+        return t.projection(losses.l2_normalize(x))
+    x = t.projection(x)                                                 # (B, embed_dim)
+    return {"last": losses.l2_normalize, "none": lambda z: z,
+            "batch": lambda z: losses.l2_normalize(z, axis=0)}[normalise](x)
+
+
+class _ReferenceTower(_TowerParts):
+    def call(self, token_ids):
+        return _tower_forward(self, token_ids)
+
+
+def _token_sequence(t, token_ids):
+    """Mistake: no pooling, one unit vector per token (B, T, embed_dim)."""
+    x = t.final_norm(t.block(t.position_embedding(t.token_embedding(token_ids)), mask=ops.not_equal(token_ids, 0)))
+    return losses.l2_normalize(t.projection(x))
+
+
+def _tower_mistake(**flags):
+    forward = flags.pop("forward", None) or (lambda self, ids: _tower_forward(self, ids, **flags))
+    return type("MistakenTower", (_TowerParts,), {"call": lambda self, token_ids: forward(self, token_ids)})
+
+
+# (switches of _tower_forward, what the output then shows, hint): tried in order to explain a difference
+_TOWER_DIAGNOSES = (
+    (dict(normalise="none"), "the rows are not unit vectors",
+     "divide each embedding by its own L2 norm (over its features, axis=-1) so that a dot product is a cosine"),
+    (dict(normalise="batch"), "each column has length 1, not each row",
+     "normalise every embedding over its features (axis=-1), not over the batch (axis=0)"),
+    (dict(normalise="first"), "the rows are not unit vectors",
+     "L2 normalisation is the last step: normalise the projection's output, not its input"),
+    (dict(pooling="all"), "the embedding changes when padding is removed",
+     "the mean includes the padding positions: average only the real tokens (token_ids != 0)"),
+    (dict(pooling="length"), "the embedding changes when padding is removed",
+     "divide the masked sum by each caption's number of real tokens, not by the padded length T"),
+    (dict(block_mask=False), "the embedding changes when padding is removed",
+     "the block's attention reads the padding: pass the padding mask to self.block (mask=...)"),
+    (dict(positions=False), "the embedding ignores word order",
+     "add the position embeddings (self.position_embedding) to the token embeddings before the block"),
+    (dict(final_norm=False), "values differ",
+     "a pre-norm block leaves its output un-normalised: apply self.final_norm before pooling"),
+)
+
+
+@exercise(
+    "06.text_tower",
+    reference=_ReferenceTower,
+    mistakes={
+        "forgets the L2 normalisation": _tower_mistake(normalise="none"),
+        "L2-normalises over the batch axis": _tower_mistake(normalise="batch"),
+        "L2-normalises before the projection": _tower_mistake(normalise="first"),
+        "pools over padding (plain mean over time)": _tower_mistake(pooling="all"),
+        "divides by the padded length T, not the number of real tokens": _tower_mistake(pooling="length"),
+        "the block ignores the padding mask": _tower_mistake(block_mask=False),
+        "no position embeddings (order-blind)": _tower_mistake(positions=False),
+        "skips the final LayerNorm": _tower_mistake(final_norm=False),
+        "returns one vector per token (no pooling)": _tower_mistake(forward=_token_sequence),
+    },
+)
+def _check_text_tower(c: Checker) -> None:
+    with warnings.catch_warnings():              # Keras' build warnings about a wrong answer's unused layers
+        warnings.simplefilter("ignore")
+        _check_tower(c)
+
+
+def _numpy(value) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(value), np.float64)
+
+
+def _diagnose(c: Checker, tower, token_ids, got: np.ndarray, what: str, message: str, hint: str) -> None:
+    """Fail with the hint of the typical mistake that ``got`` equals, else with ``message`` and ``hint``."""
+    for flags, seen, specific in _TOWER_DIAGNOSES:
+        if np.allclose(got, _numpy(_tower_forward(tower, token_ids, **flags)), atol=1e-4, rtol=1e-4):
+            c.fail(what, seen, specific)
+    c.fail(what, message, hint)
+
+
+def _check_tower(c: Checker) -> None:
+    # (the grader hands over a function that builds the learner's class, so test what it builds)
+    if isinstance(c.candidate, keras.layers.Layer):
+        c.fail("your answer", "expected the class itself, got an instance of it",
+               "pass the class, not an instance: check(\"06.text_tower\", TextTower)")
+    rng = np.random.default_rng(63)
+    tower = c.call(_VOCAB, _MAX_LENGTH, width=_WIDTH, embed_dim=_EMBED, num_heads=_HEADS)
+    if not isinstance(tower, keras.layers.Layer):
+        c.fail("your answer", f"TextTower(...) returned a {type(tower).__name__} object, not a keras.layers.Layer",
+               "pass the class that subclasses keras.layers.Layer: check(\"06.text_tower\", TextTower)")
+    missing = [name for name in _TOWER_PARTS if not isinstance(getattr(tower, name, None), keras.layers.Layer)]
+    if missing:
+        c.fail("the tower's layers", f"missing {missing}",
+               "keep the layers that __init__ creates (" + ", ".join(_TOWER_PARTS) + ") and write call()")
+    run = Checker(c.exercise_id, tower)                     # calling the tower: crashes become one line
+    ids = _TOWER_IDS
+    what = f"embeddings of token_ids {ids.shape}"
+    c.expect_array(what, run.call(ids.copy()), (len(ids), _EMBED),
+                   hint="one vector per caption: pool the tokens over the time axis (axis=1), then project: "
+                        "(batch, embed_dim)")
+    for part in _TOWER_PARTS:                               # random weights: LayerNorm and biases now matter
+        layer = getattr(tower, part)
+        if layer.get_weights():
+            layer.set_weights([rng.normal(scale=0.5, size=w.shape).astype(np.float32) for w in layer.get_weights()])
+    got = _numpy(run.call(ids.copy()))
+    if not np.isfinite(got).all():
+        c.fail(f"{what} (random weights)", "contain NaN or inf",
+               "divide only by quantities that cannot be 0: every caption has at least one real token")
+    lengths = np.linalg.norm(got, axis=1)
+    if not np.allclose(lengths, 1.0, atol=1e-4):
+        _diagnose(c, tower, ids, got, f"{what} (random weights)",
+                  f"row lengths from {lengths.min():.3g} to {lengths.max():.3g}, not 1",
+                  "end with an L2 normalisation of each row (axis=-1), after the projection")
+    c.passed.append("every embedding has length 1")
+    short = _numpy(run.call(ids[:3, :5].copy()))            # the same three captions with less padding
+    if not np.allclose(short, got[:3], atol=1e-4, rtol=1e-4):
+        _diagnose(c, tower, ids, got, "captions padded to T = 8 and to T = 5",
+                  "the embedding changes when padding is removed",
+                  "padding must not change a caption's embedding: give the block the padding mask "
+                  "(token_ids != 0) and average only the real tokens")
+    c.passed.append("padding does not change an embedding")
+    expected = _numpy(_tower_forward(tower, ids))
+    if not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        _diagnose(c, tower, ids, got, f"{what} (random weights)", "values differ",
+                  "token embeddings + positions -> self.block(x, mask=mask) -> self.final_norm -> mean over the "
+                  "real tokens -> self.projection -> L2 normalisation; use each layer once, in this order")
+    c.passed.append(f"{what} (random weights) values")
