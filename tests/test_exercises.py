@@ -102,3 +102,16 @@ def test_run_check_turns_a_crash_inside_the_comparison_into_one_line():
     with pytest.raises(CheckFailed, match="could not be checked .RuntimeError: no array") as error:
         exercises.run_check("01.to_float_image", lambda img: Shape())
     assert "\n" not in str(error.value)
+
+
+def test_an_error_inside_a_keras_layer_is_reported_in_one_line():
+    from mmlm_course import attention
+
+    class Broken(attention.TransformerBlock):              # has the block's layers; its call fails
+        def call(self, x, mask=None):
+            raise ValueError("shapes (2, 6, 16) and (3,) do not match")
+
+    with pytest.raises(CheckFailed) as error:
+        exercises.run_check("03.transformer_block", Broken)
+    message = str(error.value)
+    assert "\n" not in message and "shapes (2, 6, 16) and (3,) do not match (in Broken.call()" in message

@@ -31,6 +31,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -112,6 +113,16 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. Keras wraps an error raised inside a layer's
+    ``call`` in a paragraph ("Exception encountered when calling ...", the arguments); keep
+    the layer's name and the original message."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = [f"{lines[1]} (in {lines[0].removeprefix('Exception encountered when calling').strip(' .')})"]
+    return (lines[0] if lines else "")[:300]
+
+
 def _protect(value):
     """A copy of plain data (arrays, lists, dicts) so the learner cannot change the
     check's own inputs; other objects (a model whose flags an exercise sets) pass as is."""
@@ -149,8 +160,8 @@ class Checker:
             raise
         except Exception as error:  # the learner's own bug: report it in one line
             shown = ", ".join(_describe(a) for a in args)
-            raise CheckFailed(f"{self.exercise_id}: your function raised {type(error).__name__}: {error} "
-                              f"(called with {shown}).") from None
+            raise CheckFailed(f"{self.exercise_id}: your function raised {type(error).__name__}: "
+                              f"{_one_line(error)} (called with {shown}).") from None
         if result is None:
             raise CheckFailed(f"{self.exercise_id}: your function returned None. "
                               "Did you forget the `return` statement?")
