@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
-from mmlm_course import fusion
+from mmlm_course import fusion, qa
 from mmlm_course.exercises import Checker, exercise
 
 
@@ -76,6 +77,145 @@ def _check_concat_fusion(c: Checker) -> None:
         c.expect_close("text part (last D_text features)", got[:, d_image:], expected[:, d_image:],
                        hint="average only the real tokens: sum of mask-weighted tokens divided by the number of "
                             "real tokens (padding rows hold junk here)", atol=1e-4)
+
+
+# --------------------------------------------------------------------------- 04.fusion_model
+
+_SIZES = {"num_objects": 3, "num_features": 6, "question_length": 5, "vocab_size": 6, "num_answers": 6}
+_HOW_MANY, _WHAT_COLOR = [1, 2, 0, 0, 0], [3, 4, 5, 0, 0]  # "how many objects ?", "what color are ..."
+
+
+def _toy_task(seed: int, count: int) -> tuple[dict, np.ndarray]:
+    """A scene question-answering task that needs the image *and* the question.
+
+    Each scene holds 1-3 objects of one colour (features: colour one-hot (3), shape
+    one-hot (2), objectness), in random slots of 3; the question asks "how many?"
+    (answers 0-2: one, two, three) or "what colour?" (answers 3-5).
+    """
+    rng = np.random.default_rng(seed)
+    slots, features = _SIZES["num_objects"], _SIZES["num_features"]
+    number = rng.integers(1, slots + 1, count)
+    color = rng.integers(0, 3, count)
+    objects = np.zeros((count, slots, features), np.float32)
+    for i in range(count):
+        for slot in rng.permutation(slots)[:number[i]]:
+            objects[i, slot, [color[i], 3 + rng.integers(0, 2), 5]] = 1.0
+    ask_number = rng.random(count) < 0.5
+    token_ids = np.where(ask_number[:, None], _HOW_MANY, _WHAT_COLOR).astype(np.int32)
+    answers = np.where(ask_number, number - 1, 3 + color).astype(np.int32)
+    return {"objects": objects, "token_ids": token_ids}, answers
+
+
+def _reference_fusion_model(num_objects, num_features, question_length, vocab_size, num_answers):
+    return qa.build_qa_model("concat", num_objects=num_objects, token_features=num_features,
+                             question_length=question_length, vocab_size=vocab_size, answer_set=num_answers)
+
+
+def _fusion_mistake(image: str = "mean", question: bool = True, logits: str = "logits", answers: int | None = None):
+    """A concatenation model with one typical mistake; the arguments name it."""
+    def fusion_model(num_objects, num_features, question_length, vocab_size, num_answers):
+        objects = keras.Input((num_objects, num_features), name="objects")
+        token_ids = keras.Input((question_length,), dtype="int32", name="token_ids")
+        parts = []
+        if image == "mean":
+            parts.append(keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(32, activation="relu")(objects)))
+        elif image == "feature axis":  # one number per object slot: which colour is lost
+            parts.append(keras.layers.Dense(32, activation="relu")(keras.layers.GlobalAveragePooling1D(
+                data_format="channels_first")(objects)))
+        elif image == "first object":
+            parts.append(keras.layers.Dense(32, activation="relu")(keras.layers.Cropping1D((0, num_objects - 1))(
+                objects))[:, 0])
+        if question:
+            words = keras.layers.Embedding(vocab_size, 16, mask_zero=True)(token_ids)
+            parts.append(keras.layers.GlobalAveragePooling1D()(words))
+        fused = keras.layers.Concatenate()(parts) if len(parts) > 1 else parts[0]
+        hidden = keras.layers.Dense(64, activation="relu")(fused)
+        output = keras.layers.Dense(answers or num_answers, activation="softmax" if logits == "softmax" else None)(
+            hidden)
+        return keras.Model({"objects": objects, "token_ids": token_ids}, output)  # an unused input is allowed
+    return fusion_model
+
+
+def _model_logits(c: Checker, model, inputs: dict, what: str) -> np.ndarray:
+    try:
+        return np.asarray(model(inputs, training=False))
+    except Exception as error:  # the learner's model: report its error in one line
+        message = " ".join(str(error).split())[:200]
+        c.fail(what, f"calling the model on {{'objects': float32 {inputs['objects'].shape}, 'token_ids': int32 "
+                     f"{inputs['token_ids'].shape}}} raised {type(error).__name__}: {message}",
+               "the model takes one dict with the keys 'objects' and 'token_ids' (name your keras.Input layers so)")
+
+
+def _cross_entropy(logits: np.ndarray, answers: np.ndarray) -> float:
+    logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return float(-log_p[np.arange(len(answers)), answers].mean())
+
+
+@exercise(
+    "04.fusion_model",
+    reference=_reference_fusion_model,
+    mistakes={
+        "ignores the image (a question-only model)": _fusion_mistake(image=""),
+        "ignores the question (an image-only model)": _fusion_mistake(question=False),
+        "ends with a softmax: returns probabilities, not logits": _fusion_mistake(logits="softmax"),
+        "always returns 17 logits, whatever num_answers is": _fusion_mistake(answers=17),
+        "averages each object over its features instead of over the objects": _fusion_mistake(image="feature axis"),
+        "reads only the first object slot": _fusion_mistake(image="first object"),
+    },
+)
+def _check_fusion_model(c: Checker) -> None:
+    model = c.call(*_SIZES.values())  # by position, in the order of the exercise's signature
+    c.expect_type("your model", model, keras.layers.Layer,
+                  hint="return a Keras model: keras.Model(inputs, logits), or an instance of your keras.Model subclass")
+    if not isinstance(model, keras.Model):  # a layer that takes the dict: wrap it to train it
+        inputs = {"objects": keras.Input((_SIZES["num_objects"], _SIZES["num_features"]), name="objects"),
+                  "token_ids": keras.Input((_SIZES["question_length"],), dtype="int32", name="token_ids")}
+        model = keras.Model(inputs, model(inputs))
+    train, train_answers = _toy_task(0, 512)
+    held_out, answers = _toy_task(1, 240)
+    probe = {name: values[:8] for name, values in held_out.items()}
+    logits = c.expect_array("logits", _model_logits(c, model, probe, "logits"), (8, _SIZES["num_answers"]),
+                            hint="one logit per answer: the last Dense layer has num_answers units (here "
+                                 f"{_SIZES['num_answers']}), and the batch axis stays")
+    if logits.dtype != np.float32:
+        c.fail("logits", f"expected dtype float32, got {logits.dtype}", "keep Keras' default float32 throughout")
+    if np.all(logits >= 0) and np.allclose(logits.sum(-1), 1.0, atol=1e-4):
+        c.fail("logits", "every row is non-negative and sums to 1, so these are probabilities",
+               "end with a Dense layer without activation: the loss (from_logits=True) applies the softmax")
+    c.passed.append("logits, not probabilities")
+    shifted = {"objects": np.roll(probe["objects"], 1, axis=0), "token_ids": probe["token_ids"]}
+    if np.allclose(_model_logits(c, model, shifted, "image input"), logits, atol=1e-6):
+        c.fail("image input", "the logits do not change when the objects change",
+               "pool the object tokens into an image vector and concatenate it with the question vector")
+    c.passed.append("uses the image")
+    other = np.where((probe["token_ids"] == _HOW_MANY).all(-1, keepdims=True), _WHAT_COLOR, _HOW_MANY)
+    if np.allclose(_model_logits(c, model, {**probe, "token_ids": other.astype(np.int32)}, "question input"), logits,
+                   atol=1e-6):
+        c.fail("question input", "the logits do not change when the question changes",
+               "embed the token ids, average the real words into a question vector and concatenate it")
+    c.passed.append("uses the question")
+
+    before = _cross_entropy(_model_logits(c, model, held_out, "training"), answers)
+    try:
+        model.compile(optimizer=keras.optimizers.Adam(5e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+        model.fit(train, train_answers, batch_size=32, epochs=10, verbose=0)
+    except Exception as error:
+        c.fail("training", f"model.fit raised {type(error).__name__}: {' '.join(str(error).split())[:200]}",
+               "build the model from Keras layers (keras.layers / keras.ops) so that fit can train it")
+    logits = _model_logits(c, model, held_out, "training")
+    after, accuracy = _cross_entropy(logits, answers), float(np.mean(logits.argmax(-1) == answers))
+    if not after < before:
+        c.fail("training", f"the held-out loss did not go down ({before:.3f} -> {after:.3f})",
+               "the model must be trainable: Dense / Embedding layers, no softmax at the end")
+    c.passed.append("loss goes down")
+    if accuracy < 0.85:
+        c.fail("training", f"after training on 'how many?' / 'what colour?' it answers {accuracy:.0%} of the held-out "
+                           "questions right, expected at least 85%",
+               "mean-pool the object features over the objects (axis 1, so every slot counts and colours survive); "
+               "concatenate with the question vector, then a hidden Dense layer with ReLU and the logits")
+    c.passed.append("learns a task that needs both modalities")
 
 
 # --------------------------------------------------------------------------- 04.film
