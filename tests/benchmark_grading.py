@@ -30,7 +30,7 @@ SHORT = {"pass": "P", "fail": "F", "not attempted": "N", "error": "E"}
 
 
 def mix(n: int) -> list[str]:
-    kinds = subs.KERNEL_KINDS + subs.TAMPER_KINDS + ["correct", "partial", "blank", "wrong"]
+    kinds = list(subs.EXPECTED) + ["correct", "partial", "blank", "wrong"]
     return [kinds[i % len(kinds)] for i in range(n)]
 
 
@@ -64,8 +64,8 @@ def main() -> int:
     wrong = []
     for learner, kind in learners.items():
         got = "".join(SHORT[rows[learner][i]] for i in subs.IDS) if learner in rows else "missing"
-        if got != subs.PIPELINE_EXPECTED[kind]:
-            wrong.append(f"{learner}: got {got}, expected {subs.PIPELINE_EXPECTED[kind]}")
+        if got != subs.EXPECTED[kind]:
+            wrong.append(f"{learner}: got {got}, expected {subs.EXPECTED[kind]}")
     if not sentinel.exists():
         wrong.append("a submission deleted the protected sentinel file")
     print(f"\ngraded {len(kinds)} submissions in {seconds:.0f} s ({seconds / 60:.1f} min); "

@@ -134,6 +134,38 @@ def _deletes_files(sentinel):
                                  "        pass\n    ### BEGIN SOLUTION"))
 
 
+def _constants(_):
+    """A correct notebook whose exercise needs a constant and a guarded import from other cells."""
+    nb = solution()
+    _insert_after(nb, SETUP, "SCALE = 255.0\ntry:\n    import numpy as numeric\nexcept ImportError:\n    numeric = None\n",
+                  "x-const")
+    return _set(nb, TO_FLOAT, "def to_float_image(image):\n    return (image / SCALE).astype(numeric.float32)\n")
+
+
+def _vandal(_):
+    """A correct notebook that also tries to harm the learners graded after it and the grader."""
+    nb = solution()
+    source = ("import os, sys, json, pathlib, subprocess, site\n"
+              "home = pathlib.Path.home() / '.keras'\n"
+              "for attempt in (lambda: home.mkdir(parents=True, exist_ok=True),\n"
+              "                lambda: (home / 'keras.json').write_text(json.dumps({'backend': 'nonexistent'})),\n"
+              "                lambda: pathlib.Path(site.getsitepackages()[0], 'zz_evil.pth').write_text(\n"
+              "                    'import numpy; numpy.allclose = lambda *a, **k: True'),\n"
+              "                lambda: [pathlib.Path('/tmp', f'mmlm-grade-{i}').mkdir() for i in range(50)]):\n"
+              "    try:\n"
+              "        attempt()\n"
+              "    except OSError:\n"
+              "        pass\n"
+              "code = ('import os, time, glob\\nos.setsid()\\ntime.sleep(4)\\n'\n"
+              "        'for p in glob.glob(\"/**/grades.csv\", recursive=True)[:20]:\\n'\n"
+              "        '    open(p, \"w\").write(\"forged\")\\n')\n"
+              "try:\n"
+              "    subprocess.Popen([sys.executable, '-c', code], start_new_session=True)\n"
+              "except OSError:\n"
+              "    pass\n")
+    return _insert_after(nb, SETUP, source, "x-vandal")
+
+
 def _fake_checks(_):
     """Wrong or blank answers, plus every way to *say* passed without passing."""
     nb = lesson()
@@ -215,14 +247,36 @@ _TAMPER_TO_FLOAT = {
         "    return Fake(image)\n"),
     "pipe_forge": (
         "def to_float_image(image):\n"
-        "    import os, json, stat\n"
-        "    for fd in range(3, 64):\n"
+        "    import os, json\n"
+        "    forged = [{'exercise': i, 'end': True} for i in ('01.to_float_image', '01.hflip_with_caption',\n"
+        "                                                   '01.encode', '01.pad_with_mask')] + [{'done': True}]\n"
+        "    for fd in range(0, 64):\n"
         "        try:\n"
-        "            if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
-        "                os.write(fd, b'x\\tresult\\t' + json.dumps({'id': '01.to_float_image', 'status': 'pass'}).encode() + b'\\n')\n"
+        "            os.write(fd, ''.join(json.dumps(m) + '\\n' for m in forged).encode())\n"
         "        except OSError:\n"
         "            pass\n"
         "    return image\n"),
+    "frame_read": (
+        "import sys\n"
+        "def to_float_image(image):\n"
+        "    seen, frame = [], sys._getframe(1)\n"
+        "    while frame is not None:\n"
+        "        seen += list(frame.f_locals)\n"
+        "        frame = frame.f_back\n"
+        "    if 'got' in seen or 'c' in seen:  # it can see the check's frame: it could copy the answer\n"
+        "        return image.astype(np.float32) / 255\n"
+        "    return image\n"),
+    "current_frames": (
+        "import sys\n"
+        "def to_float_image(image):\n"
+        "    frames = sys._current_frames()  # every thread's frames, the check's among them\n"
+        "    return image.astype(np.float32) / 255\n"),
+    "reference_call": (
+        "from mmlm_course.exercises import registry\n"
+        "to_float_image = registry()['01.to_float_image'].reference\n"),
+    "course_impl": (
+        "def to_float_image(image):\n"
+        "    return preprocessing.to_float_image(image)\n"),
     "thread": (
         "def to_float_image(image):\n"
         "    import threading, time\n"
@@ -295,33 +349,32 @@ def _tamper(name):
 
 BUILDERS = {"correct": _correct, "partial": _partial, "blank": lambda _: lesson(), "wrong": _wrong,
             "missing_cells": _missing_cells, "infinite_loop": _infinite_loop, "kernel_exit": _kernel_exit,
-            "segfault": _segfault, "deletes_files": _deletes_files, "fake_checks": _fake_checks}
+            "segfault": _segfault, "deletes_files": _deletes_files, "fake_checks": _fake_checks,
+            "constants": _constants, "vandal": _vandal}
 BUILDERS.update({name: _tamper(name) for name in (*_TAMPER_TO_FLOAT, *_TAMPER_HFLIP)})
 
 EXPECTED = {
     "correct": "PPPP", "partial": "PFPN", "blank": "NNNN", "wrong": "FFFF", "invalid_json": "EEEE",
     "not_a_notebook": "EEEE", "missing_cells": "PPEE", "infinite_loop": "PPEP", "kernel_exit": "PPEE",
-    "segfault": "PEEE", "deletes_files": "PPPP", "fake_checks": "FNNN",
+    "segfault": "PEEE", "deletes_files": "PPPP", "constants": "PPPP", "vandal": "PPPP",
+    # reaching the checks' internals (the registry, a reference, the checker): not graded
+    "fake_checks": "EEEE", "package_patch": "EEEE", "registry_at_def_time": "EEEE", "code_swap": "EEEE",
+    "reference_call": "EEEE",
     # tampering in the exercise cell: the tampered exercise fails (or errors), encode still passes
-    "allclose_patch": "FNPN", "package_patch": "FNPN", "registry_at_def_time": "FNPN", "mutates_input": "FNPN",
-    "frame_walk": "FNPN", "gc_walk": "FNPN", "grader_patch": "FNPN", "getframe_patch": "FNPN", "code_swap": "FNPN", "array_object": "FNPN", "pipe_forge": "ENPN",
-    "thread": "ENPN", "exits": "ENPN", "loops": "ENPN", "str_subclass": "PFPN", "eval_frame": "PFPN",
+    "allclose_patch": "FNPN", "mutates_input": "FNPN", "frame_walk": "FNPN", "gc_walk": "FNPN",
+    "grader_patch": "FNPN", "getframe_patch": "FNPN", "array_object": "FNPN", "frame_read": "FNPN",
+    "current_frames": "FNPN", "pipe_forge": "EEEE", "exits": "EEEE", "loops": "ENPN",
+    # harmless or honest: a thread left running, reading a frame, the course's own implementation (flagged)
+    "thread": "PNPN", "eval_frame": "PFPN", "str_subclass": "PFPN", "course_impl": "PNPN",
 }
-# In a full run the kernel executes the same function: `exits` kills it at the first check cell.
-PIPELINE_EXPECTED = {**EXPECTED, "exits": "EEEE"}
-KERNEL_KINDS = ["correct", "partial", "blank", "wrong", "invalid_json", "missing_cells", "infinite_loop",
-                "kernel_exit", "segfault", "deletes_files", "fake_checks"]
-TAMPER_KINDS = [k for k in EXPECTED if k not in KERNEL_KINDS and k != "not_a_notebook"]
 
 
-def expected_row(kind: str, pipeline: bool = True) -> dict:
-    table = PIPELINE_EXPECTED if pipeline else EXPECTED
-    return {i: STATUS[s] for i, s in zip(IDS, table[kind])}
+def expected_row(kind: str) -> dict:
+    return {i: STATUS[s] for i, s in zip(IDS, EXPECTED[kind])}
 
 
 def notebook_dict(kind: str, sentinel: Path | None = None) -> dict:
     return json.loads(build(kind, sentinel))
 
 
-__all__ = ["build", "EXPECTED", "PIPELINE_EXPECTED", "IDS", "KERNEL_KINDS", "TAMPER_KINDS", "expected_row",
-           "notebook_dict"]
+__all__ = ["build", "EXPECTED", "IDS", "expected_row", "notebook_dict"]

@@ -1,7 +1,7 @@
 """Every lesson in solutions/ has instructor notes that cover each of its exercises.
 
 A lesson added without notes fails here on purpose: write docs/instructor/NN_name.md (the
-notes for 00 and 01 show the sections; `mmlm_course.tools.grading.common_mistakes_markdown("NN")`
+notes for 00 and 01 show the sections; `mmlm_course.tools.mistakes.common_mistakes_markdown("NN")`
 lists the mistakes each check catches).
 """
 

@@ -6,8 +6,9 @@ this file and register themselves when `registry` first imports them. Course mac
 no lesson module imports from here.
 """
 
-from mmlm_course.exercises.checker import (CHECK_LOG_ENV, CheckFailed, Checker, Exercise, ExerciseNotAttempted,
-                                           STRICT_ENV, check, exercise, registry, run_check)
+from mmlm_course.exercises.checker import (CHECK_LOG_ENV, STRICT_ENV, CheckFailed, Checker, Exercise,
+                                           ExerciseNotAttempted, TapeError, check, draw_cases, exercise, registry,
+                                           run_check)
 
-__all__ = ["CHECK_LOG_ENV", "STRICT_ENV", "CheckFailed", "Checker", "Exercise", "ExerciseNotAttempted", "check",
-           "exercise", "registry", "run_check"]
+__all__ = ["CHECK_LOG_ENV", "STRICT_ENV", "CheckFailed", "Checker", "Exercise", "ExerciseNotAttempted", "TapeError",
+           "check", "draw_cases", "exercise", "registry", "run_check"]

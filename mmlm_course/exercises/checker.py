@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mmlm_course.exercises import plain
+
 CHECK_LOG_ENV = "MMLM_COURSE_CHECK_LOG"
 STRICT_ENV = "MMLM_COURSE_STRICT_CHECKS"
 
@@ -133,39 +135,148 @@ def _protect(value):
     return value
 
 
+class TapeError(Exception):
+    """Replaying a recorded check went wrong: the record ends early or does not match the check.
+    Only the grader meets it (the learner's process stopped, or its record was tampered with)."""
+
+
+def _type_names(error_type: type) -> list[str]:
+    return [f"{cls.__module__}.{cls.__qualname__}" for cls in error_type.__mro__]
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return _one_line(error)
+    except Exception:                          # an exception whose __str__ itself fails
+        return f"<{type(error).__name__} with an unreadable message>"
+
+
+def _unchanged(before, after) -> bool:
+    try:
+        return plain.dumps(plain.to_plain(before)) == plain.dumps(plain.to_plain(after))
+    except plain.NotPlain:
+        return True                            # objects (a model) are the learner's to change
+
+
 class Checker:
-    """What a check function uses: call the learner's code safely, then compare.
+    """What a check function uses: call the learner's code, then compare plain data.
+
+    The learner's code runs only inside `call`, `expect_raises` and `scenario`, and what comes
+    out of it is *plain data* (`plain.to_plain`: exact built-in types and NumPy arrays,
+    copied), so the comparisons never run the learner's methods. Each of the three produces
+    an *outcome* (returned a value / raised / not attempted), which a checker can record on a
+    ``tape`` (the grader's sandboxed child does) or read back from one (``replay``: the
+    grader's trusted parent, which never runs the learner's code, runs the same check on the
+    recorded outcomes). A check therefore must not touch the learner's objects itself: what
+    it needs from an object (a layer's outputs, a model's flags) it gets through
+    ``call(..., project=...)`` or `scenario`.
 
     Every ``expect_*`` method raises `CheckFailed` with a message of the form
     "<what>: expected <x>, got <y>. Hint: <hint>" and records the passed check's name.
     """
 
-    def __init__(self, exercise_id: str, candidate: Callable):
+    def __init__(self, exercise_id: str, candidate: Callable, *, tape: list | None = None,
+                 replay: list | None = None, runner: Callable | None = None):
         self.exercise_id = exercise_id
         self.candidate = candidate
         self.passed: list[str] = []
+        self.tape = tape                       # record: every outcome is appended here
+        self._replay = None if replay is None else list(replay)
+        self._runner = runner or (lambda run: run())   # the grader's child runs it on a thread of its own
 
-    def call(self, *args, **kwargs):
-        """Call the learner's function; turn a crash or a missing return into one line."""
-        args = tuple(_protect(a) for a in args)  # the learner may modify their inputs in place
-        kwargs = {k: _protect(v) for k, v in kwargs.items()}
+    # ------------------------------------------------------------------ running the learner's code
+
+    def _outcome(self, key: str, run: Callable[[], Any], after: Callable[[], dict] | None = None) -> dict:
+        """Run ``run()`` (the learner's code) and describe what happened as plain data, or
+        read that description back from the replay tape."""
+        if self._replay is not None:
+            if not self._replay:
+                raise TapeError(f"{self.exercise_id}: the record ends before the check does (at {key})")
+            entry = self._replay.pop(0)
+            if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("outcome"), dict):
+                raise TapeError(f"{self.exercise_id}: the record does not match the check (at {key})")
+            return entry["outcome"]
+
+        def live() -> dict:                    # everything that may run the learner's code, on the runner
+            try:
+                with np.errstate(all="ignore"):  # overflow in the learner's code is reported by the check itself
+                    return {"status": "returned", "value": plain.to_plain(run())}
+            except NotImplementedError:
+                return {"status": "not attempted"}
+            except plain.NotPlain as error:
+                return {"status": "not plain", "type": str(error)}
+            except Exception as error:         # the learner's own bug: reported in one line
+                return {"status": "raised", "types": _type_names(type(error)), "message": _message(error)}
+
         try:
-            with np.errstate(all="ignore"):  # overflow in the learner's code is reported by the check itself
-                result = self.candidate(*args, **kwargs)
-        except NotImplementedError:
-            raise ExerciseNotAttempted(
-                f"{self.exercise_id} is not attempted yet: replace `raise NotImplementedError()` "
-                "with your code, run that cell, then run this check again.") from None
-        except CheckFailed:
-            raise
-        except Exception as error:  # the learner's own bug: report it in one line
-            shown = ", ".join(_describe(a) for a in args)
-            raise CheckFailed(f"{self.exercise_id}: your function raised {type(error).__name__}: "
-                              f"{_one_line(error)} (called with {shown}).") from None
-        if result is None:
+            outcome = self._runner(live)
+        except Exception as error:             # the runner's own limit (the grader's timeout)
+            outcome = {"status": "raised", "types": _type_names(type(error)), "message": _message(error)}
+        if after is not None:
+            outcome.update(after())
+        if self.tape is not None:
+            self.tape.append({"key": key, "outcome": outcome})
+        return outcome
+
+    def _not_attempted(self) -> ExerciseNotAttempted:
+        return ExerciseNotAttempted(
+            f"{self.exercise_id} is not attempted yet: replace `raise NotImplementedError()` "
+            "with your code, run that cell, then run this check again.")
+
+    def _value(self, outcome: dict, called_with: str, allow_none: bool = False):
+        status = outcome.get("status")
+        if status == "not attempted":
+            raise self._not_attempted()
+        if status == "raised":
+            raise CheckFailed(f"{self.exercise_id}: your function raised {outcome['types'][0].rsplit('.', 1)[-1]}: "
+                              f"{outcome['message']} (called with {called_with}).")
+        if status == "not plain":
+            raise CheckFailed(f"{self.exercise_id}: your function returned {outcome['type']}, which the check "
+                              "cannot read. Hint: return what the exercise asks for: a number, a string, a NumPy "
+                              "array or tensor, or a list / tuple / dict of them.")
+        if status != "returned":
+            raise TapeError(f"{self.exercise_id}: an outcome of unknown kind {status!r}")
+        if outcome["value"] is None and not allow_none:
             raise CheckFailed(f"{self.exercise_id}: your function returned None. "
                               "Did you forget the `return` statement?")
-        return result
+        return outcome["value"]
+
+    def call(self, *args, project: Callable | None = None, read_only: bool = False, **kwargs):
+        """Call the learner's function and return its result as plain data; a crash, a missing
+        return or an unreadable result fails in one line. ``project(result)`` (check code,
+        run right after the call, where the learner's code runs) turns a result that is an
+        object into the plain data the check needs. With ``read_only=True`` an answer that
+        changes an argument in place fails."""
+        originals = (args, kwargs) if read_only else None
+        args = tuple(_protect(a) for a in args)
+        kwargs = {k: _protect(v) for k, v in kwargs.items()}
+
+        def run():
+            result = self.candidate(*args, **kwargs)
+            return project(result) if project is not None and result is not None else result
+
+        def after():
+            if originals is None:
+                return {}
+            changed = [str(i) for i, (a, b) in enumerate(zip(originals[0], args)) if not _unchanged(a, b)]
+            changed += [k for k in kwargs if not _unchanged(originals[1][k], kwargs[k])]
+            return {"changed": changed}
+
+        shown = ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()])
+        outcome = self._outcome("call:" + plain.digest([args, kwargs]), run, after)
+        value = self._value(outcome, shown)
+        if outcome.get("changed"):
+            which = ", ".join(f"argument {name}" if name.isdigit() else f"`{name}`" for name in outcome["changed"])
+            raise CheckFailed(f"{self.exercise_id}: your function changed its input in place ({which}). "
+                              "Hint: leave the inputs as they are and return a new value (x = x + 1, or "
+                              "x.copy() first, rather than x += 1 or x[...] = ...).")
+        return value
+
+    def scenario(self, label: str, steps: Callable[[Callable], Any], allow_none: bool = False):
+        """Run ``steps(candidate)`` (check code that uses the learner's function or class, where
+        the learner's code runs) and return what it returns, as plain data."""
+        outcome = self._outcome("scenario:" + label, lambda: steps(self.candidate))
+        return self._value(outcome, label, allow_none=allow_none)
 
     def fail(self, what: str, message: str, hint: str) -> None:
         raise CheckFailed(f"{self.exercise_id}: {what}: {message}. Hint: {hint}")
@@ -223,17 +334,39 @@ class Checker:
         self.passed.append(what)
 
     def expect_raises(self, what: str, error_type, hint: str, *args) -> None:
-        """The learner's function must raise ``error_type`` for ``args``."""
-        try:
-            self.candidate(*args)
-        except error_type:
-            self.passed.append(what)
-            return
-        except NotImplementedError:
-            self.call(*args)  # re-raised as ExerciseNotAttempted
-        except Exception as error:
-            self.fail(what, f"expected {error_type.__name__}, got {type(error).__name__}: {error}", hint)
+        """The learner's function must raise ``error_type`` (or a subclass) for ``args``."""
+        args = tuple(_protect(a) for a in args)
+        outcome = self._outcome("raises:" + plain.digest(list(args)), lambda: self.candidate(*args) and None)
+        status = outcome.get("status")
+        if status == "not attempted":
+            raise self._not_attempted()
+        if status == "raised":
+            expected = _type_names(error_type)[0]
+            if expected in outcome["types"]:
+                self.passed.append(what)
+                return
+            self.fail(what, f"expected {error_type.__name__}, got {outcome['types'][0].rsplit('.', 1)[-1]}: "
+                      f"{outcome['message']}", hint)
         self.fail(what, f"expected {error_type.__name__} to be raised, but nothing was raised", hint)
+
+
+def draw_cases(strategy, count: int) -> list:
+    """Up to ``count`` inputs drawn from a Hypothesis strategy: a property-based generator that
+    seeks out the corners (zeros, huge and tiny values, repeats, empty or one-row batches), and
+    draws the same inputs on every run, so a learner who runs a check twice sees the same
+    result, and the grader can replay it."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    cases = []
+
+    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(case):
+        cases.append(case)
+
+    collect()
+    return cases[:count]
 
 
 def _lookup(exercise_id: str) -> Exercise:
@@ -245,23 +378,31 @@ def _lookup(exercise_id: str) -> Exercise:
     return exercises[exercise_id]
 
 
-def run_check(exercise_id: str, candidate) -> list[str]:
+def run_check(exercise_id: str, candidate, *, tape: list | None = None, replay: list | None = None,
+              runner: Callable | None = None) -> list[str]:
     """Run the checks of ``exercise_id`` on ``candidate``; return the passed checks'
     names or raise `CheckFailed` / `ExerciseNotAttempted` (`KeyError` for an unknown id).
     An answer that makes the comparison itself raise is a `CheckFailed` too, in one line.
-    Prints nothing."""
+    Prints nothing.
+
+    ``tape``: append every outcome of the learner's code to this list (the grader's sandboxed
+    child). ``replay``: run the check on such a list instead of calling ``candidate`` (the
+    grader's parent, which passes ``candidate=None``); a record that ends early or does not
+    match raises `TapeError`. ``runner(run)``: how to call ``run``, the learner's code (default:
+    directly)."""
     exercise = _lookup(exercise_id)
-    if not callable(candidate):
-        raise CheckFailed(f"{exercise_id}: expected your function itself, got {_describe(candidate)}. "
+    checker = Checker(exercise_id, candidate, tape=tape, replay=replay, runner=runner)
+    given = checker._outcome("candidate", lambda: None if callable(candidate) else _describe(candidate))
+    if given.get("status") != "returned" or given.get("value") is not None:
+        raise CheckFailed(f"{exercise_id}: expected your function itself, got {given.get('value')}. "
                           "Pass the name without calling it: check(\"...\", my_function), not my_function(x).")
-    checker = Checker(exercise_id, candidate)
     try:
         exercise.run(checker)
-    except (CheckFailed, ExerciseNotAttempted):
+    except (CheckFailed, ExerciseNotAttempted, TapeError):
         raise
     except Exception as error:                 # the answer broke the comparison itself: one line, no traceback
-        raise CheckFailed(f"{exercise_id}: your answer could not be checked ({type(error).__name__}: {error}). "
-                          "Hint: return what the exercise asks for (type, shape, dtype).") from None
+        raise CheckFailed(f"{exercise_id}: your answer could not be checked ({type(error).__name__}: "
+                          f"{_message(error)}). Hint: return what the exercise asks for (type, shape, dtype).") from None
     if not checker.passed:
         raise CheckFailed(f"{exercise_id}: no comparison ran, so nothing was checked. Hint: run the lesson's "
                           "cells in order, and do not change the course's modules from your code.")

@@ -1,6 +1,9 @@
 """Checks for lesson 05: losses and metrics.
 
-Every expected value is computed here in float64 NumPy, independently of the package.
+Every expected value is computed here in float64 NumPy, independently of the package. The
+inputs include the extremes the lesson teaches: logits of +-1000, rows whose logits are all
+large and negative, the temperature at its clip limit (1/T = 100), ties in recall, a real
+token whose loss is exactly 0, and fully padded rows.
 """
 
 from __future__ import annotations
@@ -8,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from mmlm_course import losses, metrics
-from mmlm_course.exercises import Checker, exercise
+from mmlm_course.exercises import Checker, draw_cases, exercise
+
+_MIN_TEMPERATURE = 0.01        # LearnedTemperature's clip: the logit scale 1/T never exceeds 100
 
 
 def _log_softmax64(z: np.ndarray) -> np.ndarray:
@@ -30,6 +35,24 @@ def _softmax_then_log(z):
     return np.log(e / e.sum(axis=-1, keepdims=True))
 
 
+def _global_max_log_softmax(z):
+    m = z.max()
+    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+
+
+def _clipped_log_softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.log(np.clip(e / e.sum(axis=-1, keepdims=True), 1e-7, 1.0))
+
+
+def _drawn_logits(count: int = 8) -> list[np.ndarray]:
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+    shapes = st.tuples(st.integers(1, 4), st.integers(1, 6))
+    values = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
+    return draw_cases(shapes.flatmap(lambda shape: hnp.arrays(np.float32, shape, elements=values)), count)
+
+
 @exercise(
     "05.log_softmax",
     reference=lambda logits: losses.log_softmax(logits),
@@ -40,6 +63,10 @@ def _softmax_then_log(z):
             lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)),
         "normalises over the batch axis": lambda z: z - z.max(0, keepdims=True)
             - np.log(np.exp(z - z.max(0, keepdims=True)).sum(0, keepdims=True)),
+        "subtracts the largest logit of the whole batch, not of each row": _global_max_log_softmax,
+        "clips the probabilities before the log": _clipped_log_softmax,
+        "subtracts the mean instead of the max": lambda z: z - z.mean(-1, keepdims=True)
+            - np.log(np.exp(z - z.mean(-1, keepdims=True)).sum(-1, keepdims=True)),
     },
 )
 def _check_log_softmax(c: Checker) -> None:
@@ -49,19 +76,24 @@ def _check_log_softmax(c: Checker) -> None:
         ("equal logits (2, 5)", np.zeros((2, 5), np.float32)),
         ("large logits [1000, 0, -1000]", np.array([[1000.0, 0.0, -1000.0], [0.0, -200.0, -400.0]], np.float32)),
         ("logits shifted by +500", (rng.normal(size=(3, 4)) + 500).astype(np.float32)),
+        ("a row of large negative logits [-1000, -1001, -1003]",
+         np.array([[-1000.0, -1001.0, -1003.0], [0.5, 1.0, -0.5]], np.float32)),
+        ("one example of one class", np.array([[3.0]], np.float32)),
     ]
+    cases += [(f"logits of shape {z.shape} with values up to {float(np.abs(z).max()):.4g}", z) for z in _drawn_logits()]
     for what, logits in cases:
-        got = c.call(logits.copy())
-        array = c.expect_array(f"log_softmax of {what}", got, logits.shape,
+        label = f"log_softmax of {what}"
+        array = c.expect_array(label, c.call(logits), logits.shape,
                                hint="keep the shape (B, C): normalise each row over the class axis (axis=-1)")
-        if not np.isfinite(array).all():
-            c.fail(f"log_softmax of {what}", "the result contains inf or NaN",
+        bad = np.argwhere(~np.isfinite(array.astype(np.float64)))
+        if len(bad):
+            c.fail(label, f"row {int(bad[0][0])} contains inf or NaN",
                    "exp() of a large logit overflows float32 and log() of a probability that rounded to 0 "
                    "is -inf; use the log-sum-exp trick so you never exponentiate a positive number or take "
                    "the log of a probability")
-        c.expect_close(f"log_softmax of {what}", array, _log_softmax64(logits), atol=1e-4, rtol=1e-5,
-                       hint="each row must satisfy sum(exp(result)) == 1, and subtracting the maximum is only "
-                            "allowed if you account for it in the result")
+        c.expect_close(label, array, _log_softmax64(logits), atol=1e-4, rtol=1e-5,
+                       hint="each row must satisfy sum(exp(result)) == 1, and subtracting each row's maximum is "
+                            "only allowed if you account for it in the result")
 
 
 # --------------------------------------------------------------------------- 05.masked_mean
@@ -70,6 +102,28 @@ def _check_log_softmax(c: Checker) -> None:
 def _per_row_mean(values, mask):
     rows = [v[m].mean() for v, m in zip(values, mask) if m.any()]
     return float(np.mean(rows)) if rows else 0.0
+
+
+def _masked_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    from hypothesis import strategies as st
+    rng = np.random.default_rng(7)
+
+    def case(lengths, time, zero_at=None):
+        values = rng.uniform(0.5, 3.0, size=(len(lengths), time)).astype(np.float32)
+        mask = np.arange(time)[None, :] < np.asarray(lengths)[:, None]
+        values[~mask] = rng.uniform(20, 40, size=(~mask).sum())  # padding holds large garbage losses
+        if zero_at is not None:
+            values[zero_at] = 0.0                                 # a real token predicted perfectly
+        return values, mask
+
+    cases = [("lengths [5, 2, 3]", [5, 2, 3], 5, None), ("a fully padded row, lengths [4, 0, 1]", [4, 0, 1], 5, None),
+             ("one token, lengths [1]", [1], 5, None),
+             ("a real token whose loss is exactly 0, lengths [3, 2]", [3, 2], 5, (1, 1)),
+             ("the only real token has loss 0, lengths [0, 1, 0]", [0, 1, 0], 4, (1, 0))]
+    drawn = draw_cases(st.tuples(st.integers(1, 6), st.lists(st.integers(0, 6), min_size=1, max_size=4)), 6)
+    cases += [(f"lengths {[min(n, t) for n in lengths]} ({t} positions per row)", [min(n, t) for n in lengths], t,
+               None) for t, lengths in drawn]
+    return [(what, *case(lengths, time, zero_at)) for what, lengths, time, zero_at in cases]
 
 
 @exercise(
@@ -81,31 +135,30 @@ def _per_row_mean(values, mask):
             lambda values, mask: np.float32((values * mask).sum()) / np.float32(mask.sum()),
         "mean of per-sequence means": _per_row_mean,
         "sum over tokens, mean over sequences": lambda values, mask: float((values * mask).sum() / len(values)),
+        "counts the non-zero losses instead of the real tokens":
+            lambda values, mask: float((values * mask).sum() / max(np.count_nonzero(values * mask), 1)),
+        "np.mean(values[mask]): NaN without real tokens": lambda values, mask: float(np.mean(values[mask])),
+        "returns the per-sequence sums": lambda values, mask: (values * mask).sum(axis=1),
     },
 )
 def _check_masked_mean(c: Checker) -> None:
-    rng = np.random.default_rng(7)
-
-    def case(lengths, time=5):
-        values = rng.uniform(0.5, 3.0, size=(len(lengths), time)).astype(np.float32)
-        mask = np.arange(time)[None, :] < np.asarray(lengths)[:, None]
-        values[~mask] = rng.uniform(20, 40, size=(~mask).sum())  # padding holds large garbage losses
-        return values, mask
-
     hint = "average over the real tokens only: padded positions must not count in the sum or in the count"
-    for what, lengths in (("lengths [5, 2, 3]", [5, 2, 3]), ("a fully padded row, lengths [4, 0, 1]", [4, 0, 1]),
-                          ("one token, lengths [1]", [1])):
-        values, mask = case(lengths)
-        got = c.expect_number(f"masked mean with {what}", c.call(values.copy(), mask.copy()),
-                      "return one number: the mean loss over all real tokens of the batch")
+    for what, values, mask in _masked_cases():
+        label = f"masked mean with {what}"
+        got = c.expect_number(label, c.call(values, mask), "return one number: the mean loss over all real "
+                              "tokens of the batch")
         if not np.isfinite(got):
-            c.fail(f"masked mean with {what}", f"got {got}", "a row without real tokens must not produce NaN")
-        expected = values.astype(np.float64)[mask].sum() / mask.sum()
-        c.expect_close(f"masked mean with {what}", np.float64(got), expected, atol=1e-4, rtol=1e-5,
-                       hint=hint + "; every real token has the same weight, whatever its sequence length")
-    values, mask = case([0, 0])
-    got = c.expect_number("masked mean of a fully padded batch", c.call(values.copy(), mask.copy()),
-                  "return one number")
+            c.fail(label, f"got {got}", "a row or a batch without real tokens must not produce NaN or inf: "
+                   "guard the division")
+        expected = values.astype(np.float64)[mask].sum() / max(int(mask.sum()), 1)
+        extra = "; a real token counts even when its loss is 0" if (values[mask] == 0).any() else \
+            "; every real token has the same weight, whatever its sequence length"
+        if not abs(got - expected) <= 1e-4 + 1e-5 * abs(expected):
+            c.fail(label, f"expected {expected:.6g}, got {got:.6g}", hint + extra)
+        c.passed.append(label)
+    values = np.full((2, 4), 30.0, np.float32)
+    got = c.expect_number("masked mean of a fully padded batch", c.call(values, np.zeros((2, 4), bool)),
+                          "return one number")
     if got != 0.0:
         c.fail("masked mean of a fully padded batch", f"expected 0.0, got {got}",
                "with no real token there is nothing to average: guard the division so the result is 0, not NaN")
@@ -130,6 +183,52 @@ def _info_nce64(image, text, temperature, directions=("i2t", "t2i"), normalize=T
     return float(np.mean(terms) if average else np.sum(terms))
 
 
+def _similarity32(image, text, temperature, axis=1):
+    u = image / np.sqrt((image ** 2).sum(axis=axis, keepdims=True))
+    v = text / np.sqrt((text ** 2).sum(axis=axis, keepdims=True))
+    return (u @ v.T / np.float32(temperature)).astype(np.float32)
+
+
+def _naive_info_nce(image, text, temperature):
+    e = np.exp(_similarity32(image, text, temperature))
+    diagonal = np.diag(e)
+    return float(-(np.mean(np.log(diagonal / e.sum(1))) + np.mean(np.log(diagonal / e.sum(0)))) / 2)
+
+
+def _global_max_info_nce(image, text, temperature):
+    s = _similarity32(image, text, temperature)
+    shifted = s - s.max()
+    row = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    column = shifted - np.log(np.exp(shifted).sum(0, keepdims=True))
+    return float(-(np.mean(np.diag(row)) + np.mean(np.diag(column))) / 2)
+
+
+def _info_nce_axis0(image, text, temperature):
+    s = _similarity32(image, text, temperature, axis=0).astype(np.float64)
+    return float(-(np.mean(np.diag(_log_softmax64(s))) + np.mean(np.diag(_log_softmax64(s.T)))) / 2)
+
+
+def _info_nce_cases() -> list[tuple[str, np.ndarray, np.ndarray, float]]:
+    rng = np.random.default_rng(11)
+    cases = []
+    for batch, dim, temperature in ((5, 8, 0.07), (3, 4, 0.5), (6, 16, 1.0), (1, 4, 0.07)):
+        image = (rng.normal(size=(batch, dim)) * rng.uniform(0.5, 4.0, size=(batch, 1))).astype(np.float32)
+        text = (0.6 * image + rng.normal(size=(batch, dim))).astype(np.float32)
+        cases.append((f"B={batch}, D={dim}, T={temperature}", image, text, temperature))
+    shared = rng.normal(size=8)
+    image = (shared + 0.2 * rng.normal(size=(4, 8))).astype(np.float32)
+    text = (3.0 * image + 0.1 * rng.normal(size=(4, 8))).astype(np.float32)      # every cosine above 0.9
+    cases.append((f"similar pairs at the clip limit T={_MIN_TEMPERATURE} (logits near 100)", image, text,
+                  _MIN_TEMPERATURE))
+    direction = rng.normal(size=8)
+    text = (direction + 0.05 * rng.normal(size=(4, 8))).astype(np.float32)
+    image = (direction + 0.05 * rng.normal(size=(4, 8))).astype(np.float32)
+    image[0] = -direction + 0.05 * rng.normal(size=8)                             # opposite to every caption
+    cases.append((f"an image whose logits are all near -100 (T={_MIN_TEMPERATURE})", image, text, _MIN_TEMPERATURE))
+    cases.append(("the same batch at T=0.001 (logits near +-1000)", image, text, 0.001))
+    return cases
+
+
 @exercise(
     "05.symmetric_info_nce",
     reference=lambda image, text, temperature: losses.symmetric_info_nce(image, text, temperature),
@@ -139,35 +238,45 @@ def _info_nce64(image, text, temperature, directions=("i2t", "t2i"), normalize=T
                                                                                             scale="multiply"),
         "forgets to L2-normalise the embeddings": lambda i, t, temp: _info_nce64(i, t, temp, normalize=False),
         "adds the two directions instead of averaging": lambda i, t, temp: _info_nce64(i, t, temp, average=False),
+        "naive exp / sum exp in float32 (overflows at the clip limit)": _naive_info_nce,
+        "subtracts the largest logit of the whole matrix, not of each row": _global_max_info_nce,
+        "normalises over the batch axis": _info_nce_axis0,
+        "returns the per-pair losses": lambda i, t, temp: np.full(len(i), _info_nce64(i, t, temp)),
     },
 )
 def _check_symmetric_info_nce(c: Checker) -> None:
-    rng = np.random.default_rng(11)
-    for batch, dim, temperature in ((5, 8, 0.07), (3, 4, 0.5), (6, 16, 1.0)):
-        image = (rng.normal(size=(batch, dim)) * rng.uniform(0.5, 4.0, size=(batch, 1))).astype(np.float32)
-        text = (0.6 * image + rng.normal(size=(batch, dim))).astype(np.float32)
-        what = f"InfoNCE for B={batch}, D={dim}, T={temperature}"
-        got = c.expect_number(what, c.call(image.copy(), text.copy(), temperature),
-                      "return one number: the mean of the two directions' mean cross-entropies")
+    for name, image, text, temperature in _info_nce_cases():
+        what = f"InfoNCE for {name}"
+        got = c.expect_number(what, c.call(image, text, temperature),
+                              "return one number: the mean of the two directions' mean cross-entropies")
+        if not np.isfinite(got):
+            c.fail(what, f"got {got}", "the logits reach 1/T: exp() of them overflows (float32 above 88, "
+                   "float64 above 709) and exp() of large negative ones rounds to 0; use a stable log-softmax "
+                   "(losses.log_softmax) for both directions")
         expected = _info_nce64(image, text, temperature)
         if abs(got - expected) > 1e-3 * max(1.0, abs(expected)):
             one_way = [_info_nce64(image, text, temperature, directions=(d,)) for d in ("i2t", "t2i")]
-            if any(abs(got - v) < 1e-3 * max(1.0, abs(v)) for v in one_way):
+            if any(abs(got - v) < 1e-3 * max(1.0, abs(v)) for v in one_way) and len(image) > 1:
                 c.fail(what, f"got {got:.4f}, which is one direction only",
                        "CLIP's loss is symmetric: images choose among texts AND texts choose among images")
             c.fail(what, f"expected {expected:.4f}, got {got:.4f}",
                    "compare cosine similarities (normalise each row to length 1), scale them by 1/T, "
-                   "then average the row-wise and column-wise cross-entropies with the diagonal as targets")
+                   "then average the row-wise and column-wise cross-entropies with the diagonal as targets; "
+                   "keep every step stable for logits as large as 1/T")
         c.passed.append(what)
 
 
 # --------------------------------------------------------------------------- 05.recall_at_k
 
-_TIE_SCORES = np.array([[0.9, 0.5, 0.1, 0.3],
-                        [0.2, 0.8, 0.8, 0.1],
-                        [0.4, 0.3, 0.7, 0.7],
-                        [0.6, 0.5, 0.4, 0.9]], np.float32)
-_TIE_TARGETS = np.array([0, 1, 3, 2])  # ranks (ties counted against): 1, 2, 2, 4
+_TIE_SCORES = ((0.9, 0.5, 0.1, 0.3),
+               (0.2, 0.8, 0.8, 0.1),
+               (0.4, 0.3, 0.7, 0.7),
+               (0.6, 0.5, 0.4, 0.9))
+_TIE_TARGETS = (0, 1, 3, 2)  # ranks (ties counted against): 1, 2, 2, 4
+_SEVERAL_TIED = ((0.5, 0.9, 0.9, 0.9, 0.1),  # three candidates tied at the top with the true one
+                 (0.9, 0.9, 0.2, 0.3, 0.9),
+                 (0.1, 0.2, 0.3, 0.3, 0.3))
+_SEVERAL_TIED_TARGETS = (2, 0, 4)           # ranks 3, 3, 3
 
 
 def _recall64(scores, targets, k):
@@ -182,6 +291,90 @@ def _stable_top_k(scores, targets, k):
     return float(np.mean([t in row for t, row in zip(targets, top)]))
 
 
+def _bottom_k(scores, targets, k):
+    top = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean([t in row for t, row in zip(targets, top)]))
+
+
+def _tie_free_cases() -> list[tuple[str, np.ndarray, np.ndarray, int]]:
+    rng = np.random.default_rng(13)
+    random_scores = rng.normal(size=(6, 10)).astype(np.float32)
+    random_targets = rng.integers(0, 10, size=6)
+    square = rng.normal(size=(5, 5)).astype(np.float32)
+    permuted = np.array([3, 0, 4, 1, 2])
+    square[np.arange(5), permuted] += np.array([2.0, 0.1, 2.0, -0.5, 2.0], np.float32)  # some hits, some misses
+    cases = [("random scores (6 queries, 10 candidates)", random_scores, random_targets, k) for k in (1, 3, 10)]
+    cases += [("5 queries whose true candidates are not the diagonal", square, permuted, k) for k in (1, 2)]
+    cases += [("one query", random_scores[:1], random_targets[:1], 4)]
+    return cases
+
+
+def _tie_cases() -> list[tuple[str, np.ndarray, np.ndarray, int]]:
+    from hypothesis import strategies as st
+
+    cases = [("the 4x4 example with ties", np.array(_TIE_SCORES, np.float32), np.array(_TIE_TARGETS), k)
+             for k in (1, 2, 3, 4)]
+    cases += [("several candidates tied with the true one", np.array(_SEVERAL_TIED, np.float32),
+               np.array(_SEVERAL_TIED_TARGETS), k) for k in (2, 3)]
+    cases += [("constant scores", np.ones((3, 5), np.float32), np.array([0, 2, 4]), k) for k in (1, 5)]
+
+    @st.composite
+    def coarse(draw):                                             # scores in {0, 1, 2, 3}: ties everywhere
+        queries, candidates = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+        scores = draw(st.lists(st.lists(st.integers(0, 3), min_size=candidates, max_size=candidates),
+                               min_size=queries, max_size=queries))
+        targets = draw(st.lists(st.integers(0, candidates - 1), min_size=queries, max_size=queries))
+        return np.array(scores, np.float32), np.array(targets), draw(st.integers(1, candidates))
+
+    cases += [(f"coarse scores {scores.shape}", scores, targets, k) for scores, targets, k in draw_cases(coarse(), 10)]
+    return cases
+
+
+def _ranks(scores, targets) -> tuple[np.ndarray, np.ndarray]:
+    """(number of candidates scoring >= the true one, number scoring strictly more), per query."""
+    scores = np.asarray(scores, np.float64)
+    true = scores[np.arange(len(scores)), targets][:, None]
+    return (scores >= true).sum(axis=1), (scores > true).sum(axis=1)
+
+
+def _diagonal_recall(scores, targets, k):
+    return _recall64(scores, np.arange(len(scores)), k) if len(scores) <= scores.shape[1] else np.nan
+
+
+# What an answer computes when it makes one of these mistakes, and the hint that names it. A hint
+# is given only when the answer matches the mistake on every case of a phase, so a coincidence on
+# one case cannot mislead; the tie hints only come once the tie-free cases have passed.
+_RECALL_DIAGNOSES = (
+    (lambda s, t, k: float(np.sum(_ranks(s, t)[0] <= k)),
+     "recall is the fraction of the queries that are hits (between 0 and 1), not their number"),
+    (_diagonal_recall, "the true candidate of query i is targets[i], not candidate i: use the targets"),
+    (lambda s, t, k: float(np.mean(_ranks(s, t)[0] < k)),
+     "check the boundary: the best rank is 1 (not 0), and a true item at rank exactly k is a hit"),
+    (_bottom_k, "the top k are the k highest scores, not the lowest"),
+)
+_TIE_DIAGNOSES = (
+    (lambda s, t, k: float(np.mean(1 + _ranks(s, t)[1] <= k)),
+     "a candidate that ties with the true item must count against it (pessimistic): only a strictly lower "
+     "score is beaten"),
+    (_stable_top_k, "ties must count against the true item; sorting breaks ties by position, counting the "
+                    "scores at least as high does not"),
+)
+
+
+def _recall_hint(cases, answers, ties_checked: bool) -> str:
+    diagnoses = _RECALL_DIAGNOSES + (_TIE_DIAGNOSES if ties_checked else ())
+    for model, hint in diagnoses:
+        if all(abs(got - model(s, t, k)) < 1e-6 for (_, s, t, k), got in zip(cases, answers)):
+            return hint
+    wrong = [case for case, got in zip(cases, answers) if not abs(got - _recall64(*case[1:])) < 1e-6]
+    _, scores, targets, _ = wrong[0]
+    at_least, above = _ranks(scores, targets)
+    if ties_checked and (at_least - above > 1).any():
+        return "ties must count against the true item: its rank counts every candidate whose score is at least as high"
+    return ("a query is a hit when its true candidate scores[i, targets[i]] is among the k highest scores of "
+            "row i: its rank is the number of candidates whose score is at least as high")
+
+
 @exercise(
     "05.recall_at_k",
     reference=lambda scores, targets, k: metrics.recall_at_k(scores, targets, k),
@@ -192,37 +385,24 @@ def _stable_top_k(scores, targets, k):
         "top-k by argsort: ties broken by index": _stable_top_k,
         "counts hits instead of the fraction": lambda s, t, k: float(np.sum(
             (s >= s[np.arange(len(s)), t][:, None]).sum(1) <= k)),
+        "ignores the targets: takes candidate i as query i's true one":
+            lambda s, t, k: _recall64(s, np.arange(len(s)), k),
+        "top k of the lowest scores": _bottom_k,
+        "ranks the query among the queries (axis 0)":
+            lambda s, t, k: float(np.mean((s[:, t] >= s[np.arange(len(s)), t][None, :]).sum(0) <= k)),
     },
 )
 def _check_recall_at_k(c: Checker) -> None:
-    rng = np.random.default_rng(13)
-    random_scores = rng.normal(size=(6, 10)).astype(np.float32)
-    random_targets = rng.integers(0, 10, size=6)
-    cases = [("the 4x4 example with ties", _TIE_SCORES, _TIE_TARGETS, k) for k in (1, 2, 3, 4)]
-    cases += [("random scores (6 queries, 10 candidates)", random_scores, random_targets, k) for k in (1, 3, 10)]
-    cases += [("constant scores", np.ones((3, 5), np.float32), np.array([0, 2, 4]), k) for k in (1, 5)]
-    for what, scores, targets, k in cases:
-        label = f"recall@{k} on {what}"
-        got = c.expect_number(label, c.call(scores.copy(), targets.copy(), k),
-                      "return one number: the fraction of queries whose true item is in the top k")
-        expected = _recall64(scores, targets, k)
-        if not abs(got - expected) < 1e-6:
-            true = np.asarray(scores, np.float64)[np.arange(len(scores)), targets][:, None]
-            optimistic = float(np.mean(1 + (scores > true).sum(1) <= k))
-            strict = float(np.mean((scores >= true).sum(1) < k))
-            if got > 1.0 or (len(scores) > 1 and abs(got - expected * len(scores)) < 1e-6):
-                hint = "recall is the fraction of the queries that are hits, between 0 and 1"
-            elif abs(got - optimistic) < 1e-6:
-                hint = ("a candidate that ties with the true item must count against it (pessimistic): "
-                        "only a strictly lower score is beaten")
-            elif abs(got - strict) < 1e-6:
-                hint = "check the boundary: the best rank is 1 (not 0), and a true item at rank exactly k is a hit"
-            elif got > expected:
-                hint = "ties must count against the true item; sorting breaks ties arbitrarily, counting scores does not"
-            else:
-                hint = "the rank of the true item is the number of candidates whose score is at least as high"
-            c.fail(label, f"expected {expected}, got {got}", hint)
-        c.passed.append(label)
+    for ties_checked, cases in ((False, _tie_free_cases()), (True, _tie_cases())):
+        answers = [c.expect_number(f"recall@{k} on {what}", c.call(scores, targets, k),
+                                   "return one number: the fraction of queries whose true item is in the top k")
+                   for what, scores, targets, k in cases]
+        for (what, scores, targets, k), got in zip(cases, answers):
+            expected = _recall64(scores, targets, k)
+            if not abs(got - expected) < 1e-6:
+                c.fail(f"recall@{k} on {what}", f"expected {expected:.4g}, got {got:.4g}",
+                       _recall_hint(cases, answers, ties_checked))
+            c.passed.append(f"recall@{k} on {what}")
 
 
 # --------------------------------------------------------------------------- 05.adam_step
@@ -237,6 +417,14 @@ def _adam64(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, 
     return param - learning_rate * m_hat / (np.sqrt(v_hat) + epsilon), m, v
 
 
+def _adam64_folded(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+    """The same step with the bias correction folded into the learning rate (Kingma & Ba, section 2;
+    Keras): epsilon then acts on sqrt(v), not on sqrt(v_hat)."""
+    _, m, v = _adam64(param, grad, m, v, t, learning_rate, beta_1, beta_2, epsilon)
+    alpha = learning_rate * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    return np.asarray(param, np.float64) - alpha * m / (np.sqrt(v) + epsilon), m, v
+
+
 def _adam_without_bias_correction(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
     m = beta_1 * m + (1 - beta_1) * grad
     v = beta_2 * v + (1 - beta_2) * grad ** 2
@@ -245,15 +433,62 @@ def _adam_without_bias_correction(param, grad, m, v, t, learning_rate=1e-3, beta
 
 def _adam_variant(**change):
     def step(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        if change.get("defaults"):
+            learning_rate, beta_1, beta_2, epsilon = 1e-3, 0.9, 0.999, 1e-8
         g2 = np.abs(grad) if change.get("abs_grad") else grad ** 2
         b1, b2 = (beta_2, beta_1) if change.get("swap_betas") else (beta_1, beta_2)
-        m = b1 * m + (1 - b1) * grad
-        v = b2 * v + (1 - b2) * g2
-        m_hat, v_hat = m / (1 - beta_1 ** t), v / (1 - beta_2 ** t)
-        denominator = v_hat + epsilon if change.get("no_sqrt") else np.sqrt(v_hat) + epsilon
+        m_new = b1 * m + (1 - b1) * grad
+        v_new = b2 * v + (1 - b2) * g2
+        m_step, v_step = (m, v) if change.get("old_moments") else (m_new, v_new)
+        m_hat, v_hat = m_step / (1 - beta_1 ** t), v_step / (1 - beta_2 ** t)
+        if change.get("no_sqrt"):
+            denominator = v_hat + epsilon
+        elif change.get("eps_inside"):
+            denominator = np.sqrt(v_hat + epsilon)
+        else:
+            denominator = np.sqrt(v_hat) + epsilon
         sign = 1 if change.get("ascent") else -1
-        return param + sign * learning_rate * m_hat / denominator, m, v
+        new = param + sign * learning_rate * m_hat / denominator
+        if change.get("return_hats"):
+            return new, m_new / (1 - beta_1 ** t), v_new / (1 - beta_2 ** t)
+        return new, m_new, v_new
     return step
+
+
+def _adam_cases():
+    rng = np.random.default_rng(8)
+    shape = (3, 4)
+    param = rng.normal(size=shape).astype(np.float32)
+    grad = (rng.normal(size=shape) * rng.choice([0.1, 1.0, 3.0], size=shape)).astype(np.float32)
+    zeros = np.zeros(shape, np.float32)
+    m_old = (0.1 * rng.normal(size=shape)).astype(np.float32)
+    v_old = (0.1 * rng.random(size=shape) + 0.01).astype(np.float32)
+    tiny = (1e-5 * rng.normal(size=shape)).astype(np.float32)
+    tiny[0, :2] = 0.0                                             # weights with no gradient at all
+    vector, cube = rng.normal(size=5).astype(np.float32), rng.normal(size=(2, 3, 2)).astype(np.float32)
+    return [
+        ("the first step (t=1, zero moments)", (param, grad, zeros, zeros, 1), {}),
+        ("step t=5 with moments from earlier steps", (param, grad, m_old, v_old, 5), {}),
+        ("step t=1000", (param, grad, m_old, v_old, 1000), {}),
+        ("t=3 with learning_rate=0.1, beta_1=0.5, beta_2=0.9", (param, grad, m_old, v_old, 3),
+         dict(learning_rate=0.1, beta_1=0.5, beta_2=0.9)),
+        ("t=2 with epsilon=0.1", (param, grad, m_old, v_old, 2), dict(epsilon=0.1)),
+        ("the first step with gradients of about 1e-5", (param, tiny, zeros, zeros, 1), {}),
+        ("a vector of 5 weights at t=2", (vector, 0.5 * vector, 0.1 * vector, 0.01 + 0 * vector, 2), {}),
+        ("a (2, 3, 2) array at t=1", (cube, cube[::-1].copy(), 0 * cube, 0 * cube, 1), {}),
+    ]
+
+
+def _step_close(got: np.ndarray, param: np.ndarray, expected: np.ndarray) -> bool:
+    """The step taken (got - param) within 1e-4 of the expected step, beyond float32 rounding."""
+    rounding = 4 * np.spacing(np.maximum(np.abs(param), np.abs(expected)).astype(np.float32)).astype(np.float64)
+    return bool(np.all(np.abs(got - expected) <= rounding + 1e-4 * np.abs(expected - param)))
+
+
+def _same(got, expected: np.ndarray) -> bool:
+    array = np.asarray(got) if hasattr(got, "shape") else None
+    return array is not None and array.shape == expected.shape and array.dtype.kind in "iuf" and \
+        np.allclose(array.astype(np.float64), expected, rtol=1e-4, atol=1e-6 * float(np.abs(expected).max(initial=0)))
 
 
 @exercise(
@@ -266,38 +501,47 @@ def _adam_variant(**change):
         "divides by v_hat instead of its square root": _adam_variant(no_sqrt=True),
         "adds the update: gradient ascent": _adam_variant(ascent=True),
         "returns only the new parameters": lambda param, grad, m, v, t, **kw: _adam64(param, grad, m, v, t, **kw)[0],
+        "epsilon inside the square root": _adam_variant(eps_inside=True),
+        "returns the bias-corrected moments m_hat, v_hat": _adam_variant(return_hats=True),
+        "steps with the old moments": _adam_variant(old_moments=True),
+        "ignores the keyword arguments": _adam_variant(defaults=True),
     },
 )
 def _check_adam_step(c: Checker) -> None:
-    rng = np.random.default_rng(8)
-    shape = (3, 4)
-    param = rng.normal(size=shape).astype(np.float32)
-    grad = (rng.normal(size=shape) * rng.choice([0.1, 1.0, 3.0], size=shape)).astype(np.float32)
-    zeros = np.zeros(shape, np.float32)
-    m_old = (0.1 * rng.normal(size=shape)).astype(np.float32)
-    v_old = (0.1 * rng.random(size=shape) + 0.01).astype(np.float32)
-    cases = [
-        ("the first step (t=1, zero moments)", (param, grad, zeros, zeros, 1), {}),
-        ("step t=5 with moments from earlier steps", (param, grad, m_old, v_old, 5), {}),
-        ("step t=1000", (param, grad, m_old, v_old, 1000), {}),
-        ("t=3 with learning_rate=0.1, beta_1=0.5, beta_2=0.9", (param, grad, m_old, v_old, 3),
-         dict(learning_rate=0.1, beta_1=0.5, beta_2=0.9)),
-    ]
     hint_for = {
         "param": "param - learning_rate * m_hat / (sqrt(v_hat) + epsilon), with m_hat = m / (1 - beta_1**t) and "
-                 "v_hat = v / (1 - beta_2**t): the bias correction matters most in the first steps",
+                 "v_hat = v / (1 - beta_2**t) computed from the new moments; epsilon goes outside the square root",
         "m": "m = beta_1 * m + (1 - beta_1) * grad",
         "v": "v = beta_2 * v + (1 - beta_2) * grad**2 (the square of the gradient, element by element)",
     }
-    for what, args, kwargs in cases:
+    for what, args, kwargs in _adam_cases():
         got = c.call(*args, **kwargs)
-        c.expect_type(f"result of {what}", got, (tuple, list),
-                      hint="return the tuple (new_param, new_m, new_v)")
+        c.expect_type(f"result of {what}", got, (tuple, list), hint="return the tuple (new_param, new_m, new_v)")
         if len(got) != 3:
             c.fail(f"result of {what}", f"expected 3 values (new_param, new_m, new_v), got {len(got)}",
                    "return all three: the caller keeps m and v for the next step")
         expected = _adam64(*args, **kwargs)
-        for index in (1, 2, 0):                   # the moments first: their hints are the most precise
+        defaults = _adam64(*args)
+        if kwargs and not all(_same(e, d) for e, d in zip(expected, defaults)) and \
+                all(_same(g, d) for g, d in zip(got, defaults)):
+            c.fail(f"result of {what}", "it is the step with the default hyperparameters",
+                   "use the learning_rate, beta_1, beta_2 and epsilon you are given, not fixed values")
+        for index in (1, 2):                      # the moments first: their hints are the most precise
             name = ("param", "m", "v")[index]
-            c.expect_close(f"new {name} after {what}", got[index], expected[index], atol=1e-6, rtol=1e-4,
+            scale = max(float(np.abs(expected[index]).max()), 1e-30)
+            beta = kwargs.get("beta_1", 0.9) if index == 1 else kwargs.get("beta_2", 0.999)
+            if _same(got[index], expected[index] / (1 - beta ** args[4])) and args[4] < 100:
+                c.fail(f"new {name} after {what}", f"you returned the bias-corrected {name}_hat",
+                       f"return the new {name} itself: the caller keeps it for the next step, and the bias "
+                       "correction is applied afresh at every step")
+            c.expect_close(f"new {name} after {what}", got[index], expected[index], atol=1e-6 * scale, rtol=1e-4,
                            hint=hint_for[name])
+        param = np.asarray(args[0], np.float64)
+        array = c.expect_array(f"new param after {what}", got[0], param.shape).astype(np.float64)
+        forms = (expected[0], _adam64_folded(*args, **kwargs)[0])
+        if not any(_step_close(array, param, form) for form in forms):
+            worst = np.unravel_index(np.argmax(np.abs(array - expected[0])), param.shape)
+            c.fail(f"new param after {what}", f"the step differs (largest difference at index "
+                   f"{tuple(int(i) for i in worst)}: you moved it by {array[worst] - param[worst]:.4g}, "
+                   f"expected {expected[0][worst] - param[worst]:.4g})", hint_for["param"])
+        c.passed.append(f"new param after {what}")

@@ -1,20 +1,43 @@
-"""Checks for lesson 07: a small decoder-only language model (the mask, the model, decoding, the cache)."""
+"""Checks for lesson 07: a small decoder-only language model (the mask, the model, decoding, the cache).
+
+Expected values come from float64 NumPy written here; the decoder's from the check's own forward pass
+through layers it rebuilds from the settings and weights of the learner's sub-layers (`layers.rebuild_layer`,
+which lesson 03's block and lesson 06's text tower checks use too).
+"""
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import keras
 import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from keras import ops
 
 from mmlm_course import attention, language_model
-from mmlm_course.exercises import Checker, exercise
+from mmlm_course.exercises import Checker, draw_cases, exercise
+from mmlm_course.exercises.layers import (add_positions, expect_layer_class, instantiate, layer_output,
+                                          layer_snapshot, output_data, randomise_weights, rebuild_layer)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def as_array_answer(c: Checker, what: str, value, hint: str) -> np.ndarray:
+    """A returned array, tensor or (nested) list of numbers / booleans as a NumPy array: where a text asks
+    for an array, a list of lists does what it asks too."""
+    if isinstance(value, (list, tuple)):
+        try:
+            value = np.asarray(value)
+        except ValueError:
+            c.fail(what, "the rows have different lengths", hint)
+        if value.dtype.kind not in "biuf":
+            c.fail(what, f"expected numbers, got a list of {value.dtype}", hint)
+    return c.expect_array(what, value, np.shape(value), hint=hint)
 
 
 # --------------------------------------------------------------------------- 07.causal_mask
@@ -28,45 +51,79 @@ def _softmax(x: np.ndarray) -> np.ndarray:
         "lets queries see the future": lambda n: np.triu(np.ones((n, n), bool)),
         "one step into the future": lambda n: np.tril(np.ones((n, n), bool), k=1),
         "float 0/1 mask from np.tril(np.ones(...))": lambda n: np.tril(np.ones((n, n))),
+        "int 0/1 mask": lambda n: np.tri(n, dtype=np.int32),
         "additive 0/-inf mask": lambda n: np.where(np.tril(np.ones((n, n), bool)), 0.0, -np.inf),
+        "True where blocked (inverted)": lambda n: np.triu(np.ones((n, n), bool), k=1),
+        "always the same size": lambda n: np.tril(np.ones((8, 8), bool)),
     },
 )
 def _check_causal_mask(c: Checker) -> None:
-    for length in (1, 2, 5, 8):
-        got = c.call(length)
-        array = c.expect_array(f"mask for length {length}", got, (length, length),
-                               hint="one row per query position and one column per key position")
+    for length in (1, 2, 3, 5, 8, 17):
+        what = f"mask for length {length}"
+        hint = "one row per query position and one column per key position: (length, length)"
+        array = c.expect_array(what, as_array_answer(c, what, c.call(length), hint), (length, length), hint=hint)
         if array.dtype != bool:
-            c.fail(f"mask for length {length}", f"expected dtype bool, got {array.dtype}",
+            c.fail(what, f"expected dtype bool, got {array.dtype}",
                    "return True where attention is allowed (compare positions, or .astype(bool)); the -inf "
                    "for blocked scores is added later, inside attention")
-        expected = np.tril(np.ones((length, length), bool))
+        expected = np.tri(length, dtype=bool)
+        if length > 1 and np.array_equal(array, ~expected):
+            c.fail(what, "True marks the blocked pairs", "True means query i MAY attend to key j (j <= i)")
         if np.any(array & ~expected):
             i, j = np.argwhere(array & ~expected)[0]
-            c.fail(f"mask for length {length}", f"query {i} may attend to key {j}, a future token",
+            c.fail(what, f"query {i} may attend to key {j}, a future token",
                    "a token may only look at keys j <= i: the lower triangle")
         if np.any(~array & expected):
             i, j = np.argwhere(~array & expected)[0]
-            what = "itself" if i == j else f"the earlier key {j}"
-            c.fail(f"mask for length {length}", f"query {i} may not attend to {what}",
+            c.fail(what, f"query {i} may not attend to {'itself' if i == j else f'the earlier key {j}'}",
                    "the diagonal belongs to the mask: each position attends to itself and every earlier one")
         c.passed.append(f"causal mask of length {length}")
 
 
 # --------------------------------------------------------------------------- 07.top_k_filter
 
+# ties at the k-th value: every entry equal to it stays ("every entry smaller than the k-th largest is -inf")
+_TIED_LOGITS = ((3.0, 1.0, 2.0, 2.0, 0.0), (5.0, 5.0, 5.0, 1.0, 0.0), (0.0, 0.0, 0.0, 0.0, 0.0),
+                (1.0, 2.0, 3.0, 4.0, 4.0))
 
-def _logit_cases() -> list[tuple[np.ndarray, int]]:
+
+def _logit_cases() -> list[tuple[str, np.ndarray, int]]:
     rng = np.random.default_rng(7)
     logits = rng.normal(size=(4, 12)).astype(np.float32) * 3
-    shifted = logits + np.array([[0.0], [50.0], [-50.0], [5.0]], np.float32)   # rows on different scales
-    return [(logits, 1), (logits, 3), (shifted, 5), (logits, 12), (rng.normal(size=(1, 6)).astype(np.float32), 2)]
+    shifted = logits + np.array([[0.0], [5e3], [-5e3], [5.0]], np.float32)     # rows on different scales
+    ties = np.array(_TIED_LOGITS, np.float32)
+    cases = [("random logits", logits, k) for k in (1, 3, 12)] + [("rows on different scales", shifted, 5)]
+    cases += [("one row", rng.normal(size=(1, 6)).astype(np.float32), 2)]
+    cases += [("rows with ties at the k-th value", ties, k) for k in (1, 2, 3, 5)]
+    drawn = st.tuples(st.integers(1, 3), st.integers(1, 7)).flatmap(lambda s: st.tuples(
+        hnp.arrays(np.int8, s, elements=st.integers(-2, 2)), st.integers(1, s[1])))
+    cases += [("drawn logits with ties", x.astype(np.float32), k) for x, k in draw_cases(drawn, 10)]
+    return cases
+
+
+def _top_k_expected(logits: np.ndarray, k: int) -> np.ndarray:
+    kth = np.sort(logits, axis=-1)[:, -k][:, None]
+    return np.where(logits >= kth, logits.astype(np.float64), -np.inf)
 
 
 def _top_k_mistake_threshold(logits, k, strict=False, extra=0):
     kth = -np.sort(-logits, axis=-1)[:, k - 1 + extra][:, None]
     keep = logits > kth if strict else logits >= kth
     return np.where(keep, logits, -np.inf).astype(np.float32)
+
+
+def _top_k_indices(logits, k):
+    """Mistake: keeps exactly k entries (argsort), so a tie at the k-th value loses some."""
+    top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+    out = np.full(logits.shape, -np.inf, np.float32)
+    np.put_along_axis(out, top, np.take_along_axis(logits, top, axis=-1), axis=-1)
+    return out
+
+
+def _top_k_distinct(logits, k):
+    """Mistake: the k-th largest *distinct* value."""
+    kth = np.array([np.unique(row)[::-1][min(k, len(np.unique(row))) - 1] for row in logits])[:, None]
+    return np.where(logits >= kth, logits, -np.inf).astype(np.float32)
 
 
 @exercise(
@@ -80,37 +137,63 @@ def _top_k_mistake_threshold(logits, k, strict=False, extra=0):
         "one threshold for the whole batch": lambda x, k: np.where(
             x >= -np.sort(-x.ravel())[k - 1], x, -np.inf).astype(np.float32),
         "returns probabilities, not logits": lambda x, k: _softmax(_top_k_mistake_threshold(x, k)),
+        "exactly k entries by argsort (ties at the k-th value dropped)": _top_k_indices,
+        "the k-th largest distinct value": _top_k_distinct,
+        "the k-th smallest value as the threshold": lambda x, k: np.where(
+            x >= np.sort(x, axis=-1)[:, k - 1:k], x, -np.inf).astype(np.float32),
     },
 )
 def _check_top_k_filter(c: Checker) -> None:
-    for logits, k in _logit_cases():
-        got = c.call(logits.copy(), k)
-        array = c.expect_array(f"filtered logits (k={k})", got, logits.shape,
-                               hint="return the logits with the same shape (batch, vocab_size)")
-        array = np.asarray(array, np.float64)
+    for name, logits, k in _logit_cases():
+        what = f"top-{k} filter on {name} {logits.shape}"
+        hint = "return the logits with the same shape (batch, vocab_size)"
+        array = c.expect_array(what, as_array_answer(c, what, c.call(logits.copy(), k), hint), logits.shape, hint=hint)
+        array = array.astype(np.float64)
+        expected = _top_k_expected(logits, k)
+        kept, expected_kept = array > -1e9, expected > -np.inf   # -inf (or a huge negative number) = removed
+        if np.array_equal(kept, expected_kept) and np.array_equal(array[kept], expected[kept]):
+            c.passed.append(what)
+            continue
         if np.all((array >= 0) & (array <= 1)) and np.allclose(array.sum(axis=-1), 1.0, atol=1e-4):
-            c.fail(f"filtered logits (k={k})", "got probabilities (rows sum to 1)",
+            c.fail(what, "got probabilities (rows sum to 1)",
                    "return logits: the sampler applies the softmax after filtering")
-        removed = array <= -1e9
-        kept = ~removed
-        counts = kept.sum(axis=-1)
-        if np.any(counts != k):
-            row = int(np.argmax(counts != k))
-            c.fail(f"filtered logits (k={k})", f"row {row} keeps {counts[row]} tokens, expected {k}",
+        counts, expected_counts = kept.sum(axis=-1), expected_kept.sum(axis=-1)
+        if np.any(counts != expected_counts):
+            row = int(np.argmax(counts != expected_counts))
+            tied = expected_counts[row] > k
+            c.fail(what, f"row {row} keeps {counts[row]} token(s), expected {expected_counts[row]}"
+                   + (f" (logits tied with the k-th largest value, k={k})" if tied else ""),
+                   "every entry equal to the k-th largest value stays: only entries smaller than it become -inf"
+                   if tied and counts[row] < expected_counts[row] else
                    "keep every logit >= the k-th largest value of its own row; set the rest to -inf "
                    "(a logit of 0 is not removed: exp(0) = 1)")
-        expected_kept = np.asarray(language_model.top_k_filter(logits, k)) > -np.inf
         if np.any(kept != expected_kept):
             row = int(np.argmax(np.any(kept != expected_kept, axis=-1)))
-            c.fail(f"filtered logits (k={k})", f"row {row} keeps the wrong tokens",
-                   "find the threshold per row (axis -1), not over the whole batch")
-        if not np.allclose(array[kept], logits[kept], atol=1e-6):
-            c.fail(f"filtered logits (k={k})", "the kept values changed",
-                   "return logits, not probabilities: the kept entries stay exactly as they were")
-        c.passed.append(f"top-{k} filter on {logits.shape}")
+            c.fail(what, f"row {row} keeps the wrong tokens",
+                   "find the threshold per row (axis -1): the k-th largest value of that row")
+        row = int(np.argmax(np.any(kept & (array != expected), axis=-1)))
+        c.fail(what, f"row {row}: the kept values changed",
+               "return logits, not probabilities: the kept entries stay exactly as they were")
 
 
 # --------------------------------------------------------------------------- 07.temperature_probabilities
+
+
+def _temperature_cases():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3, 9)).astype(np.float32) * 2
+    large = np.array([[1000.0, 999.0, 0.0, -5.0], [80.0, 90.0, 100.0, 100.0]], np.float32)
+    cases = [("random logits", logits, t) for t in (1.0, 0.5, 2.0)]
+    cases += [("logits up to 1000", large, t) for t in (0.5, 3.0)]
+    cases += [("rows of +1000 and -1000", np.array([[1000, 998, 990, 999], [-1000, -999, -1003, -1000]],
+                                                      np.float32), 1.0),
+              ("logits all near -1000", np.array([[-1000.0, -1001.0, -1002.0, -1000.5]], np.float32), 1.0),
+              ("a tie at the top, T close to 0", np.array([[2, 2, 1, 0], [0.5, -1, 3, 2.9]], np.float32), 1e-4),
+              ("random logits, a very high T", logits, 1000.0)]
+    drawn = st.tuples(hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(2, 6)),
+                                 elements=st.floats(-1000, 1000, width=32)),
+                      st.sampled_from((2.0 ** -6, 0.25, 1.0, 4.0, 100.0)))
+    return cases + [("drawn logits", x, t) for x, t in draw_cases(drawn, 8)]
 
 
 @exercise(
@@ -122,29 +205,40 @@ def _check_top_k_filter(c: Checker) -> None:
         "softmax of the tempered probabilities": lambda x, t: _softmax(_softmax(x) / t).astype(np.float32),
         "exp without subtracting the max (overflows)": lambda x, t: (
             np.exp(x / t) / np.exp(x / t).sum(axis=-1, keepdims=True)).astype(np.float32),
+        "subtracts the batch's max, not each row's": lambda x, t: (
+            np.exp(x / t - np.max(x / t)) / np.exp(x / t - np.max(x / t)).sum(axis=-1, keepdims=True)),
+        "softmax over the batch axis": lambda x, t: (np.exp(x / t - (x / t).max(0)) / np.exp(
+            x / t - (x / t).max(0)).sum(axis=0, keepdims=True)).astype(np.float32),
+        "computes in float16": lambda x, t: _softmax(x.astype(np.float64) / t).astype(np.float16),
     },
 )
 def _check_temperature_probabilities(c: Checker) -> None:
-    rng = np.random.default_rng(3)
-    logits = rng.normal(size=(3, 9)).astype(np.float32) * 2
-    large = np.array([[1000.0, 999.0, 0.0, -5.0], [80.0, 90.0, 100.0, 100.0]], np.float32)
-    for x, temperature in ((logits, 1.0), (logits, 0.5), (logits, 2.0), (large, 0.5), (large, 3.0)):
-        with np.errstate(over="ignore", invalid="ignore"):
-            got = c.call(x.copy(), temperature)
-        array = c.expect_array(f"probabilities (T={temperature})", got, x.shape,
-                               hint="one probability per vocabulary entry, same shape as the logits")
-        array = np.asarray(array, np.float64)
-        if not np.all(np.isfinite(array)):
-            c.fail(f"probabilities (T={temperature}) of logits up to {x.max():.0f}", "got inf or NaN",
-                   "exp(1000) overflows: subtract each row's maximum before exponentiating (or use "
-                   "keras.ops.softmax)")
-        if not np.allclose(array.sum(axis=-1), 1.0, atol=1e-4):
-            c.fail(f"probabilities (T={temperature})", f"rows sum to {np.round(array.sum(axis=-1), 3).tolist()}",
-                   "divide the logits by the temperature first, then take one softmax over the last axis")
+    for name, x, temperature in _temperature_cases():
+        what = f"probabilities of {name} {x.shape} at T={temperature:g}"
+        hint = "one probability per vocabulary entry, same shape as the logits"
+        array = c.expect_array(what, as_array_answer(c, what, c.call(x.copy(), temperature), hint), x.shape, hint=hint)
+        dtype, array = array.dtype, array.astype(np.float64)
         expected = _softmax(x.astype(np.float64) / temperature)
-        c.expect_close(f"probabilities (T={temperature})", array, expected, atol=1e-5,
-                       hint="a low temperature must sharpen and a high one flatten: divide the logits "
-                            "(not multiply) by the temperature before the softmax")
+        if np.allclose(array, expected, atol=1e-5, rtol=1e-5):
+            c.passed.append(what)
+            continue
+        if dtype == np.float16:
+            c.fail(what, "your probabilities are float16, which keeps about 3 significant digits",
+                   "compute in float32 or float64")
+        if not np.all(np.isfinite(array)):
+            row = int(np.argmax(~np.isfinite(array).all(axis=-1)))
+            c.fail(what, f"row {row} (logits from {x[row].min():g} to {x[row].max():g}) contains inf or NaN",
+                   "exp(1000) overflows and exp(-1000) is 0: subtract each row's own maximum of logits / T before "
+                   "exponentiating (or use keras.ops.softmax)")
+        sums = array.sum(axis=-1)
+        if not np.allclose(sums, 1.0, atol=1e-4):
+            row = int(np.argmax(np.abs(sums - 1.0)))
+            c.fail(what, f"row {row} sums to {sums[row]:.6g}, not 1",
+                   "divide the logits by the temperature first, then take one softmax over the last axis")
+        worst = np.unravel_index(np.argmax(np.abs(array - expected)), x.shape)
+        c.fail(what, f"entry {tuple(int(i) for i in worst)} is {array[worst]:.6g}, expected {expected[worst]:.6g}",
+               "a low temperature must sharpen and a high one flatten: divide the logits (not multiply) by the "
+               "temperature before the softmax, computed in float32 or float64")
 
 
 # --------------------------------------------------------------------------- 07.update_cache
@@ -157,7 +251,16 @@ def _cache_cases():
     chunk = rng.normal(size=(2, 3, 3)).astype(np.float32)
     cache4 = rng.normal(size=(2, 5, 2, 2)).astype(np.float32)
     step4 = rng.normal(size=(2, 1, 2, 2)).astype(np.float32)
-    return [(cache, step, 3), (cache, step, 0), (cache, step, 5), (cache, chunk, 2), (cache4, step4, 4)]
+    cases = [(cache, step, 3), (cache, step, 0), (cache, step, 5), (cache, chunk, 2), (cache, chunk, 3),
+             (cache4, step4, 4), (cache[:1], rng.normal(size=(1, 6, 3)).astype(np.float32), 0)]
+    drawn = st.tuples(st.integers(1, 2), st.integers(1, 7), st.integers(0, 99), st.integers(0, 99),
+                      st.lists(st.integers(1, 3), max_size=2), st.integers(0, 2 ** 16))
+    for batch, length, new_at, position_at, rest, seed in draw_cases(drawn, 8):
+        steps = 1 + new_at % length
+        data = np.random.default_rng(seed)
+        cases.append((data.normal(size=(batch, length, *rest)).astype(np.float32),
+                      data.normal(size=(batch, steps, *rest)).astype(np.float32), position_at % (length - steps + 1)))
+    return cases
 
 
 def _numpy_update(cache, new, position, shift=0):
@@ -175,17 +278,19 @@ def _numpy_update(cache, new, position, shift=0):
         "always writes at the start": lambda cache, new, p: _numpy_update(cache, new, 0),
         "writes only the first new step": lambda cache, new, p: _numpy_update(cache, new[:, :1], p),
         "returns only the new entries": lambda cache, new, p: new,
+        "slides a window (concatenates, keeps the last L)": lambda cache, new, p: np.concatenate(
+            [cache, new], axis=1)[:, -cache.shape[1]:],
+        "writes at the end of the cache": lambda cache, new, p: _numpy_update(
+            cache, new, cache.shape[1] - new.shape[1]),
     },
 )
 def _check_update_cache(c: Checker) -> None:
     for cache, new, position in _cache_cases():
         what = f"cache {cache.shape} after writing {new.shape[1]} step(s) at position {position}"
-        got = c.call(cache.copy(), new.copy(), position)
-        array = c.expect_array(what, got, cache.shape,
+        array = c.expect_array(what, c.call(cache.copy(), new.copy(), position), cache.shape,
                                hint="the cache keeps its fixed size (batch, max_length, ...): write into it, "
                                     "do not concatenate")
         expected = _numpy_update(cache, new, position)
-        array = np.asarray(array)
         time_ok = [np.allclose(array[:, t], expected[:, t]) for t in range(cache.shape[1])]
         if not all(time_ok):
             t = time_ok.index(False)
@@ -197,6 +302,17 @@ def _check_update_cache(c: Checker) -> None:
 
 
 # --------------------------------------------------------------------------- 07.decoder_lm
+
+_GPT_SIZES = (11, 12, 16, 2, 2)                     # vocab_size, max_length, dim, num_layers, num_heads
+_GPT_LABEL = ("MiniGPT(vocab_size=11, max_length=12, dim=16, num_layers=2, num_heads=2) with random weights, called "
+              "on token_ids (3, 8), on the same with tokens 5..7 changed, and on one token repeated (1, 6)")
+_GPT_LAYERS = ("token_embedding", "position_embedding", "final_norm", "head")
+_GPT_NEVER_CALLED = types.MappingProxyType({
+    "token_embedding": "start from the token embeddings: self.token_embedding(token_ids)",
+    "position_embedding": "add the position embeddings of the positions 0..T-1 (ops.arange) to the token embeddings",
+    "blocks": "run every block of self.blocks in turn, each on the previous one's output",
+    "final_norm": "apply self.final_norm to the last block's output, before the head",
+})
 
 
 class _ReferenceGPT(keras.Model):
@@ -217,8 +333,8 @@ class _ReferenceGPT(keras.Model):
 def _gpt_forward(model, token_ids, positions=True, final_norm=True, softmax=False, tied=False):
     x = model.token_embedding(token_ids)                                          # (B, T, d)
     if positions:
-        x = x + model.position_embedding(ops.arange(ops.shape(token_ids)[1]))[None]
-    for block in (model.blocks if isinstance(model.blocks, (list, tuple)) else [model.blocks]):
+        x = add_positions(model.position_embedding, x)
+    for block in model.blocks:
         x = block(x)
     x = model.final_norm(x) if final_norm else x
     logits = ops.matmul(x, ops.transpose(model.token_embedding.embeddings)) if tied else model.head(x)   # (B, T, V)
@@ -231,7 +347,12 @@ def _gpt_mistake(causal=True, **forward):
         "call": lambda self, token_ids: _gpt_forward(self, token_ids, **forward)})
 
 
-_GPT_PARTS = ("token_embedding", "position_embedding", "final_norm", "head")
+def _gpt_inputs() -> dict:
+    rng = np.random.default_rng(7)
+    ids = rng.integers(1, _GPT_SIZES[0], size=(3, 8)).astype(np.int32)
+    changed = ids.copy()
+    changed[:, 5:] = ids[:, 5:] % (_GPT_SIZES[0] - 1) + 1          # every later token another one
+    return {"ids": ids, "changed": changed, "same": np.full((1, 6), 3, np.int32)}
 
 
 @exercise(
@@ -245,47 +366,95 @@ _GPT_PARTS = ("token_embedding", "position_embedding", "final_norm", "head")
         "only the first block is used": type("OneBlockGPT", (_ReferenceGPT,), {
             "call": lambda self, ids: self.head(self.final_norm(self.blocks[0](
                 self.token_embedding(ids) + self.position_embedding(ops.arange(ops.shape(ids)[1]))[None])))}),
+        "position embedding looked up by the token ids": type("TokenPositionGPT", (_ReferenceGPT,), {
+            "call": lambda self, ids: self.head(self.final_norm(self.blocks[1](self.blocks[0](
+                self.token_embedding(ids) + self.position_embedding(ids)))))}),
+        "positions 1..T instead of 0..T-1": type("ShiftedPositionsGPT", (_ReferenceGPT,), {
+            "call": lambda self, ids: self.head(self.final_norm(self.blocks[1](self.blocks[0](
+                self.token_embedding(ids) + self.position_embedding(ops.arange(1, ops.shape(ids)[1] + 1))[None]))))}),
+        "the final LayerNorm before the blocks": type("EarlyNormGPT", (_ReferenceGPT,), {
+            "call": lambda self, ids: self.head(self.blocks[1](self.blocks[0](self.final_norm(
+                self.token_embedding(ids) + self.position_embedding(ops.arange(ops.shape(ids)[1]))[None]))))}),
     },
 )
 def _check_decoder_lm(c: Checker) -> None:
-    with warnings.catch_warnings():           # Keras' build warnings about a wrong answer's unused layers
+    result = c.scenario(_GPT_LABEL, _run_gpt)
+    expect_layer_class(c, result, "MiniGPT", base="keras.Model")
+    parts = result["parts"]
+    missing = [name for name in ("token_embedding", "position_embedding", "blocks", "final_norm")
+               if parts[name] is None]
+    if missing:
+        c.fail("the model's layers", f"missing {missing}", "create token_embedding, position_embedding, blocks (a "
+               "list of TransformerBlock), final_norm and head in __init__, with these names")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _check_gpt(c)
+        _compare_gpt(c, parts, result["outputs"])
 
 
-def _check_gpt(c: Checker) -> None:
-    vocab, length = 11, 12
-    model = c.call(vocab_size=vocab, max_length=length, dim=16, num_layers=2, num_heads=2)
-    if not isinstance(model, keras.layers.Layer):
-        c.fail("your answer", f"calling it gave {type(model).__name__}, not a Keras model",
-               "pass the class itself: check(\"07.decoder_lm\", MiniGPT)")
-    run = Checker(c.exercise_id, model)                  # calling the model: crashes become one line
-    rng = np.random.default_rng(7)
-    ids = rng.integers(1, vocab, size=(3, 8)).astype(np.int32)
-    logits = c.expect_array("logits for token_ids (3, 8)", run.call(ids), (3, 8, vocab),
-                            hint="one row of vocab_size logits per position: (batch, time, vocab_size)")
+def _gpt_parts(model) -> dict:
+    """The named sub-layers (None where absent); ``blocks`` a list (from a list, a tuple or a keras.Sequential)."""
+    parts = {name: getattr(model, name, None) for name in _GPT_LAYERS}
+    parts = {name: part if isinstance(part, keras.layers.Layer) else None for name, part in parts.items()}
+    blocks = getattr(model, "blocks", None)
+    blocks = blocks.layers if isinstance(blocks, keras.Sequential) else blocks
+    blocks = [blocks] if isinstance(blocks, keras.layers.Layer) else blocks
+    ok = isinstance(blocks, (list, tuple)) and blocks and all(isinstance(b, keras.layers.Layer) for b in blocks)
+    return {**parts, "blocks": list(blocks) if ok else None}
+
+
+def _run_gpt(candidate):
+    """Scenario: build the learner's model, give its layers random weights, run it on three batches."""
+    inputs = _gpt_inputs()
+    with warnings.catch_warnings():              # Keras' build warnings about a wrong answer's unused layers
+        warnings.simplefilter("ignore")
+        model = instantiate(candidate, *_GPT_SIZES)
+        if isinstance(model, str):
+            return model
+        model(inputs["ids"])                     # builds the layers that call() uses
+        parts = _gpt_parts(model)
+        layers = [part for part in parts.values() if isinstance(part, keras.layers.Layer)] + (parts["blocks"] or [])
+        randomise_weights(layers, seed=7)
+        snapshots = {name: None if part is None else layer_snapshot(part) for name, part in parts.items()
+                     if name != "blocks"}
+        snapshots["blocks"] = None if parts["blocks"] is None else [layer_snapshot(b) for b in parts["blocks"]]
+        outputs = {key: output_data(model(x)) for key, x in inputs.items()}
+    return {"parts": snapshots, "outputs": outputs}
+
+
+def _compare_gpt(c: Checker, parts: dict, outputs: dict) -> None:
+    inputs, vocab = _gpt_inputs(), _GPT_SIZES[0]
+    hint = "one row of vocab_size logits per position: (batch, time, vocab_size)"
+    got = {key: layer_output(c, f"logits for token_ids {x.shape}", outputs[key], (*x.shape, vocab), hint)
+           for key, x in inputs.items()}
+    logits = got["ids"]
     if np.allclose(logits.sum(-1), 1.0, atol=1e-3) and logits.min() >= 0:
         c.fail("the output", "every row sums to 1: these are probabilities",
                "return the head's logits; the loss (from_logits=True) and sampling apply the softmax themselves")
-    changed = ids.copy()
-    changed[:, 5:] = rng.integers(1, vocab, size=(3, 3))
-    early = c.expect_array("logits after changing tokens 5..7", run.call(changed), (3, 8, vocab))[:, :5]
-    if not np.allclose(early, logits[:, :5], atol=1e-5):
+    if not np.allclose(got["changed"][:, :5], logits[:, :5], atol=1e-5):
         c.fail("causality", "the logits at positions 0..4 changed when only tokens 5..7 changed",
                "a language model may not read the future: build the blocks with causal=True")
-    same = np.full((1, 6), 3, np.int32)
-    constant = np.asarray(run.call(same))[0]
+    c.passed.append("causality")
+    for name in ("token_embedding", "position_embedding", "final_norm"):
+        if not parts[name].get("built"):
+            c.fail(f"self.{name}", "is never called", _GPT_NEVER_CALLED[name])
+    unused = [i for i, block in enumerate(parts["blocks"]) if not block.get("built")]
+    if unused:
+        c.fail(f"self.blocks[{unused[0]}]", "is never called", _GPT_NEVER_CALLED["blocks"])
+    constant = got["same"][0]
     if np.allclose(constant, constant[:1], atol=1e-5):
         c.fail("positions", "a sequence of one repeated token gets the same logits at every position",
                "add the position embedding of positions 0..T-1 to the token embeddings")
-    blocks = getattr(model, "blocks", None)
-    tied = not isinstance(getattr(model, "head", None), keras.layers.Layer)   # nanoGPT's tied head: logits = x E^T
-    needed = [name for name in _GPT_PARTS if not (tied and name == "head")]
-    missing = [name for name in needed if not isinstance(getattr(model, name, None), keras.layers.Layer)]
-    if missing or not ((isinstance(blocks, (list, tuple)) and blocks) or isinstance(blocks, keras.layers.Layer)):
-        c.fail("the model's layers", f"missing {missing or ['blocks']}",
-               "create token_embedding, position_embedding, blocks (a list), final_norm and head in __init__")
-    expected = np.asarray(_gpt_forward(model, ids, tied=tied))
-    c.expect_close("logits (your layers, in the order of the notes)", logits, expected, atol=1e-4, rtol=1e-4,
-                   hint="x = token_embedding(ids) + position_embedding(positions); every block in turn; "
-                        "then head(final_norm(x))")
+    c.passed.append("positions")
+    head = parts["head"]
+    tied = head is None or not head.get("built")                  # nanoGPT's tied head: logits = x E^T
+    model = types.SimpleNamespace(
+        **{name: rebuild_layer(c, f"self.{name}", parts[name]) for name in _GPT_LAYERS
+           if not (tied and name == "head")},
+        blocks=[rebuild_layer(c, f"self.blocks[{i}]", block) for i, block in enumerate(parts["blocks"])])
+    for key, x in inputs.items():
+        expected = np.asarray(ops.convert_to_numpy(_gpt_forward(model, x, tied=tied)), np.float64)
+        if tied and head is not None and not np.allclose(got[key], expected, atol=1e-4, rtol=1e-4):
+            c.fail("self.head", "is never called", "turn the normalised output into logits with self.head")
+        c.expect_close(f"logits for token_ids {x.shape} (your layers, in the order of the notes)", got[key], expected,
+                       atol=1e-4, rtol=1e-4, hint="x = token_embedding(ids) + position_embedding(positions); every "
+                       "block in turn; then head(final_norm(x))")

@@ -1,0 +1,137 @@
+"""Run untrusted Python (a learner's notebook) in a child process the grader does not trust.
+
+`start` launches ``python -I -m mmlm_course.tools.grading_child`` with the job on its stdin
+and reads what it reports on stdout. Where Bubblewrap (``bwrap``, Debian's ``bubblewrap``)
+can create namespaces, the child gets:
+
+- the whole file system read-only, a fresh empty ``/tmp`` (its HOME, temp and working folder:
+  nothing persists from one submission to the next), the grader's output and scratch
+  folders and the submissions' folders hidden behind empty ones;
+- no network, its own process tree (every process it starts dies with it), its own session;
+- an unprivileged user: ``nobody`` inside the namespace, and outside it too where the grader
+  runs as root and the Python installation is readable by others (else root without
+  capabilities, confined to the read-only view above);
+- resource limits: address space, CPU seconds, file size, open files, and processes when it
+  runs as ``nobody``.
+
+Without Bubblewrap (macOS, a container that forbids namespaces) the child is an ordinary
+process with the limits, its own fresh HOME and temp folder and its own session; it can then
+read and write whatever the grader's user can. `isolation()` says which one applies; the
+README's grading section lists what each guarantees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MEMORY_BYTES = 6 << 30            # address space; TensorFlow alone maps about 2 GiB
+CPU_SECONDS = 1800
+FILE_BYTES = 256 << 20
+OPEN_FILES = 1024
+PROCESSES = 512                  # threads count too; applied to `nobody` only (it runs nothing else)
+NOBODY = 65534
+
+
+def _limits(as_nobody: bool) -> None:
+    """Runs in the child between fork and exec."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_BYTES, FILE_BYTES))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if as_nobody:
+        resource.setrlimit(resource.RLIMIT_NPROC, (PROCESSES, PROCESSES))
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+
+def _bwrap_command(hide: list[Path]) -> list[str]:
+    command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+               "--dir", "/tmp/home", "--dir", "/tmp/work", "--chdir", "/tmp/work", "--unshare-all",
+               "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent", "--new-session",
+               "--setenv", "HOME", "/tmp/home", "--setenv", "TMPDIR", "/tmp"]
+    for path in hide:
+        command += ["--tmpfs", str(path)]
+    return command
+
+
+def _works(command: list[str], as_nobody: bool) -> bool:
+    try:
+        done = subprocess.run([*command, sys.executable, "-I", "-c", "import numpy"], capture_output=True,
+                              timeout=60, preexec_fn=functools.partial(_limits, as_nobody))
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> str:
+    """``"bubblewrap (nobody)"``, ``"bubblewrap"`` or ``"none"``: what `start` will use here."""
+    if os.environ.get("MMLM_COURSE_SANDBOX") == "none" or shutil.which("bwrap") is None:
+        return "none"
+    if os.geteuid() == 0 and _works(_bwrap_command([]), as_nobody=True):
+        return "bubblewrap (nobody)"
+    return "bubblewrap" if _works(_bwrap_command([]), as_nobody=False) else "none"
+
+
+def _hideable(path: Path, keep: list[Path]) -> bool:
+    """A folder may be hidden unless the child needs something inside it (the course, Python)."""
+    path = path.resolve()
+    return path.is_dir() and path != Path("/") and not any(k == path or path in k.parents for k in keep)
+
+
+@dataclasses.dataclass
+class Child:
+    process: subprocess.Popen
+    home: Path | None             # the fresh HOME of an unsandboxed child, removed by `stop`
+
+    def stop(self) -> None:
+        """Kill the child and everything it started, and wait for it."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def start(job: bytes, hide: list[Path]) -> Child:
+    """Start the grading child on ``job`` (its stdin, then closed). Read its reports from
+    ``child.process.stdout``; its stderr is discarded. ``hide``: folders the child must not see
+    (the other submissions, the grader's outputs and scratch)."""
+    course = Path(__file__).resolve().parents[2]
+    keep = [course, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve()]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(course), "PYTHONHASHSEED": "0"}
+    mode = isolation()
+    home = None
+    if mode == "none":
+        home = Path(tempfile.mkdtemp(prefix="mmlm-child-"))
+        env.update(HOME=str(home), TMPDIR=str(home))
+        command, cwd = [], home
+    else:
+        command, cwd = _bwrap_command([p for p in hide if _hideable(Path(p), keep)]), None
+    # -I would drop PYTHONPATH; -E -s keep user site-packages and PYTHON* variables out instead
+    argv = [*command, sys.executable, "-E", "-s", "-c",
+            f"import sys; sys.path.insert(0, {str(course)!r}); "
+            "from mmlm_course.tools.grading_child import main; main()"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               cwd=cwd, env=env, start_new_session=True,
+                               preexec_fn=functools.partial(_limits, mode == "bubblewrap (nobody)"))
+    try:
+        process.stdin.write(job)
+        process.stdin.close()
+    except OSError:                              # the child died at once: its reports say nothing
+        pass
+    return Child(process, home)
