@@ -362,7 +362,8 @@ EXPECTED = {
     "reference_call": "EEEE",
     # tampering in the exercise cell: the tampered exercise fails (or errors), encode still passes
     "allclose_patch": "FNPN", "mutates_input": "FNPN", "frame_walk": "FNPN", "gc_walk": "FNPN",
-    "grader_patch": "FNPN", "getframe_patch": "FNPN", "array_object": "FNPN", "frame_read": "FNPN",
+    # getframe_patch also breaks sys._getframe for the rest of its own process: its later checks error
+    "grader_patch": "FNPN", "getframe_patch": "FNPE", "array_object": "FNPN", "frame_read": "FNPN",
     "current_frames": "FNPN", "pipe_forge": "EEEE", "exits": "EEEE", "loops": "ENPN",
     # harmless or honest: a thread left running, reading a frame, the course's own implementation (flagged)
     "thread": "PNPN", "eval_frame": "PFPN", "str_subclass": "PFPN", "course_impl": "PNPN",

@@ -305,7 +305,7 @@ def _read_reports(child: sandbox.Child, timeout: int) -> tuple[list, str | None]
         for line in lines:
             try:
                 message = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue                          # not a report: ignored, the replay decides
             if isinstance(message, dict):
                 messages.append(message)
@@ -378,7 +378,7 @@ def grade_submission(sub: Submission, plan: LessonPlan, timeout: int, hide: list
             else:
                 try:
                     tapes[exercise_id].append(plain.loads(message.get("entry", "")))
-                except (ValueError, TypeError):
+                except (ValueError, TypeError, RecursionError):
                     damaged.add(exercise_id)
     flags = _flags(plan, cells)
     for exercise_id, function, _ in plan.exercises:
