@@ -1,6 +1,8 @@
 """The check function itself: one clear line for each way a learner's answer goes wrong."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -117,3 +119,29 @@ def test_an_error_inside_a_keras_layer_is_reported_in_one_line():
         exercises.run_check("03.transformer_block", Broken)
     message = str(error.value)
     assert "\n" not in message and "shapes (2, 6, 16) and (3,) do not match (in Broken.call()" in message
+
+
+_DRAW = """
+import sys
+sys.path.insert(0, {folder!r})
+{imports}
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from mmlm_course.exercises import draw_cases, plain
+strategy = st.tuples(hnp.arrays(np.float32, (3, 4), elements=st.floats(-1e6, 1e6, width=32)),
+                     st.lists(st.integers(-10**9, 10**9), max_size=5), st.text(max_size=4))
+print(plain.dumps(draw_cases(strategy, 40)))
+"""
+
+
+def test_drawn_cases_do_not_depend_on_the_code_loaded(tmp_path):
+    """A check draws the same inputs in the learner's kernel, the grader's child and the grader,
+    whatever other code (with its own constants) each has loaded."""
+    (tmp_path / "learner_code.py").write_text("A, B, C = 987654321, 271828.125, 'zqxj'\nD = [-31337, 4.5e5, 'qq']\n")
+    runs = [subprocess.run([sys.executable, "-c", _DRAW.format(folder=str(tmp_path), imports=imports)],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+            for imports in ("", "import learner_code")]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    assert runs[0].stdout == runs[1].stdout
+    assert not (tmp_path / ".hypothesis").exists(), "a check must not leave a folder in the learner's directory"

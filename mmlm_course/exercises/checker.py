@@ -26,6 +26,7 @@ is appended to it as a JSON line; `mmlm-course check` reads it to print its tabl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -353,8 +354,8 @@ class Checker:
 def draw_cases(strategy, count: int) -> list:
     """Up to ``count`` inputs drawn from a Hypothesis strategy: a property-based generator that
     seeks out the corners (zeros, huge and tiny values, repeats, empty or one-row batches), and
-    draws the same inputs on every run, so a learner who runs a check twice sees the same
-    result, and the grader can replay it."""
+    draws the same inputs on every run and in every process, so a learner who runs a check twice
+    sees the same result, and the grader can replay it."""
     from hypothesis import HealthCheck, Phase, given, settings
 
     cases = []
@@ -365,8 +366,37 @@ def draw_cases(strategy, count: int) -> list:
     def collect(case):
         cases.append(case)
 
-    collect()
+    with _without_local_constants():
+        collect()
     return cases[:count]
+
+
+@contextlib.contextmanager
+def _without_local_constants():
+    """Hypothesis also draws constants it finds in the source of the modules loaded in this
+    process (the learner's code, the grader's), which would make the inputs differ from one
+    process to the next. Switch that off while a check draws: only Hypothesis' own fixed
+    constants are used. Its caches go to the temporary folder, not a `.hypothesis` folder
+    beside the learner's notebook. (Private parts of Hypothesis: if they move,
+    `test_drawn_cases_do_not_depend_on_the_code_loaded` fails.)"""
+    import tempfile
+
+    from hypothesis import configuration
+    from hypothesis.internal.conjecture import providers
+
+    empty = providers.Constants(integers=providers.SortedSet(), floats=providers.SortedSet(key=providers.float_to_int),
+                                bytes=providers.SortedSet(), strings=providers.SortedSet())
+    saved = providers._get_local_constants, providers.CONSTANTS_CACHE
+    home = getattr(configuration, "__hypothesis_home_directory", None)
+    providers._get_local_constants = lambda: empty
+    providers.CONSTANTS_CACHE = type(saved[1])(1024)
+    if home is None and not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        configuration.set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "mmlm-course-hypothesis"))
+    try:
+        yield
+    finally:
+        providers._get_local_constants, providers.CONSTANTS_CACHE = saved
+        configuration.set_hypothesis_home_dir(home)
 
 
 def _lookup(exercise_id: str) -> Exercise:
