@@ -166,6 +166,49 @@ def _vandal(_):
     return _insert_after(nb, SETUP, source, "x-vandal")
 
 
+def _renamed(_):
+    """A correct answer under a name of the learner's own, passed to the check by that name."""
+    nb = lesson()
+    _set(nb, TO_FLOAT, "def my_float_image(image):\n    return image.astype(np.float32) / 255\n")
+    _set(nb, TO_FLOAT_CHECK, 'check("01.to_float_image", my_float_image)\n')
+    return _set(nb, ENCODE, _cell(solution(), ENCODE).source)
+
+
+def _spy(_):
+    """Tries to run code beside the check (a profiler, an audit hook, a signal handler poked from
+    a thread) to copy an expected value from the check's frames, and returns what it copied."""
+    nb = lesson()
+    _insert_after(nb, SETUP, (
+        "import sys, signal, threading, time, os\n"
+        "_seen = []\n"
+        "def _grab(frame):\n"
+        "    while frame is not None:\n"
+        "        for value in list(frame.f_locals.values()):\n"
+        "            if isinstance(value, np.ndarray) and value.dtype == np.float64 and value.ndim == 3:\n"
+        "                _seen.append(value.astype(np.float32))\n"
+        "        frame = frame.f_back\n"
+        "for install in (lambda: sys.setprofile(lambda f, e, a: _grab(f)),\n"
+        "                lambda: sys.addaudithook(lambda e, a: _grab(sys._getframe(1))),\n"
+        "                lambda: signal.signal(signal.SIGWINCH, lambda n, f: _grab(f))):\n"
+        "    try:\n"
+        "        install()\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "def _poke():\n"
+        "    while True:\n"
+        "        os.kill(os.getpid(), signal.SIGWINCH)\n"
+        "        time.sleep(0.001)\n"
+        "threading.Thread(target=_poke, daemon=True).start()\n"), "x-spy")
+    _set(nb, TO_FLOAT, "def to_float_image(image):\n    return _seen[-1] if _seen else image\n")
+    return _set(nb, ENCODE, _cell(solution(), ENCODE).source)
+
+
+def _no_code(_):
+    nb = lesson()
+    nb.cells = [c for c in nb.cells if c.cell_type == "markdown"]
+    return nb
+
+
 def _fake_checks(_):
     """Wrong or blank answers, plus every way to *say* passed without passing."""
     nb = lesson()
@@ -350,13 +393,15 @@ def _tamper(name):
 BUILDERS = {"correct": _correct, "partial": _partial, "blank": lambda _: lesson(), "wrong": _wrong,
             "missing_cells": _missing_cells, "infinite_loop": _infinite_loop, "kernel_exit": _kernel_exit,
             "segfault": _segfault, "deletes_files": _deletes_files, "fake_checks": _fake_checks,
-            "constants": _constants, "vandal": _vandal}
+            "constants": _constants, "vandal": _vandal, "renamed": _renamed, "no_code": _no_code,
+            "spy": _spy}
 BUILDERS.update({name: _tamper(name) for name in (*_TAMPER_TO_FLOAT, *_TAMPER_HFLIP)})
 
 EXPECTED = {
     "correct": "PPPP", "partial": "PFPN", "blank": "NNNN", "wrong": "FFFF", "invalid_json": "EEEE",
     "not_a_notebook": "EEEE", "missing_cells": "PPEE", "infinite_loop": "PPEP", "kernel_exit": "PPEE",
-    "segfault": "PEEE", "deletes_files": "PPPP", "constants": "PPPP", "vandal": "PPPP",
+    "segfault": "PEEE", "deletes_files": "PPPP", "constants": "PPPP", "vandal": "PPPP", "renamed": "PNPN",
+    "no_code": "EEEE",
     # reaching the checks' internals (the registry, a reference, the checker): not graded
     "fake_checks": "EEEE", "package_patch": "EEEE", "registry_at_def_time": "EEEE", "code_swap": "EEEE",
     "reference_call": "EEEE",
@@ -364,7 +409,7 @@ EXPECTED = {
     "allclose_patch": "FNPN", "mutates_input": "FNPN", "frame_walk": "FNPN", "gc_walk": "FNPN",
     # getframe_patch also breaks sys._getframe for the rest of its own process: its later checks error
     "grader_patch": "FNPN", "getframe_patch": "FNPE", "array_object": "FNPN", "frame_read": "FNPN",
-    "current_frames": "FNPN", "pipe_forge": "EEEE", "exits": "EEEE", "loops": "ENPN",
+    "current_frames": "FNPN", "spy": "FNPN", "pipe_forge": "EEEE", "exits": "EEEE", "loops": "ENPN",
     # harmless or honest: a thread left running, reading a frame, the course's own implementation (flagged)
     "thread": "PNPN", "eval_frame": "PFPN", "str_subclass": "PFPN", "course_impl": "PNPN",
 }

@@ -220,9 +220,12 @@ def name_learners(submissions: list[Submission], lessons: list[str]) -> list[str
 # --------------------------------------------------------------------------- one submission
 
 def _record_points(plan: LessonPlan, cells: list) -> dict:
-    """Cell index -> exercises to record after it: the learner's check cell of each exercise
-    (matched by the solution's cell id, else by the check's id), else the last cell that defines
-    the function, else the last cell."""
+    """Cell index -> exercises to record after it, each with the name of the function to check.
+
+    The place: the learner's check cell of the exercise (matched by the solution's cell id,
+    else by the check's id), else the last cell that defines the function, else the last cell.
+    The name: the one the learner's check cell passes (``check("01.x", my_version)``), else the
+    solution's."""
     sources = [_source(c) for c in cells]
     points: dict = {}
     for exercise_id, function, check_id in plan.exercises:
@@ -230,7 +233,9 @@ def _record_points(plan: LessonPlan, cells: list) -> dict:
                       and exercise_id in _CHECK_ID.findall(sources[i])), None)
         if index is None:
             index = next((i for i, s in enumerate(sources) if exercise_id in _CHECK_ID.findall(s)), None)
-        if index is None:
+        if index is not None:
+            function = dict(_CHECK_CALL.findall(sources[index])).get(exercise_id, function)
+        else:
             definers = [i for i, s in enumerate(sources) if re.search(rf"^(def|class)\s+{function}\b", s, re.M)]
             index = definers[-1] if definers else len(cells) - 1
         points.setdefault(index, []).append({"id": exercise_id, "function": function})
@@ -353,6 +358,9 @@ def grade_submission(sub: Submission, plan: LessonPlan, timeout: int, hide: list
         message = f"not a readable Jupyter notebook ({type(error).__name__}: {str(error)[:200]})"
         grade.results = {i: ExerciseResult("error", f"{i}: {message}") for i in ids}
         grade.notes.append(message)
+        return grade
+    if not cells:
+        grade.results = {i: ExerciseResult("error", f"{i}: your notebook has no code cells.") for i in ids}
         return grade
     points = _record_points(plan, cells)
     last = max(points)

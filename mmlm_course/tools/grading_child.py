@@ -17,6 +17,7 @@ Reports, one JSON object per line: ``{"cell": i, "error": text or null}``,
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ def on_own_thread(timeout: int):
                 box["value"] = run()
             except BaseException as error:     # handed to the check, which records it
                 box["error"] = error
+            gc.collect()                       # finalisers of the learner's garbage run here, not beside the check
 
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
@@ -58,12 +60,29 @@ def on_own_thread(timeout: int):
 
 
 def _refuse_introspection(event: str, args) -> None:
-    """An audit hook: the learner's functions run on threads other than the main one, and there
-    nothing may list every object or every thread's frames (the check's frames, on the main
-    thread, hold the inputs and, at times, the expected values)."""
-    if event in ("sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents") \
-            and threading.current_thread() is not threading.main_thread():
+    """An audit hook, added before any learner code runs. The learner's functions run on threads
+    other than the main one, and there nothing may list every object or every thread's frames
+    (the check's frames, on the main thread, hold the inputs and, at times, the expected
+    values). Nothing may add a hook, a tracer or a profiler either: those would run beside the
+    check's own code."""
+    if event in ("sys.addaudithook", "sys.settrace", "sys.setprofile") or (
+            event in ("sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents")
+            and threading.current_thread() is not threading.main_thread()):
         raise RuntimeError(f"{event} is not allowed while grading")
+
+
+def _quiet_main_thread() -> None:
+    """Before a check: no learner code may run on the main thread beside it, so the signal
+    handlers the notebook installed go back to their defaults and the garbage collector waits
+    (the learner's garbage is collected on the learner's threads)."""
+    for number in signal.valid_signals():
+        try:
+            handler = signal.getsignal(number)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and handler is not signal.default_int_handler:
+            signal.signal(number, signal.SIG_DFL)
+    gc.disable()
 
 
 class _Tape(list):
@@ -121,11 +140,13 @@ def main() -> None:
             if candidate is _MISSING:
                 send({"exercise": exercise["id"], "missing": exercise["function"]})
                 continue
+            _quiet_main_thread()
             try:
                 checker.run_check(exercise["id"], candidate, tape=_Tape(send, exercise["id"]),
                                   runner=on_own_thread(timeout))
             except BaseException:                # the verdict is the parent's: only the tape matters
                 pass
+            gc.enable()
             send({"exercise": exercise["id"], "end": True})
     send({"done": True})
     os._exit(0)
