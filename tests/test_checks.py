@@ -89,7 +89,7 @@ def _gpt_answer(tied: bool):
             super().__init__(**kwargs)
             self.token_embedding = keras.layers.Embedding(vocab_size, dim)
             self.position_embedding = keras.layers.Embedding(max_length, dim)
-            self.blocks = [attention.TransformerBlock(dim, num_heads, 2 * dim, causal=True) for _ in range(num_layers)]
+            self.blocks = [attention.TransformerBlock(dim, num_heads, 4 * dim, causal=True) for _ in range(num_layers)]
             self.final_norm = keras.layers.LayerNormalization(epsilon=1e-5)
             if not tied:
                 self.head = keras.layers.Dense(vocab_size, use_bias=False)

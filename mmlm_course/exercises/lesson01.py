@@ -33,7 +33,7 @@ def _images(seed: int = 0) -> list[np.ndarray]:
 )
 def _check_to_float_image(c: Checker) -> None:
     for image in _images():
-        got = c.call(image)
+        got = c.call(image, read_only=True)
         c.expect_array("float image", got, image.shape, np.float32,
                        hint="keep the shape and return float32: image.astype(np.float32)")
         c.expect_close("float image", got, image.astype(np.float64) / 255.0,
@@ -87,7 +87,7 @@ def _check_hflip_with_caption(c: Checker) -> None:
     rng = np.random.default_rng(1)
     for caption in _FLIP_CAPTIONS:
         image = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-        got = c.call(image, caption)
+        got = c.call(image, caption, read_only=True)
         if not (isinstance(got, tuple) and len(got) == 2):
             c.fail("result", f"expected a tuple (image, caption), got {type(got).__name__}",
                    "return both: `return flipped_image, new_caption`")
@@ -153,7 +153,7 @@ def _check_encode(c: Checker) -> None:
         for text in _TEXTS:
             words = preprocessing.split_words(text)
             what = f"ids of {text!r} with {name}"
-            got = c.call(text, dict(vocabulary))
+            got = c.call(text, dict(vocabulary), read_only=True)
             c.expect_type(what, got, (list, tuple, np.ndarray), hint="return a list of ints, one per word")
             got = list(got.reshape(-1)) if isinstance(got, np.ndarray) else list(got)
             if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in got):
@@ -226,7 +226,7 @@ def _pad_to_first(seqs):
 def _check_pad_with_mask(c: Checker) -> None:
     for sequences in list(_PAD_CASES) + _drawn_batches():
         what = f"padding of {sequences}"
-        got = c.call([list(s) for s in sequences])
+        got = c.call([list(s) for s in sequences], read_only=True)
         if not (isinstance(got, tuple) and len(got) == 2):
             c.fail(what, f"expected a tuple (ids, mask), got {type(got).__name__}", "return `ids, mask`")
         ids, mask = _padded(sequences)

@@ -119,7 +119,7 @@ def _patchify_by_slices(images, p, order="rows", inside="rows", grid_rows=None, 
 )
 def _check_patchify(c: Checker) -> None:
     for images, p in _patchify_cases():
-        got = c.call(images, p)
+        got = c.call(images, p, read_only=True)
         expected = _reference_patchify(images, p)
         what = f"patchify of {images.dtype} {images.shape} with patch_size={p}"
         array = c.expect_array(what, got, expected.shape, hint="one row per patch: (batch, (H/p)*(W/p), p*p*C)")
@@ -200,7 +200,7 @@ def _masked_sum(x, mask):
 )
 def _check_masked_mean(c: Checker) -> None:
     for x, mask in _masked_mean_cases():
-        got = c.call(x, mask)
+        got = c.call(x, mask, read_only=True)
         expected = _reference_masked_mean(x, mask)
         what = f"masked mean of x {x.shape} with mask {mask.astype(int).tolist()}"
         array = c.expect_array(what, got, expected.shape,
@@ -315,7 +315,8 @@ def _attention_cases() -> list[tuple[str, tuple]]:
 )
 def _check_scaled_dot_product_attention(c: Checker) -> None:
     for name, (query, key, value, mask) in _attention_cases():
-        got = c.call(query, key, value) if mask is None else c.call(query, key, value, mask)
+        got = (c.call(query, key, value, read_only=True) if mask is None
+               else c.call(query, key, value, mask, read_only=True))
         expected_output, expected_weights = _attend(query, key, value, mask)
         _expect_attention(c, name, got, expected_output, expected_weights, mask, large="large" in name)
     c.passed.append("scaling, softmax axis, masks and large scores")

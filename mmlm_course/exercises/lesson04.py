@@ -30,6 +30,9 @@ def _tokens(seed: int, batch: int, length: int, dim: int, scale: float = 1.0) ->
     return (scale * np.random.default_rng(seed).normal(size=(batch, length, dim))).astype(np.float32)
 
 
+_GAP_MASK = ((True, False, True, True, False), (False, True, False, False, True))   # True need not come first
+
+
 def _mask(lengths, total: int) -> np.ndarray:
     return np.arange(total)[None, :] < np.asarray(lengths)[:, None]
 
@@ -59,6 +62,8 @@ def _concat_mistake(image="mean", text="masked", order="image first"):
                        "plain mean": lambda: text_tokens.mean(axis=1),
                        "padded length": lambda: _masked_text_mean(text_tokens, text_mask, text_tokens.shape[1]),
                        "batch count": lambda: _masked_text_mean(text_tokens, text_mask, text_mask.sum()),
+                       "prefix": lambda: _masked_text_mean(text_tokens, np.arange(text_mask.shape[1])[None, :]
+                                                           < text_mask.sum(1, keepdims=True)),
                        "feature axis": lambda: (text_tokens * text_mask[..., None]).sum(-1)
                        / text_mask.sum(1, keepdims=True)}[text]()
         parts = [image_vector, text_vector] if order == "image first" else [text_vector, image_vector]
@@ -77,6 +82,7 @@ def _concat_mistake(image="mean", text="masked", order="image first"):
                                                                                    text="feature axis"),
         "divides the text sum by the padded length": _concat_mistake(text="padded length"),
         "divides by the real tokens of the whole batch": _concat_mistake(text="batch count"),
+        "averages the first `mask.sum()` tokens (assumes real tokens come first)": _concat_mistake(text="prefix"),
     },
 )
 def _check_concat_fusion(c: Checker) -> None:
@@ -103,6 +109,14 @@ def _check_concat_fusion(c: Checker) -> None:
         c.expect_close(f"{what}, text part (last D_text features)", got[:, d_image:], expected[:, d_image:],
                        hint="average only the real tokens of each row: its mask-weighted sum divided by its "
                             "number of real tokens (padding rows hold junk here)", atol=1e-4)
+    image, text = _tokens(7, 2, 3, 4), _tokens(17, 2, 5, 3)
+    mask = np.array(_GAP_MASK)                    # real tokens need not come first
+    text[~mask] = 100.0
+    got = c.expect_array("fused vector with a mask that has gaps", c.call(image, text, mask), (2, 7))
+    c.expect_close("fused vector with a mask that has gaps (text part)", got[:, 4:],
+                   _masked_text_mean(text.astype(np.float64), mask), atol=1e-4,
+                   hint="use the mask itself (True on real tokens, wherever they are), not a length: real tokens "
+                        "need not come first")
 
 
 # --------------------------------------------------------------------------- 04.fusion_model
@@ -376,6 +390,11 @@ def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", 
             scores = np.where(context_mask[:, None, :], -1e9, scores)
         elif mask == "queries axis":
             scores = np.where(context_mask[:, :, None], scores, -1e9)
+        elif mask == "small fill":
+            scores = np.where(context_mask[:, None, :], scores, -30.0)
+        elif mask == "prefix":
+            prefix = np.arange(context_mask.shape[1])[None, :] < context_mask.sum(1, keepdims=True)
+            scores = np.where(prefix[:, None, :], scores, -1e9)
         if softmax == "stable":
             weights = _softmax(scores, axis=axis)
         elif softmax == "unstable":
@@ -400,6 +419,8 @@ def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", 
         "naive similarity weights (no softmax)": _attention_mistake(softmax=""),
         "softmax without subtracting the maximum": _attention_mistake(softmax="unstable"),
         "returns (weights, output)": _attention_mistake(swap=True),
+        "masks with a fill of -30 (not large enough)": _attention_mistake(mask="small fill"),
+        "attends to the first `mask.sum()` tokens (assumes real tokens come first)": _attention_mistake(mask="prefix"),
     },
 )
 def _check_cross_attention(c: Checker) -> None:
@@ -413,6 +434,13 @@ def _check_cross_attention(c: Checker) -> None:
         context = _tokens(seed + 20, batch, k_len, d, scale)
         mask = _mask(lengths, k_len)
         _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=scale > 1)
+    queries, context = _tokens(5, 2, 3, 4), _tokens(25, 2, 5, 4)
+    mask = np.array(_GAP_MASK)                      # real context tokens need not come first
+    _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=False)
+    queries = 8.0 + 0.1 * _tokens(6, 2, 3, 16)      # every real score near -256: a padded token must still get 0
+    context = -8.0 + 0.1 * _tokens(26, 2, 5, 16)
+    mask = _mask([3, 2], 5)
+    _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=True)
 
 
 def _expect_cross_attention(c: Checker, result, queries, context, mask, large: bool) -> None:

@@ -251,6 +251,9 @@ def _recall_cases():
     cases += [("one query (1x6)", scores[2:3], hits[2:3], k, basic) for k in (1, 3)]
     cases.append(("a query whose first hit is not its best one", np.array([[0.2, 0.9, 0.5, 0.3, 0.0]], np.float32),
                   np.array([[True, False, True, False, False]]), 2, basic))
+    cases.append(("negative scores (cosine similarities below 0)", np.array([[-0.5, -0.2, -0.9], [-0.1, -0.7, -0.3]],
+                                                                            np.float32),
+                  np.array([[True, False, False], [False, True, True]]), 1, basic))
     example = np.array(_TIE_SCORES, np.float32), np.array(_TIE_HITS)
     cases += [("the 5x4 example with a wrong candidate tied with a hit", *example, k, ties) for k in (1, 2, 3)]
     cases += [("constant scores", np.ones((3, 3), np.float32), np.eye(3, dtype=bool), k, ties) for k in (1, 2)]
@@ -281,6 +284,8 @@ def _recall_cases():
             (s >= np.where(h, s, -np.inf).max(1, keepdims=True)).sum(1) <= k)),
         "ranks the first hit, not the best one": _first_hit_recall,
         "rank < k (off by one)": lambda s, h, k: float(np.mean(_ranks64(s, h) < k)),
+        "best hit read as scores * hits (a negative best hit becomes 0)": lambda s, h, k: float(np.mean(
+            1 + ((s >= (s * h).max(1, keepdims=True)) & ~h).sum(1) <= k)),
     },
 )
 def _check_recall_with_hits(c: Checker) -> None:

@@ -330,6 +330,17 @@ class _ReferenceGPT(keras.Model):
         return _gpt_forward(self, token_ids)
 
 
+def _gpt_built_as(shared=False, mlp=4, heads=None, position_rows="max_length"):
+    """The reference model with __init__ slips: sizes the text fixes, built otherwise."""
+    def __init__(self, vocab_size, max_length, dim, num_layers, num_heads, **kwargs):
+        _ReferenceGPT.__init__(self, vocab_size, max_length, dim, num_layers, num_heads, **kwargs)
+        self.position_embedding = keras.layers.Embedding(vocab_size if position_rows == "vocab" else max_length, dim)
+        block = attention.TransformerBlock(dim, heads or num_heads, mlp * dim, causal=True)
+        self.blocks = [block] * num_layers if shared else [
+            attention.TransformerBlock(dim, heads or num_heads, mlp * dim, causal=True) for _ in range(num_layers)]
+    return type("SizedGPT", (_ReferenceGPT,), {"__init__": __init__})
+
+
 def _gpt_forward(model, token_ids, positions=True, final_norm=True, softmax=False, tied=False):
     x = model.token_embedding(token_ids)                                          # (B, T, d)
     if positions:
@@ -375,6 +386,10 @@ def _gpt_inputs() -> dict:
         "the final LayerNorm before the blocks": type("EarlyNormGPT", (_ReferenceGPT,), {
             "call": lambda self, ids: self.head(self.blocks[1](self.blocks[0](self.final_norm(
                 self.token_embedding(ids) + self.position_embedding(ops.arange(ops.shape(ids)[1]))[None]))))}),
+        "one block shared by every layer ([block] * num_layers)": _gpt_built_as(shared=True),
+        "the MLP 2 * dim wide": _gpt_built_as(mlp=2),
+        "num_heads ignored (one head)": _gpt_built_as(heads=1),
+        "a position table of vocab_size rows": _gpt_built_as(position_rows="vocab"),
     },
 )
 def _check_decoder_lm(c: Checker) -> None:
@@ -386,9 +401,47 @@ def _check_decoder_lm(c: Checker) -> None:
     if missing:
         c.fail("the model's layers", f"missing {missing}", "create token_embedding, position_embedding, blocks (a "
                "list of TransformerBlock), final_norm and head in __init__, with these names")
+    _expect_sizes(c, parts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _compare_gpt(c, parts, result["outputs"])
+
+
+def _expect_sizes(c: Checker, parts: dict) -> None:
+    """The sizes the text fixes: num_layers separate blocks of (dim, num_heads, 4 * dim), a
+    position table of max_length rows, LayerNormalization(epsilon=1e-5)."""
+    vocab, max_length, dim, num_layers, num_heads = _GPT_SIZES
+    blocks = parts["blocks"]
+    if len(blocks) != num_layers:
+        c.fail("self.blocks", f"holds {len(blocks)} blocks for num_layers={num_layers}",
+               "create num_layers blocks: one TransformerBlock per layer")
+    built = [block for block in blocks if block.get("built")]   # a block never called is reported later
+    weights = [tuple(np.asarray(w).tobytes() for w in block.get("weights", [])) for block in built]
+    if len(set(weights)) < len(weights):
+        c.fail("self.blocks", "the same block appears more than once, so the layers share their weights",
+               "create a new TransformerBlock for each layer (a list comprehension), not [block] * num_layers")
+    for i, block in enumerate(blocks):
+        if not block.get("built"):
+            continue
+        config = block.get("config") or {}
+        wanted = {"embed_dim": dim, "num_heads": num_heads, "mlp_dim": 4 * dim}
+        wrong = {key: config.get(key) for key, value in wanted.items() if config.get(key) != value}
+        if wrong:
+            c.fail(f"self.blocks[{i}]", f"was built with {wrong}, expected {wanted} for dim={dim}, "
+                   f"num_heads={num_heads}", "build each block as attention.TransformerBlock(dim, num_heads, "
+                   "4 * dim, causal=True)")
+    sizes = {"token_embedding": ("input_dim", vocab), "position_embedding": ("input_dim", max_length)}
+    for name, (key, value) in sizes.items():
+        config = parts[name].get("config") or {}
+        key = "max_length" if key == "input_dim" and "max_length" in config else key
+        if config.get(key, value) != value:
+            c.fail(f"self.{name}", f"has {config.get(key)} rows, expected {value}",
+                   "the token table has one row per token (vocab_size), the position table one per position "
+                   "(max_length)")
+    epsilon = (parts["final_norm"].get("config") or {}).get("epsilon", 1e-5)
+    if not np.isclose(epsilon, 1e-5, rtol=1e-3):
+        c.fail("self.final_norm", f"has epsilon={epsilon:g}", "create it as LayerNormalization(epsilon=1e-5)")
+    c.passed.append("sizes")
 
 
 def _gpt_parts(model) -> dict:
