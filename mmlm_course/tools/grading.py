@@ -55,13 +55,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from mmlm_course.tools import sandbox
+from mmlm_course.tools.grading_child import SETUP_TIMEOUT   # the first cell's time (it imports TensorFlow)
 
-STATUSES = ("pass", "fail", "not attempted", "error")
 DEFAULT_TIMEOUT = 60
-SETUP_TIMEOUT = 180                      # the first cell imports TensorFlow (the child allows the same)
 MAX_SUBMISSION_BYTES = 50 << 20
 MAX_REPORT_BYTES = 512 << 20             # what one child may send in all
-BEGIN_SOLUTION = "### BEGIN SOLUTION"
 _CHECK_CALL = re.compile(r"""^\s*check\(\s*["']([\w.]+)["']\s*,\s*([A-Za-z_]\w*)""", re.MULTILINE)
 _CHECK_ID = re.compile(r"""check\(\s*["']([\w.]+)["']""")
 _replay_lock = threading.Lock()          # the checks build Keras layers: one replay at a time
