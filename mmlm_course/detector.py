@@ -11,10 +11,13 @@ object's centre is there and if so its colour, shape, size and exact position;
 name                           what it does
 =============================  =============================================================
 `ObjectImageEncoder`           the pretrained detector as a frozen vision tower (the core
-                               class; lessons 08 and 09, and the lesson-06 benchmark, read images through it)
-`build_object_encoder`         the grid model (per-cell logits) and the token model
+                               class; lessons 08 and 09 read images through it)
+`build_object_encoder`         the grid model (per-cell logits) and the token model; its
+                               colour head and its other heads see separate streams
+`InkChannel`                   the colour-blind view of the image the CNN reads
 `object_grid_targets`          ShapeWorld scenes -> per-cell training targets
 `pretrain_object_encoder`      trains the grid model, returns the frozen token model
+`attribute_accuracy`           colour and shape read right, per colour-shape pair
 `ObjectTokens`                 per-cell logits -> ``num_objects`` tokens (non-maximum
                                suppression merges the cells of one object)
 `CentredPositions`             rescales a token's centre to unit spread
@@ -36,17 +39,18 @@ import numpy as np
 from keras import ops
 
 from mmlm_course import encoders, preprocessing, shapeworld
-from mmlm_course.validation import positive_int, require_float
+from mmlm_course.validation import positive_int, require_choice, require_float
 
 __all__ = [
-    "ObjectImageEncoder", "load_detector", "build_object_encoder", "pretrain_object_encoder",
-    "object_grid_targets", "ObjectTokens", "CentredPositions",
+    "ObjectImageEncoder", "load_detector", "build_object_encoder", "pretrain_object_encoder", "attribute_accuracy",
+    "object_grid_targets", "ObjectTokens", "CentredPositions", "InkChannel", "STREAMS",
     "GRID", "OBJECT_FEATURES", "OBJECT_RADIUS", "OFFSET_RADIUS", "NMS_RADIUS", "POSITION_SCALE",
 ]
 
 _register = keras.saving.register_keras_serializable(package="mmlm_course")
 
 GRID = 8
+STREAMS = ("factorised", "shared")  # `build_object_encoder`: what each head sees
 OBJECT_FEATURES = tuple([f"p({c})" for c in shapeworld.COLOR_NAMES] + [f"p({s})" for s in shapeworld.SHAPES]
                         + [f"p({z})" for z in shapeworld.SIZES] + ["x", "y", "objectness"])
 """The meaning of each of the 14 features of an object token."""
@@ -72,10 +76,12 @@ class ObjectImageEncoder(keras.layers.Layer):
     it is for ShapeWorld; photos use `grid_encoder.GridImageEncoder`.
     """
 
-    def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, **kwargs):
+    def __init__(self, num_objects: int = shapeworld.MAX_OBJECTS, streams: str = "factorised", **kwargs):
         super().__init__(**kwargs)
         self.num_objects = positive_int(num_objects, "num_objects")
-        self.detector = build_object_encoder(num_objects=self.num_objects, dtype=self.dtype_policy)[1]
+        self.streams = require_choice(streams, STREAMS, "streams")
+        self.detector = build_object_encoder(num_objects=self.num_objects, streams=self.streams,
+                                             dtype=self.dtype_policy)[1]
         self.centred = CentredPositions(name="centred_positions", dtype=self.dtype_policy)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: 3})
 
@@ -91,7 +97,7 @@ class ObjectImageEncoder(keras.layers.Layer):
         return (input_shape[0], self.num_objects, len(OBJECT_FEATURES))
 
     def get_config(self):
-        return {**super().get_config(), "num_objects": self.num_objects}
+        return {**super().get_config(), "num_objects": self.num_objects, "streams": self.streams}
 
 
 def load_detector(encoder: ObjectImageEncoder, token_model) -> None:
@@ -111,12 +117,25 @@ def load_detector(encoder: ObjectImageEncoder, token_model) -> None:
 
 
 def build_object_encoder(filters: Sequence[int] = (8, 16, 32), width: int = 32,
-                         num_objects: int = shapeworld.MAX_OBJECTS, dtype=None) -> tuple[keras.Model, keras.Model]:
+                         num_objects: int = shapeworld.MAX_OBJECTS, streams: str = "factorised",
+                         dtype=None) -> tuple[keras.Model, keras.Model]:
     """The image encoder every fusion model shares, pretrained before fusion is trained.
 
     A lesson-03 `encoders.ConvImageEncoder` (three conv + max-pool stages, so a 64x64 image
     becomes an 8x8 grid of region features) with small per-cell heads that say whether an
     object's centre is in the cell and, if so, its colour, shape, size and exact position.
+    ``streams`` says what each head sees:
+
+    - ``"factorised"`` (default): the CNN reads a *colour-blind* view of the image
+      (`InkChannel`: the silhouettes, 1 on every object pixel whatever its colour), and the
+      objectness, shape, size and offset heads read it; the colour head reads a
+      *shape-blind* stream: two 1x1 convolutions (each pixel's colour alone) max-pooled
+      over each cell. No head can tie a colour to a shape, so colour-shape pairs never seen
+      in training (the compositional split) are read as well as seen ones;
+    - ``"shared"``: one CNN over the RGB image feeds every head. It reads seen pairs as
+      well, but its features mix colour and shape, and on the held-out pairs its colour and
+      shape answers fall far (lesson 09 measures it with `attribute_accuracy`).
+
     Returns ``(grid_model, token_model)`` sharing their weights:
 
     - ``grid_model``: uint8 images (batch, 64, 64, 3) -> dict of per-cell logits (train it
@@ -126,20 +145,53 @@ def build_object_encoder(filters: Sequence[int] = (8, 16, 32), width: int = 32,
 
     ``dtype``: the dtype policy of every layer (None: the global policy).
     """
+    streams = require_choice(streams, STREAMS, "streams")
     images = keras.Input((64, 64, 3), dtype="uint8", name="image")
     mean, std = np.array(preprocessing.SHAPEWORLD_MEAN), np.array(preprocessing.SHAPEWORLD_STD)
-    x = keras.layers.Rescaling((1.0 / (255.0 * std)).tolist(), offset=(-mean / std).tolist(), name="rescale",
-                               dtype=dtype)(images)  # (pixel / 255 - mean) / std, per channel
-    regions = encoders.ConvImageEncoder(filters, width, output="tokens", name="cnn", dtype=dtype)(x)  # (B, 64, w)
+    rgb = keras.layers.Rescaling((1.0 / (255.0 * std)).tolist(), offset=(-mean / std).tolist(), name="rescale",
+                                 dtype=dtype)(images)  # (pixel / 255 - mean) / std, per channel
+    if streams == "factorised":
+        ink = InkChannel(name="ink", dtype=dtype)(images)  # (B, 64, 64, 1): colour-blind
+        regions = encoders.ConvImageEncoder(filters, width, output="tokens", channels=1, name="cnn",
+                                            dtype=dtype)(ink)  # (B, 64, width): one vector per cell
+    else:
+        regions = encoders.ConvImageEncoder(filters, width, output="tokens", name="cnn", dtype=dtype)(rgb)
     hidden = keras.layers.Dense(width, activation="relu", name="cell_features", dtype=dtype)(regions)
-    outputs = {name: keras.layers.Dense(units, name=name, dtype=dtype)(hidden)
-               for name, units in (("object", 1), ("color", len(shapeworld.COLOR_NAMES)),
-                                   ("shape", len(shapeworld.SHAPES)), ("size", len(shapeworld.SIZES)),
-                                   ("offset", 2))}
+    heads = {"object": 1, "color": len(shapeworld.COLOR_NAMES), "shape": len(shapeworld.SHAPES),
+             "size": len(shapeworld.SIZES), "offset": 2}
+    outputs = {name: keras.layers.Dense(units, name=name, dtype=dtype)(hidden) for name, units in heads.items()
+               if not (streams == "factorised" and name == "color")}
+    if streams == "factorised":  # each pixel's colour alone (1x1), the strongest response per cell
+        colour = keras.layers.Conv2D(16, 1, activation="relu", name="colour_pixels", dtype=dtype)(rgb)
+        colour = keras.layers.Conv2D(16, 1, activation="relu", name="colour_pixels2", dtype=dtype)(colour)
+        colour = keras.layers.MaxPooling2D(64 // GRID, name="colour_cells", dtype=dtype)(colour)  # (B, 8, 8, 16)
+        colour = keras.layers.Reshape((GRID * GRID, 16), name="colour_tokens", dtype=dtype)(colour)
+        outputs["color"] = keras.layers.Dense(heads["color"], name="color", dtype=dtype)(colour)
     grid_model = keras.Model(images, outputs, name="object_grid_model")
     token_model = keras.Model(images, ObjectTokens(num_objects, name="object_tokens", dtype=dtype)(outputs),
                               name="object_encoder")
     return grid_model, token_model
+
+
+@_register
+class InkChannel(keras.layers.Layer):
+    """A colour-blind view of a ShapeWorld image, its silhouettes: uint8 (B, H, W, 3) ->
+    float (B, H, W, 1) in [0, 1].
+
+    Each pixel's darkest channel ``d = min(r, g, b) / 255`` says whether ink is there:
+    every one of the six colours is dark in at least one channel (``d`` at most 0.28 with
+    the pixel noise), the light grey background is not (``d`` at least 0.87). The view is
+    ``clip(4 (0.9 - d), 0, 1)``: 1 on every object pixel, whatever its colour, and at most
+    0.1 on the background. Saturating matters: without the clip, how dark the ink is would
+    still tell some colours apart, and a CNN uses any cue that helps it.
+    """
+
+    def call(self, images):
+        darkest = ops.min(ops.cast(images, self.compute_dtype), axis=-1, keepdims=True) / 255.0  # (B, H, W, 1)
+        return ops.clip(4.0 * (0.9 - darkest), 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (1,)
 
 
 def object_grid_targets(scenes: Sequence[shapeworld.Scene], grid: int = GRID) -> dict:
@@ -220,6 +272,42 @@ def pretrain_object_encoder(data: shapeworld.ShapeWorldData, epochs: int = 3, ba
                                             "offset": offset_weight}, callbacks=callbacks)
     token_model.trainable = False
     return token_model, history
+
+
+def attribute_accuracy(token_model, data: shapeworld.ShapeWorldData) -> dict:
+    """How well a detector reads each object's colour and shape, per colour-shape pair.
+
+    ``token_model``: a detector's token model (`pretrain_object_encoder`, or
+    ``ObjectImageEncoder.detector``); ``data``: ShapeWorld examples with their scenes. Every
+    object of every scene is matched with the token whose centre is nearest to its own (a
+    token only counts when its objectness is above 0.5; an object with none within
+    `NMS_RADIUS` is missed, and wrong on both attributes). Returns ``{(color, shape):
+    {"color": accuracy, "shape": accuracy, "objects": count}}`` for every pair that occurs.
+    """
+    if not isinstance(data, shapeworld.ShapeWorldData):
+        raise TypeError(f"data: expected shapeworld.ShapeWorldData (from shapeworld.generate), got "
+                        f"{type(data).__name__}.")
+    tokens = np.concatenate([ops.convert_to_numpy(token_model(data.images[i:i + 256], training=False))
+                             for i in range(0, len(data), 256)])  # (N, K, 14)
+    x = OBJECT_FEATURES.index("x")
+    colours, shapes = len(shapeworld.COLOR_NAMES), len(shapeworld.SHAPES)
+    counts: dict = {}
+    for scene, found in zip(data.scenes, tokens):
+        found = found[found[:, -1] > 0.5]  # (k, 14): the tokens that hold an object
+        for obj in scene.objects:
+            right = {"color": False, "shape": False}
+            if len(found):
+                gap = np.hypot(found[:, x] - obj.x, found[:, x + 1] - obj.y)
+                token = found[int(np.argmin(gap))]
+                if gap.min() <= NMS_RADIUS:
+                    right["color"] = shapeworld.COLOR_NAMES[int(np.argmax(token[:colours]))] == obj.color
+                    right["shape"] = shapeworld.SHAPES[int(np.argmax(token[colours:colours + shapes]))] == obj.shape
+            cell = counts.setdefault((obj.color, obj.shape), {"color": 0, "shape": 0, "objects": 0})
+            cell["color"] += right["color"]
+            cell["shape"] += right["shape"]
+            cell["objects"] += 1
+    return {pair: {"color": c["color"] / c["objects"], "shape": c["shape"] / c["objects"], "objects": c["objects"]}
+            for pair, c in sorted(counts.items())}
 
 
 # --------------------------------------------------------------------------- cells -> object tokens

@@ -112,3 +112,77 @@ def test_object_image_encoder_round_trips_and_forwards_its_dtype_policy(tmp_path
     encoder = detector.ObjectImageEncoder(dtype="mixed_float16")
     assert encoder.centred.dtype_policy.name == "mixed_float16"
     assert all(layer.dtype_policy.name == "mixed_float16" for layer in encoder.detector.layers[1:])
+
+
+def test_ink_channel_is_colour_blind():
+    """Every ShapeWorld colour is the same full ink (a silhouette), the background none."""
+    pixels = np.array([[list(rgb) for rgb in shapeworld.COLORS.values()] + [[shapeworld.BACKGROUND] * 3]], np.uint8)
+    ink = to_numpy(detector.InkChannel()(pixels[None]))[0, 0, :, 0]  # (7,)
+    assert ink[:-1].tolist() == [1.0] * len(shapeworld.COLORS) and ink[-1] <= 0.1, ink
+    noisy = np.clip(pixels.astype(int) + np.array([12, -12, 12]), 0, 255).astype(np.uint8)  # the worst pixel noise
+    assert to_numpy(detector.InkChannel()(noisy[None]))[0, 0, :-1, 0].min() == 1.0
+    assert detector.InkChannel().compute_output_shape((2, 64, 64, 3)) == (2, 64, 64, 1)
+
+
+def test_factorised_streams_keep_colour_and_shape_apart():
+    """In the default detector the colour head cannot see shape: its inputs are 1x1
+    convolutions, so an object's colour logits do not depend on the pixels around it; the
+    other heads read the colour-blind ink channel only."""
+    grid_model, _ = detector.build_object_encoder()
+    assert {layer.name for layer in grid_model.layers} >= {"ink", "colour_pixels", "colour_cells"}
+    scene = Scene((ShapeObject("circle", "red", "large", 0.3, 0.3),))
+    red = shapeworld.render_image(scene, 64)
+    blue = shapeworld.render_image(Scene((ShapeObject("circle", "blue", "large", 0.3, 0.3),)), 64)
+    # the shape/size/object heads see the same ink for a red and a blue circle
+    out_red, out_blue = grid_model.predict(np.stack([red, blue]), verbose=0)["shape"]
+    np.testing.assert_allclose(out_red, out_blue, atol=0.05)
+    with pytest.raises(ValueError, match="streams"):
+        detector.build_object_encoder(streams="separate")
+    assert "ink" not in {layer.name for layer in detector.build_object_encoder(streams="shared")[0].layers}
+
+
+def test_attribute_accuracy_counts_per_colour_shape_pair():
+    scenes = [_scene()]
+    predictions = _perfect_predictions(scenes)
+    tokens = to_numpy(detector.ObjectTokens(num_objects=4)(predictions))
+
+    class Fixed:
+        def __call__(self, images, training=False):
+            return tokens
+
+    data = shapeworld.ShapeWorldData(np.zeros((1, 64, 64, 3), np.uint8), scenes, ["c"], ["q"], ["a"], ["t"],
+                                     "test", 0)
+    table = detector.attribute_accuracy(Fixed(), data)
+    assert table == {("blue", "square"): {"color": 1.0, "shape": 1.0, "objects": 1},
+                     ("red", "circle"): {"color": 1.0, "shape": 1.0, "objects": 1}}
+    wrong = tokens.copy()
+    wrong[0, :, :6] = wrong[0, :, :6][:, ::-1]  # every colour answer now wrong
+
+    class Wrong(Fixed):
+        def __call__(self, images, training=False):
+            return wrong
+    assert detector.attribute_accuracy(Wrong(), data)[("red", "circle")] == {"color": 0.0, "shape": 1.0, "objects": 1}
+    empty = tokens.copy()
+    empty[..., -1] = 0.0  # nothing detected: both attributes count as wrong
+
+    class Empty(Fixed):
+        def __call__(self, images, training=False):
+            return empty
+    assert detector.attribute_accuracy(Empty(), data)[("red", "circle")] == {"color": 0.0, "shape": 0.0, "objects": 1}
+    with pytest.raises(TypeError, match="ShapeWorldData"):
+        detector.attribute_accuracy(Fixed(), scenes)
+
+
+def test_recolour_keeps_the_layout_and_shows_only_the_allowed_pairs():
+    """The diversity ablation's data (quality task `detector_diversity`)."""
+    from mmlm_course.quality.lesson09 import DIVERSITY, recolour
+
+    data = shapeworld.generate(40, "train", seed=0)
+    for pairs, colours in DIVERSITY.items():
+        assert len({(c, s) for s, cs in colours.items() for c in cs}) == pairs
+        assert not any(c in colours[s] for c, s in shapeworld.HELD_OUT)   # never a held-out pair
+        narrow = recolour(data, colours, seed=0)
+        assert narrow.images.shape == data.images.shape
+        for old, new in zip(data.scenes, narrow.scenes):
+            assert [(o.shape, o.size, o.x, o.y) for o in old.objects] == [(o.shape, o.size, o.x, o.y) for o in new.objects]
+            assert all(o.color in colours[o.shape] for o in new.objects)
