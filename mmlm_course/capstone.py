@@ -14,7 +14,9 @@
 - logs every step to ``history.jsonl`` and TensorBoard (when the ``tensorboard`` package
   is installed);
 - evaluates caption truth and question-answering exact match on the test and
-  compositional splits (ShapeWorld) and writes ``metrics.json`` and ``samples.png``.
+  compositional splits (ShapeWorld), or BLEU-4 and exact match on the held-out photos of
+  a real dataset, and writes ``metrics.json`` and ``samples.png`` (and ``skipped.txt``,
+  the images a real dataset could not read).
 
 Run folder layout::
 
@@ -132,10 +134,19 @@ class RunData:
     eval_sets: dict            # name -> ShapeWorldData (ShapeWorld only)
     report: str
     scenes: object = None      # the training ShapeWorldData (ShapeWorld only): the detector learns from it
+    held_out: object = None    # photos: datasets.LoadedImages kept out of training, evaluated at the end
+    skipped: list = dataclasses.field(default_factory=list)   # photos: (path, reason) of every unreadable image
+
+
+HELD_OUT_SHARE = 0.1  # photos: the share of the images held out for evaluation (none below 10 images)
 
 
 def load_run_data(config: RunConfig) -> RunData:
-    """Build the training arrays for ``config.data`` (ShapeWorld or a real dataset)."""
+    """Build the training arrays for ``config.data`` (ShapeWorld or a real dataset).
+
+    A real dataset trains on every caption and every question-answer pair of its images,
+    except a random `HELD_OUT_SHARE` of the images (seeded), which `evaluate_photos` scores
+    at the end of the run."""
     from mmlm_course import datasets, instructions, mllm, preprocessing
 
     model_config = mllm.MLLMConfig(**config.model)
@@ -153,15 +164,62 @@ def load_run_data(config: RunConfig) -> RunData:
                          "scenes, which photos do not have; use vision='grid' (resolve_config does this for you).")
     records = datasets.load_records(config.data)
     loaded = datasets.read_images(records[: config.train_examples], image_size)
-    captions = [r.captions[0] if r.captions else "" for r in loaded.records]
-    qa = [r.qa[0] if r.qa else None for r in loaded.records]
-    texts = [c for c in captions if c] + [f"{q} {a}" for pair in qa if pair for q, a in [pair]]
+    count = len(loaded.records)
+    order = np.random.default_rng(config.seed).permutation(count)
+    hold = int(count * HELD_OUT_SHARE) if count >= 10 else 0
+    held_out = datasets.LoadedImages(loaded.images[np.sort(order[:hold])],
+                                     [loaded.records[i] for i in np.sort(order[:hold])], []) if hold else None
+    train_index = np.sort(order[hold:])
+    # every caption and every question-answer pair is a row of its own
+    caption_rows = [(i, c) for i in train_index for c in loaded.records[i].captions]
+    qa_rows = [(i, pair) for i in train_index for pair in loaded.records[i].qa]
+    texts = [c for _, c in caption_rows] + [f"{q} {a}" for _, (q, a) in qa_rows]
     tokenizer = preprocessing.Tokenizer.from_texts(texts, extra_special=instructions.TASK_TOKENS)
-    # a dataset gives captions (Flickr8k, COCO) or question-answer pairs (VQA) for every image
-    x, y = instructions.make_examples_from_texts(loaded.images, captions if all(captions) else None,
-                                                 qa if all(qa) else None, tokenizer, max_text_length)
-    return RunData(x, y, instructions.instruction_texts(captions, qa), tokenizer, {},
-                   f"{config.data}: {loaded.report()}")
+    parts = []
+    if caption_rows:
+        parts.append(instructions.make_examples_from_texts(loaded.images[[i for i, _ in caption_rows]],
+                                                           [c for _, c in caption_rows], None, tokenizer,
+                                                           max_text_length))
+    if qa_rows:
+        parts.append(instructions.make_examples_from_texts(loaded.images[[i for i, _ in qa_rows]], None,
+                                                           [pair for _, pair in qa_rows], tokenizer, max_text_length))
+    if not parts:
+        raise ValueError(f"data {config.data!r}: the {len(train_index)} training images have no caption and no "
+                         "question-answer pair to learn from.")
+    x = {key: np.concatenate([part[0][key] for part in parts]) for key in parts[0][0]}
+    y = np.concatenate([part[1] for part in parts])
+    report = (f"{config.data}: {loaded.report()}; {len(y)} training rows from {len(train_index)} images"
+              + (f", {hold} images held out for evaluation" if hold else
+                 ", no images held out (fewer than 10)"))
+    texts = ((instructions.instruction_texts([c for _, c in caption_rows], None) if caption_rows else [])
+             + (instructions.instruction_texts(None, [pair for _, pair in qa_rows]) if qa_rows else []))
+    return RunData(x, y, texts, tokenizer, {}, report, held_out=held_out, skipped=loaded.skipped)
+
+
+def evaluate_photos(model, tokenizer, held_out) -> dict:
+    """Score a model on held-out photos (`datasets.LoadedImages`): corpus BLEU-4 (add-one
+    smoothing, lesson 05) of the generated captions against every reference caption of
+    their image, and the exact match of the generated answers (VQA). Returns
+    ``{"images": N, "bleu4": float, "qa_exact_match": float}``, the last two only where the
+    data has captions or questions."""
+    from mmlm_course import generation, instructions, metrics, preprocessing
+
+    figures = {"images": len(held_out.records)}
+    captioned = [i for i, r in enumerate(held_out.records) if r.captions]
+    if captioned:
+        generated = generation.generate_texts(model, tokenizer, held_out.images[captioned], [""] * len(captioned))
+        figures["bleu4"] = metrics.corpus_bleu([held_out.records[i].captions for i in captioned], generated,
+                                               smoothing="add1")
+    # questions whose prompt leaves no room for an answer cannot be asked (training cut them too)
+    asked = [(i, pair) for i, r in enumerate(held_out.records) for pair in r.qa
+             if len(instructions.prompt_ids(pair[0], tokenizer)) < model.config.max_text_length]
+    if asked:
+        answers = generation.generate_texts(model, tokenizer, held_out.images[[i for i, _ in asked]],
+                                            [question for _, (question, _) in asked])
+        words = preprocessing.split_words  # the tokenizer's lower-case words
+        figures["qa_exact_match"] = float(np.mean([words(answer) == words(truth)
+                                                   for answer, (_, (_, truth)) in zip(answers, asked)]))
+    return figures
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -299,12 +357,19 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
 
     data = load_run_data(config)          # data and arguments are checked before the folder is written
     log(data.report)
+    for path, reason in data.skipped[:5]:
+        log(f"  skipped {path}: {reason}")
+    if len(data.skipped) > 5:
+        log(f"  ... and {len(data.skipped) - 5} more: every skipped file is listed in skipped.txt")
     rows = len(data.y)
     if config.batch_size > rows:
         raise ValueError(f"batch size {config.batch_size} is larger than the {rows} training rows of "
                          f"{config.data!r}: pass --batch-size {rows} or less, or use more data.")
     resuming = folder.start(config)
     data.tokenizer.save(folder.vocab_path)
+    if data.skipped:
+        (folder.root / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped),
+                                                 encoding="utf-8")
     model = mllm.build_model(mllm.MLLMConfig(**config.model), data.tokenizer)
     log(f"model: vision {model.config.vision!r}" + (", relation head" if model.config.relation_head else "")
         + f", {model.config.num_layers} layers of width {model.config.dim}")
@@ -397,9 +462,15 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
         metrics[split] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
                           "qa_by_type": figures.get("qa_by_type", {})}
         log(f"{split}: caption truth {figures['caption_truth']:.1%}, QA exact match {figures['qa_exact_match']:.1%}")
+    if data.held_out is not None:
+        metrics["held_out"] = evaluate_photos(model, data.tokenizer, data.held_out)
+        log("held out: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in metrics["held_out"].items()))
     folder.metrics_path.write_text(json.dumps(metrics, indent=1))
     if data.eval_sets:
         save_samples(model, data.tokenizer, data.eval_sets["test"], folder.samples_path)
+    elif data.held_out is not None:
+        save_photo_samples(model, data.tokenizer, data.held_out, folder.samples_path)
     return metrics
 
 
@@ -425,6 +496,33 @@ def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
         verdict = "true" if shapeworld.caption_is_true(captions[i], data.scenes[i]) else "FALSE"
         title = textwrap.fill(f"{captions[i]} ({verdict})", 34)
         ax.set_title(f"{title}\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def save_photo_samples(model, tokenizer, held_out, path, count: int = 8) -> None:
+    """Plot up to ``count`` held-out photos with the model's caption (or answer) and a
+    reference into ``path``, on a figure of its own like `save_samples`."""
+    from matplotlib.figure import Figure
+
+    from mmlm_course import generation
+
+    records, images = held_out.records[:count], held_out.images[:count]
+    prompts = ["" if r.captions else r.qa[0][0] for r in records]
+    said = generation.generate_texts(model, tokenizer, images, prompts)
+    columns = max(1, (len(records) + 1) // 2)
+    fig = Figure(figsize=(3 * columns, 8))
+    axes = np.atleast_1d(fig.subplots(2, columns)).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= len(records):
+            continue
+        ax.imshow(images[i])
+        if records[i].captions:
+            text = f"{said[i]}\n(reference: {records[i].captions[0]})"
+        else:
+            text = f"Q: {prompts[i]}\nA: {said[i]} (truth: {records[i].qa[0][1]})"
+        ax.set_title("\n".join(textwrap.fill(line, 34) for line in text.split("\n")), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

@@ -1,5 +1,6 @@
 """`mmlm-course train` as a real job: run folder, SIGKILL mid-run and resume, generate."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -177,3 +178,35 @@ def test_one_trainer_per_run_folder(tmp_path):
         capstone.train(config, tmp_path / "run", progress=False, log=lambda line: None)
     holder.release()                                                    # it stopped (a kill drops the lock too)
     assert capstone.train(config, tmp_path / "run", progress=False, log=lambda line: None)["steps"] == 4
+
+
+def test_photo_runs_train_on_every_caption_and_hold_out_a_tenth_of_the_images(tmp_path):
+    from mmlm_course import capstone
+
+    root = tmp_path / "flickr8k"
+    (root / "Images").mkdir(parents=True)
+    lines = []
+    for i in range(12):
+        Image.new("RGB", (40, 30), (20 * i, 100, 200 - 10 * i)).save(root / "Images" / f"p{i}.jpg")
+        lines += [f"p{i}.jpg#0\tA photo number {i}", f"p{i}.jpg#1\tAnother view of it"]
+    (root / "Images" / "broken.jpg").write_bytes(b"not a jpeg")
+    lines.append("broken.jpg#0\tA broken file")
+    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    config = capstone.resolve_config("tiny", data=f"flickr8k:{root}")
+    data = capstone.load_run_data(config)
+    assert len(data.held_out.records) == 1                       # 12 readable images: 1 held out
+    assert len(data.y) == 2 * 11                                 # both captions of the other 11
+    held = int(data.held_out.records[0].image_path.stem[1:])
+    trained = {data.tokenizer.decode(row) for row in data.y}
+    assert f"a photo number {held}" not in trained
+    assert all(f"a photo number {i}" in trained for i in range(12) if i != held)
+    assert [Path(p).name for p, _ in data.skipped] == ["broken.jpg"]
+    assert "held out for evaluation" in data.report
+    again = capstone.load_run_data(config)                        # seeded: the same image held out
+    assert again.held_out.records[0].image_path == data.held_out.records[0].image_path
+
+    metrics = capstone.train(dataclasses.replace(config, batch_size=8, stage1_steps=2, stage2_steps=2, checkpoint_every=4),
+                             tmp_path / "run", progress=False, log=lambda line: None)
+    assert set(metrics["held_out"]) == {"images", "bleu4"} and 0.0 <= metrics["held_out"]["bleu4"] <= 1.0
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 0
+    assert "broken.jpg" in (tmp_path / "run" / "skipped.txt").read_text()
