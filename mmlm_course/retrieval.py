@@ -21,10 +21,9 @@ fast) therefore decides both
   for it (`multi_positive_info_nce`), not a false negative.
 
 `mmlm_course.retrieval_training` trains the model that way, with hard negative captions
-and flips. Zero-shot classification embeds one prompt per size-colour-shape combination
-and gives each image the class of its best prompt (`zero_shot_prompts`,
-`zero_shot_predict`). `relation_accuracy` tests whether a model reads relations at all
-(0.5 = chance).
+and flips, and tests whether it reads word order at all (`twin_accuracy`). Zero-shot
+classification embeds one prompt per size-colour-shape combination and gives each image
+the class of its best prompt (`zero_shot_prompts`, `zero_shot_predict`).
 
 Model code uses `keras.ops` / `keras.layers` only; `DualEncoder` overrides
 ``compute_loss`` (not a TensorFlow ``train_step``) so it trains on any Keras backend.
@@ -50,15 +49,13 @@ from mmlm_course.validation import (as_array, concrete_values, dtype_name, int_t
 __all__ = [
     "DualEncoder", "spatial_moments", "add_coordinate_channels", "multi_positive_info_nce",
     "similarity_scores", "first_hit_ranks", "recall_at_k_with_hits", "embed_images", "embed_texts",
-    "retrieval_scores", "retrieval_report", "reverse_relation", "relation_accuracy",
-    "zero_shot_predict", "zero_shot_prompts", "single_object_data",
+    "retrieval_scores", "retrieval_report", "zero_shot_predict", "zero_shot_prompts", "single_object_data",
 ]
 
 _register = keras.saving.register_keras_serializable(package="mmlm_course")
 MAX_CAPTION_LENGTH = 16  # the longest ShapeWorld caption has 13 words
 TEXT_ENCODERS = ("transformer", "gru", "bag")
 IMAGE_POOLINGS = ("flatten", "moments")
-_SWAP_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
 # --------------------------------------------------------------------------- the dual encoder
@@ -458,27 +455,6 @@ def retrieval_report(model: DualEncoder, tokenizer: Tokenizer, data: shapeworld.
         for k in ks:
             report[f"{direction}_recall@{k}"] = float(np.mean(ranks <= k))
     return report
-
-
-def reverse_relation(caption: str) -> str:
-    """The caption with its relation reversed: left <-> right, above <-> below."""
-    return " ".join(_SWAP_RELATION.get(word, word) for word in caption.split())
-
-
-def relation_accuracy(model: DualEncoder, tokenizer: Tokenizer, data: shapeworld.ShapeWorldData) -> float:
-    """Does the model read relations? For every relational caption of ``data`` whose
-    reversed form (`reverse_relation`) is false of the caption's own image, the fraction
-    in which the image is more similar to the caption than to the reversed caption.
-    0.5 is chance: a model that treats captions as bags of words cannot beat it."""
-    pairs = [(i, c, reverse_relation(c)) for i, c in enumerate(data.captions) if reverse_relation(c) != c]
-    pairs = [(i, c, r) for i, c, r in pairs if not shapeworld.caption_is_true(r, data.scenes[i])]
-    if not pairs:
-        raise ValueError("relation_accuracy: data has no relational caption whose reverse is false.")
-    index = [i for i, _, _ in pairs]
-    images = embed_images(model, data.images[index])
-    own = np.sum(images * embed_texts(model, tokenizer, [c for _, c, _ in pairs]), axis=1)
-    reversed_ = np.sum(images * embed_texts(model, tokenizer, [r for _, _, r in pairs]), axis=1)
-    return float(np.mean(own > reversed_))
 
 
 # --------------------------------------------------------------------------- zero-shot classification

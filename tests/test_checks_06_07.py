@@ -1,6 +1,9 @@
 """Lessons 06 and 07: answers written differently from the references, that do what the text asks, pass
 their checks, directly and when the check is replayed from a record (as the grader runs it)."""
 
+import collections
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -139,6 +142,99 @@ def zero_shot_as_a_list(image_embeddings, prompt_embeddings, prompt_classes):
 @_by_name([zero_shot_normalising_only_the_prompts, zero_shot_with_keras_ops, zero_shot_as_a_list])
 def test_06_zero_shot_predict_other_correct_answers_pass(answer):
     _passes("06.zero_shot_predict", answer)
+
+
+# --------------------------------------------------------------------------- 06.swapped_twins
+
+
+def _article(phrase):
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def twins_with_a_regex(caption):
+    match = re.fullmatch(r"an? (.+?) is (to the left of|to the right of|above|below) an? (.+)", caption)
+    if match is None:
+        return {}
+    first, relation, second = match.group(1).split(), match.group(2), match.group(3).split()
+    result = {}
+    for kind, values in (("size", shapeworld.SIZES), ("shape", shapeworld.SHAPES),
+                         ("color", shapeworld.COLOR_NAMES)):                       # another key order
+        x, y = [w for w in first if w in values], [w for w in second if w in values]
+        if x and y and x != y:
+            swap = {x[0]: y[0], y[0]: x[0]}
+            a = " ".join(swap.get(w, w) if w in values else w for w in first)
+            b = " ".join(swap.get(w, w) if w in values else w for w in second)
+            result[kind] = f"{_article(a)} is {relation} {_article(b)}"
+    if first != second:
+        result["relation"] = f"{_article(' '.join(second))} is {relation} {_article(' '.join(first))}"
+    return result
+
+
+def twins_by_splitting_on_is(caption):
+    if caption.startswith("there is"):
+        return {}
+    left, right = caption.split(" is ")
+    relation = next(r for r in shapeworld.RELATIONS if right.startswith(r + " "))
+    a, b = left.split()[1:], right[len(relation):].split()[1:]
+    twins = collections.OrderedDict()
+    candidates = {"relation": (b, a)}
+    for kind in ("color", "shape", "size"):
+        values = shapeworld.ATTRIBUTES[kind]
+        i = next((k for k, w in enumerate(a) if w in values), None)
+        j = next((k for k, w in enumerate(b) if w in values), None)
+        if i is not None and j is not None:
+            new_a, new_b = list(a), list(b)
+            new_a[i], new_b[j] = b[j], a[i]
+            candidates[kind] = (new_a, new_b)
+    for kind, (x, y) in candidates.items():
+        twin = " ".join([_article(" ".join(x)), "is", relation, _article(" ".join(y))])
+        if twin != caption:
+            twins[kind] = twin
+    return twins
+
+
+def twins_from_the_parser(caption):
+    statement = shapeworld.parse_caption(caption)[0]
+    twins = collections.defaultdict(str)
+    if statement[0] != "relation":
+        return twins
+    _, first, relation, second = statement
+
+    def say(a, b):
+        phrase = lambda d: shapeworld.with_article(" ".join(d[k] for k in ("size", "color", "shape") if k in d))
+        return f"{phrase(a)} is {relation} {phrase(b)}"
+
+    for kind in ("relation", "color", "shape", "size"):
+        if kind == "relation":
+            twin = say(second, first)
+        elif kind in first and kind in second:
+            twin = say({**first, kind: second[kind]}, {**second, kind: first[kind]})
+        else:
+            continue
+        if twin != caption:
+            twins[kind] = twin
+    return twins
+
+
+def twins_with_a_placeholder_replace(caption):
+    words = caption.split()
+    if words[0] == "there":
+        return {}
+    i = words.index("is")
+    j = next(k for k in range(i + 1, len(words)) if words[k] in ("a", "an"))
+    twins = {"relation": " ".join([_article(" ".join(words[j + 1:]))] + words[i:j] + [_article(" ".join(words[1:i]))])}
+    for kind, values in shapeworld.ATTRIBUTES.items():
+        found = [w for w in words if w in values]
+        if len(found) == 2:
+            text = caption.replace(found[0], "@").replace(found[1], found[0]).replace("@", found[1])
+            text = re.sub(r"\ban? (\w)", lambda m: ("an " if m.group(1) in "aeiou" else "a ") + m.group(1), text)
+            twins[kind] = text
+    return {kind: twin for kind, twin in twins.items() if twin != caption}
+
+
+@_by_name([twins_with_a_regex, twins_by_splitting_on_is, twins_from_the_parser, twins_with_a_placeholder_replace])
+def test_06_swapped_twins_other_correct_answers_pass(answer):
+    _passes("06.swapped_twins", answer)
 
 
 # --------------------------------------------------------------------------- 06.text_tower

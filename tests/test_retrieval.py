@@ -5,6 +5,8 @@ multi-positive loss, the DualEncoder model and its training."""
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmlm_course import losses, metrics, preprocessing, retrieval as R, retrieval_training as RT, shapeworld
 from mmlm_course.preprocessing import Tokenizer
@@ -159,14 +161,90 @@ def test_perturb_caption_changes_one_detail_and_avoids_held_out_pairs(data):
     assert false / (10 * len(data)) > 0.8  # usually a true hard negative
 
 
-def test_relation_accuracy_is_chance_for_an_untrained_model(data, tokenizer):
-    model = R.DualEncoder(len(tokenizer), **TINY)
-    assert 0.0 <= R.relation_accuracy(model, tokenizer, data) <= 1.0
-    assert R.reverse_relation("a red circle is to the left of a blue square") == \
+def test_reverse_relation():
+    assert RT.reverse_relation("a red circle is to the left of a blue square") == \
         "a red circle is to the right of a blue square"
+    assert RT.reverse_relation("a circle is above a square") == "a circle is below a square"
+    assert RT.reverse_relation("there is a red circle") == "there is a red circle"
+    with pytest.raises(TypeError, match="expected a str"):
+        RT.reverse_relation(["a", "circle"])
+
+
+def _noun_phrase(size, color, shape):
+    return shapeworld.with_article(" ".join(w for w in (size, color, shape) if w))
+
+
+NOUN_PHRASES = st.builds(_noun_phrase, st.sampled_from((None,) + shapeworld.SIZES),
+                         st.sampled_from((None,) + shapeworld.COLOR_NAMES), st.sampled_from(shapeworld.SHAPES))
+RELATIONAL_CAPTIONS = st.builds(lambda a, rel, b: f"{a} is {rel} {b}", NOUN_PHRASES,
+                                st.sampled_from(shapeworld.RELATIONS), NOUN_PHRASES)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(RELATIONAL_CAPTIONS)
+def test_swapped_twins_keep_the_bag_of_words_and_swap_back(caption):
+    twins = RT.swapped_twins(caption)
+    assert set(twins) <= set(RT.TWIN_KINDS)
+    first, relation, second = shapeworld.parse_caption(caption)[0][1:]
+    assert ("relation" in twins) == (first != second)
+    for kind in RT.TWIN_KINDS[1:]:
+        assert (kind in twins) == (kind in first and kind in second and first[kind] != second[kind])
+    for kind, twin in twins.items():
+        assert twin != caption and shapeworld.caption_parses(twin), twin      # articles fixed: it parses
+        same_bag = sorted(w for w in twin.split() if w not in ("a", "an"))
+        assert same_bag == sorted(w for w in caption.split() if w not in ("a", "an"))
+        assert RT.swapped_twins(twin)[kind] == caption                         # swapping twice: the caption
+
+
+def test_swapped_twins_examples_and_errors():
+    assert RT.swapped_twins("a large red circle is to the left of a small orange square") == {
+        "relation": "a small orange square is to the left of a large red circle",
+        "color": "a large orange circle is to the left of a small red square",
+        "shape": "a large red square is to the left of a small orange circle",
+        "size": "a small red circle is to the left of a large orange square"}
+    assert RT.swapped_twins("an orange circle is above an orange circle") == {}
+    assert RT.swapped_twins("there is a small red circle") == {}
+    assert RT.swapped_twins("there are two objects") == {}
+    with pytest.raises(TypeError, match="expected a str"):
+        RT.swapped_twins(None)
+    for bad in ("", "a red circle", "a orange circle is above a square", "a circle is near a square"):
+        with pytest.raises(ValueError, match="not a ShapeWorld caption"):
+            RT.swapped_twins(bad)
+    with pytest.raises(ValueError, match="one statement"):
+        RT.swapped_twins("there is a circle and there is a square")
+
+
+def test_swap_negative_draws_twins_that_avoid_held_out_pairs():
+    rng = np.random.default_rng(7)
+    caption = "a large red circle is to the left of a small yellow triangle"
+    twins = RT.swapped_twins(caption)                      # its colour and shape twins name a red triangle
+    drawn = [RT.swap_negative(caption, rng) for _ in range(300)]
+    assert twins["color"] not in drawn and twins["shape"] not in drawn
+    assert {twins["relation"], twins["size"]} <= set(drawn)
+    assert 0.35 < np.mean([d in twins.values() for d in drawn]) < 0.65       # half twins, half one-word changes
+    assert {RT.swap_negative(caption, rng, swap_probability=1.0) for _ in range(20)} == \
+        {twins["relation"], twins["size"]}
+    existence = [RT.swap_negative("there is a small red circle", rng, swap_probability=1.0) for _ in range(20)]
+    assert all(len(d.split()) == 6 and d != "there is a small red circle" for d in existence)
+    with pytest.raises(ValueError, match="swap_probability"):
+        RT.swap_negative(caption, rng, swap_probability=1.5)
+
+
+def test_twin_accuracy_is_one_half_for_a_bag_of_words(data, tokenizer):
+    keras.utils.set_random_seed(1)
+    bag = R.DualEncoder(len(tokenizer), text_encoder="bag", **TINY)
+    report = RT.twin_accuracy(bag, tokenizer, data)
+    assert set(report) == {"accuracy", "count"} and set(report["accuracy"]) == set(report["count"])
+    assert {"relation", "attribute", "all"} <= set(report["count"]) <= {*RT.TWIN_KINDS, "attribute", "all"}
+    assert report["count"]["all"] == report["count"]["relation"] + report["count"]["attribute"]
+    assert report["count"]["attribute"] == sum(report["count"].get(k, 0) for k in ("color", "shape", "size"))
+    assert all(v == 0.5 for v in report["accuracy"].values()), report       # same words, same embedding: ties
+    model = R.DualEncoder(len(tokenizer), **TINY)                            # reads word order: not all ties
+    accuracy = RT.twin_accuracy(model, tokenizer, data)["accuracy"]
+    assert all(0.0 <= v <= 1.0 for v in accuracy.values()) and accuracy["all"] != 0.5
     with pytest.raises(ValueError, match="no relational caption"):
-        R.relation_accuracy(model, tokenizer, data.subset([i for i, c in enumerate(data.captions)
-                                                            if c.startswith("there")]))
+        RT.twin_accuracy(model, tokenizer, data.subset([i for i, c in enumerate(data.captions)
+                                                        if c.startswith("there")]))
 
 
 def test_caption_training_set_flips_keep_captions_true(data):
@@ -190,7 +268,7 @@ def test_counterfactual_twins_turn_the_relation_around(data):
         words = caption.split()
         if "above" in words or "below" in words:
             kinds.add("vertical")
-            assert twin_caption == R.reverse_relation(caption)
+            assert twin_caption == RT.reverse_relation(caption)
             assert all(abs(a.y + b.y - 1) < 1e-3 and a.x == b.x for a, b in zip(scene.objects, twin_scene.objects))
         else:
             kinds.add("horizontal" if caption != twin_caption else "exists")
@@ -347,3 +425,21 @@ def test_training_lowers_the_loss_and_saves(tmp_path, data, tokenizer):
         RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=1)
     with pytest.raises(ValueError, match="batch_size must be even"):
         RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=7, twins=True)
+
+
+def test_training_takes_any_negative_maker(data, tokenizer):
+    keras.utils.set_random_seed(0)
+    model = R.DualEncoder(len(tokenizer), **TINY)
+    seen = []
+
+    def relation_only(caption, rng):                  # a learner's own maker: the relation twin, if any
+        seen.append(caption)
+        return RT.swapped_twins(caption).get("relation", RT.perturb_caption(caption, rng))
+
+    history = RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8, make_negative=relation_only)
+    assert len(seen) == len(data) and np.isfinite(history["loss"]).all()
+    RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8, make_negative=RT.swap_negative)
+    with pytest.raises(TypeError, match="make_negative: expected a function"):
+        RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8, make_negative="swap")
+    with pytest.raises(TypeError, match="must return one caption"):
+        RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8, make_negative=lambda c, rng: RT.swapped_twins(c))
