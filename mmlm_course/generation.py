@@ -40,7 +40,8 @@ def _prompt_groups(prompts: Sequence[str], tokenizer) -> dict[int, list[int]]:
 
 
 def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: int, rows: int):
-    """Greedy decoding without a cache: the whole text is recomputed at every step.
+    """Greedy decoding without a cache: the whole text is recomputed at every step (the
+    image tokens of a frozen detector are computed once, as in lesson 08's training).
 
     Every call has one shape, ``rows`` x ``max_text_length`` (unfilled slots hold padding,
     which the causal mask hides from earlier positions; missing rows are blank), so Keras's
@@ -50,11 +51,15 @@ def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: i
     ids[:batch, :start] = prompt
     padded_images = np.zeros((rows,) + images.shape[1:], images.dtype)
     padded_images[:batch] = images
+    if model.config.vision == "objects":  # a frozen detector: its tokens are the same at every step
+        image_side = {"image_features": ops.convert_to_numpy(model.image_features(padded_images))}
+    else:
+        image_side = {"images": padded_images}
     out = np.zeros((batch, new_tokens), np.int32)
     finished = np.zeros(batch, bool)
     for step in range(new_tokens):
         position = start + step - 1                               # the position that predicts this token
-        logits = model.predict_on_batch({"images": padded_images, "token_ids": ids})  # (rows, L, V)
+        logits = model.predict_on_batch({**image_side, "token_ids": ids})  # (rows, L, V)
         token = np.asarray(logits)[:batch, position].argmax(-1).astype(np.int32)
         out[:, step] = np.where(finished, 0, token)
         finished |= token == eos
