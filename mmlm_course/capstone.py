@@ -1,4 +1,4 @@
-"""Lesson 09, the capstone: train lesson 08's multimodal LLM as a real job.
+"""Lesson 10, the capstone: train lesson 08's multimodal LLM as a real job.
 
 `train` is what `mmlm-course train` runs and what the capstone notebook calls. It
 - resolves a *preset* (from a 2-core CPU to a large GPU) into a `RunConfig`, prints it

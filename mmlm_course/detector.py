@@ -11,7 +11,7 @@ object's centre is there and if so its colour, shape, size and exact position;
 name                           what it does
 =============================  =============================================================
 `ObjectImageEncoder`           the pretrained detector as a frozen vision tower (the core
-                               class; lessons 08 and 09 read images through it)
+                               class; lessons 08 and 10 read images through it)
 `build_object_encoder`         the grid model (per-cell logits) and the token model; its
                                colour head and its other heads see separate streams
 `InkChannel`                   the colour-blind view of the image the CNN reads
@@ -102,7 +102,7 @@ class ObjectImageEncoder(keras.layers.Layer):
 
 def load_detector(encoder: ObjectImageEncoder, token_model) -> None:
     """Copy a pretrained object detector (the token model `pretrain_object_encoder`
-    returns) into an `ObjectImageEncoder` (the vision tower of lessons 08 and 09 and of the lesson-06 benchmark)."""
+    returns) into an `ObjectImageEncoder` (the vision tower of lessons 08 and 10 and of the lesson-06 benchmark)."""
     if not isinstance(encoder, ObjectImageEncoder):
         raise TypeError(f"expected an ObjectImageEncoder to load into, got {type(encoder).__name__}.")
     detector = encoder.detector
@@ -134,7 +134,7 @@ def build_object_encoder(filters: Sequence[int] = (8, 16, 32), width: int = 32,
       in training (the compositional split) are read as well as seen ones;
     - ``"shared"``: one CNN over the RGB image feeds every head. It reads seen pairs as
       well, but its features mix colour and shape, and on the held-out pairs its colour and
-      shape answers fall far (lesson 09 measures it with `attribute_accuracy`).
+      shape answers fall far (lesson 10 measures it with `attribute_accuracy`).
 
     Returns ``(grid_model, token_model)`` sharing their weights:
 

@@ -8,7 +8,7 @@
 - `evaluate`: caption truth (is what the model said true of the scene? `shapeworld`'s
   verifier decides) and question-answering exact match, in total and per question type.
 - `object_hallucination`: CHAIR (Rohrbach et al., 2018), the share of the objects a caption
-  mentions that are not in the image at all (lesson 09's open problems).
+  mentions that are not in the image at all (lesson 10's open problems).
 - `image_attention`: how much each text position attends to each image token, read from
   the attention layers themselves (``return_attention_scores=True``).
 """

@@ -1,14 +1,14 @@
-"""Lesson 05: training: a learning-rate schedule, and the step loop of lessons 08 and 09.
+"""Lesson 05: training: a learning-rate schedule, and the step loop of lessons 08 and 10.
 
 - `WarmupCosineDecay`: linear warmup from 0 to a peak learning rate, then a cosine
-  decay to a final rate, as used to train Transformers and CLIP (lessons 08 and 09 use it).
+  decay to a final rate, as used to train Transformers and CLIP (lessons 08 and 10 use it).
   A registered `keras.optimizers.schedules.LearningRateSchedule`, written with `keras.ops`.
 - `schedule_values`: evaluate any schedule at a range of steps (for plots).
 - `train_steps`: the course's one hand-written training loop, for runs counted in
   optimizer steps rather than epochs. It is *resumable*: the rows of step ``s`` are a pure
   function of ``(seed, s)`` (`batch_indices`), so a run stopped after any step continues
   from ``start_step`` with exactly the batches it would have seen. Lesson 08 trains its
-  stages with it; lesson 09's job adds checkpoints and logs through its ``on_step`` hook.
+  stages with it; lesson 10's job adds checkpoints and logs through its ``on_step`` hook.
   (Lessons that teach ``model.fit`` keep it.)
 - `color_classification_data`: single-object ShapeWorld images labelled with the
   object's colour: a task small enough to train a model in a second, used for the

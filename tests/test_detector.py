@@ -175,7 +175,7 @@ def test_attribute_accuracy_counts_per_colour_shape_pair():
 
 def test_recolour_keeps_the_layout_and_shows_only_the_allowed_pairs():
     """The diversity ablation's data (quality task `detector_diversity`)."""
-    from mmlm_course.quality.lesson09 import DIVERSITY, recolour
+    from mmlm_course.quality.lesson10 import DIVERSITY, recolour
 
     data = shapeworld.generate(40, "train", seed=0)
     for pairs, colours in DIVERSITY.items():

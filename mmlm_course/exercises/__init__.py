@@ -6,9 +6,10 @@ this file and register themselves when `registry` first imports them. Course mac
 no lesson module imports from here.
 """
 
-from mmlm_course.exercises.checker import (CHECK_LOG_ENV, STRICT_ENV, CheckFailed, Checker, Exercise,
-                                           ExerciseNotAttempted, TapeError, check, draw_cases, exercise, registry,
+from mmlm_course.exercises.checker import (CHECK_LOG_ENV, RENAMED, STRICT_ENV, CheckFailed, Checker, Exercise,
+                                           ExerciseNotAttempted, TapeError, check, current_id, draw_cases, exercise,
+                                           registry,
                                            run_check)
 
-__all__ = ["CHECK_LOG_ENV", "STRICT_ENV", "CheckFailed", "Checker", "Exercise", "ExerciseNotAttempted", "TapeError",
-           "check", "draw_cases", "exercise", "registry", "run_check"]
+__all__ = ["CHECK_LOG_ENV", "RENAMED", "STRICT_ENV", "CheckFailed", "Checker", "Exercise", "ExerciseNotAttempted", "TapeError",
+           "check", "current_id", "draw_cases", "exercise", "registry", "run_check"]

@@ -8,7 +8,7 @@ Lesson 08's model trained with the notebook's recipe (4,000 scenes, batch 32, 50
   notebook trains it;
 - ``objects_no_head``: the same without the relation head;
 - ``grid_no_head``: a grid encoder learned with the rest instead of the detector (the photo
-  model of lesson 09). A relation head needs object tokens, so there is no grid + head row.
+  model of lesson 10). A relation head needs object tokens, so there is no grid + head row.
 
 It reports caption truth, QA exact match and the exact match of every question type, per
 variant. The job differs from the notebook only in its stage 0: it pretrains the language

@@ -1,6 +1,6 @@
-"""Checks for lesson 09: resuming at the right batch, atomic writes, caption truth.
+"""Checks for lesson 10: resuming at the right batch, atomic writes, caption truth.
 
-`09.write_json_atomically` watches the learner's file operations through an audit hook
+`10.write_json_atomically` watches the learner's file operations through an audit hook
 (`sys.addaudithook`: the events ``open``, ``os.rename``, ``os.remove``...), which sees
 ``os.replace`` however the learner reached it (``from os import replace`` included). The
 hook is installed once, when this module is imported (before any learner code runs), and
@@ -20,7 +20,7 @@ import numpy as np
 from mmlm_course import shapeworld
 from mmlm_course.exercises import Checker, draw_cases, exercise
 
-# --------------------------------------------------------------------------- 09.resume_position
+# --------------------------------------------------------------------------- 10.resume_position
 
 
 def _reference_resume_position(step, steps_per_epoch):
@@ -35,7 +35,7 @@ def _position_cases() -> list[tuple[int, int]]:
 
 
 @exercise(
-    "09.resume_position",
+    "10.resume_position",
     reference=_reference_resume_position,
     mistakes={
         "epoch and batch swapped": lambda step, spe: divmod(step, spe)[::-1],
@@ -67,7 +67,7 @@ def _check_resume_position(c: Checker) -> None:
                        "steps count from 0: step s is batch s mod n of epoch s div n")
 
 
-# --------------------------------------------------------------------------- 09.write_json_atomically
+# --------------------------------------------------------------------------- 10.write_json_atomically
 
 _AUDITED = frozenset({"open", "os.rename", "os.remove", "os.truncate", "shutil.copyfile", "os.link", "os.symlink"})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
@@ -334,7 +334,7 @@ def _writes_empty_on_error(path, data):
 
 
 @exercise(
-    "09.write_json_atomically",
+    "10.write_json_atomically",
     reference=_reference_write_json_atomically,
     mistakes={"writes the file in place": _direct_write, "never renames the temporary file": _never_renames,
               "serialises first, then overwrites in place": _serialize_first,
@@ -382,7 +382,7 @@ def _check_write_json_atomically(c: Checker) -> None:
         c.fail("saves", f"only {len(saves)} of {len(_SAVES)} saves ran", "do not stop the process")
 
 
-# --------------------------------------------------------------------------- 09.caption_truth_rate
+# --------------------------------------------------------------------------- 10.caption_truth_rate
 
 
 def _reference_caption_truth_rate(captions, scenes):
@@ -401,7 +401,7 @@ def _truth_cases() -> list:
 
 
 @exercise(
-    "09.caption_truth_rate",
+    "10.caption_truth_rate",
     reference=_reference_caption_truth_rate,
     mistakes={
         "counts captions that parse": lambda caps, scenes: float(np.mean([shapeworld.caption_parses(c) for c in caps])),

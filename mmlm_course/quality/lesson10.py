@@ -1,4 +1,4 @@
-"""Quality task of lessons 08 and 09: the main job, `mmlm-course train` with no options.
+"""Quality task of lessons 08 and 10: the main job, `mmlm-course train` with no options.
 
 It runs the real command line in a fresh run folder, the way a learner would, times it
 from start to finish (data, text pretraining, both training stages, evaluation, the
@@ -7,7 +7,7 @@ and question-answering exact match on the ShapeWorld test split, with the compos
 split (held-out colour-shape pairs) beside them, each with its target. The preset is
 ``cpu``: lesson 08's recipe, trained longer than the notebook can afford.
 
-`detector_diversity` is the experiment behind lesson 09's compositional section: the
+`detector_diversity` is the experiment behind lesson 10's compositional section: the
 detector's held-out colour and shape accuracy, per stream design and per number of
 colour-shape pairs its training scenes show.
 """
