@@ -28,7 +28,7 @@ from mmlm_course.mllm import CrossAttentionMLLM, LLaVAModel
 from mmlm_course.stages import require_model
 from mmlm_course.validation import positive_int
 
-__all__ = ["generate_texts", "evaluate", "object_hallucination", "image_attention"]
+__all__ = ["generate_texts", "decode_prompts", "greedy_recompute", "evaluate", "score", "object_hallucination", "image_attention"]
 
 
 def _prompt_groups(prompts: Sequence[str], tokenizer) -> dict[int, list[int]]:
@@ -39,27 +39,27 @@ def _prompt_groups(prompts: Sequence[str], tokenizer) -> dict[int, list[int]]:
     return groups
 
 
-def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: int, rows: int):
-    """Greedy decoding without a cache: the whole text is recomputed at every step (the
-    image tokens of a frozen detector are computed once, as in lesson 08's training).
+def greedy_recompute(model, inputs: dict, prompt: np.ndarray, new_tokens: int, eos: int, rows: int,
+                     max_text_length: int) -> np.ndarray:
+    """Greedy decoding without a cache: the whole text is recomputed at every step.
 
-    Every call has one shape, ``rows`` x ``max_text_length`` (unfilled slots hold padding,
-    which the causal mask hides from earlier positions; missing rows are blank), so Keras's
-    compiled predict step is traced once for all prompt lengths and batch sizes."""
+    ``inputs``: the model's non-text inputs for the b rows of ``prompt`` int32 (b, t0)
+    (images, a frozen detector's ``image_features``, lesson 09's ``log_mels``). Every call
+    has one shape, ``rows`` x ``max_text_length`` (unfilled slots hold padding, which the
+    causal mask hides from earlier positions; missing rows are blank), so Keras's compiled
+    predict step is traced once for all prompt lengths and batch sizes. Returns int32 (b, n)."""
     batch, start = prompt.shape
-    ids = np.zeros((rows, model.config.max_text_length), np.int32)
+    ids = np.zeros((rows, max_text_length), np.int32)
     ids[:batch, :start] = prompt
-    padded_images = np.zeros((rows,) + images.shape[1:], images.dtype)
-    padded_images[:batch] = images
-    if model.config.vision == "objects":  # a frozen detector: its tokens are the same at every step
-        image_side = {"image_features": ops.convert_to_numpy(model.image_features(padded_images))}
-    else:
-        image_side = {"images": padded_images}
+    padded = {}
+    for key, value in inputs.items():
+        padded[key] = np.zeros((rows,) + value.shape[1:], value.dtype)
+        padded[key][:batch] = value
     out = np.zeros((batch, new_tokens), np.int32)
     finished = np.zeros(batch, bool)
     for step in range(new_tokens):
         position = start + step - 1                               # the position that predicts this token
-        logits = model.predict_on_batch({**image_side, "token_ids": ids})  # (rows, L, V)
+        logits = model.predict_on_batch({**padded, "token_ids": ids})      # (rows, L, V)
         token = np.asarray(logits)[:batch, position].argmax(-1).astype(np.int32)
         out[:, step] = np.where(finished, 0, token)
         finished |= token == eos
@@ -67,6 +67,34 @@ def _greedy_recompute(model, images, prompt: np.ndarray, new_tokens: int, eos: i
             break
         ids[:batch, position + 1] = token
     return out
+
+
+def decode_prompts(decode, tokenizer: preprocessing.Tokenizer, prompts: Sequence[str], count: int,
+                   max_text_length: int, batch_size: int = 64, max_new_tokens: int = 20) -> list[str]:
+    """Greedy texts for ``count`` inputs and their prompts, a batch of equal-length prompts
+    at a time: ``decode(rows, prompt_ids int32 (b, t0), new_tokens)`` returns the new
+    tokens (b, n) of the inputs at ``rows``. Returns the decoded strings, one per prompt.
+    The loop of `generate_texts` and of lesson 09's audio model."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings (one per input), got one str.")
+    prompts = list(prompts)
+    if count != len(prompts):
+        raise ValueError(f"inputs and prompts must have the same batch size (one prompt per input), got "
+                         f"{count} inputs and {len(prompts)} prompts.")
+    max_new_tokens = positive_int(max_new_tokens, "max_new_tokens")
+    batch_size = positive_int(batch_size, "batch_size")
+    results: list[str] = [""] * len(prompts)
+    for length, rows in _prompt_groups(prompts, tokenizer).items():
+        room = max_text_length - length + 1
+        if room < 1:
+            raise ValueError(f"a prompt of {length} tokens does not fit in max_text_length={max_text_length}: "
+                             "shorten the question.")
+        for first in range(0, len(rows), batch_size):
+            chunk = rows[first:first + batch_size]
+            prompt = np.array([prompt_ids(prompts[i], tokenizer) for i in chunk], np.int32)
+            for i, row in zip(chunk, decode(chunk, prompt, min(max_new_tokens, room))):
+                results[i] = tokenizer.decode(row)
+    return results
 
 
 def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: Sequence[str],
@@ -82,45 +110,29 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
     images = require_images(images, size=model.config.image_size)
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings (one per image), got one str.")
-    prompts = list(prompts)
-    if len(images) != len(prompts):
-        raise ValueError(f"images and prompts must have the same batch size (one prompt per image), got "
-                         f"{len(images)} images and {len(prompts)} prompts.")
-    max_new_tokens = positive_int(max_new_tokens, "max_new_tokens")
-    batch_size = positive_int(batch_size, "batch_size")
-    results: list[str] = [""] * len(prompts)
-    for length, rows in _prompt_groups(prompts, tokenizer).items():
-        room = model.config.max_text_length - length + 1
-        if room < 1:
-            raise ValueError(f"a prompt of {length} tokens does not fit in max_text_length="
-                             f"{model.config.max_text_length}: shorten the question.")
-        new_tokens = min(max_new_tokens, room)
-        for first in range(0, len(rows), batch_size):
-            chunk = rows[first:first + batch_size]
-            prompt = np.array([prompt_ids(prompts[i], tokenizer) for i in chunk], np.int32)
-            batch_images = images[chunk]
-            if isinstance(model, LLaVAModel) and model.relation_head is None:
-                prefix = model.image_tokens(ops.convert_to_tensor(batch_images))
-                tokens = lm.generate(model.language_model, prompt, new_tokens, prefix_embeddings=prefix,
-                                     stop_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-            else:
-                tokens = _greedy_recompute(model, batch_images, prompt, new_tokens, tokenizer.eos_id,
-                                           rows=min(batch_size, len(prompts)))
-            for i, row in zip(chunk, tokens):
-                results[i] = tokenizer.decode(row)
-    return results
+    rows_per_call = min(positive_int(batch_size, "batch_size"), len(prompts))
+
+    def decode(rows, prompt, new_tokens):
+        if isinstance(model, LLaVAModel) and model.relation_head is None:
+            prefix = model.image_tokens(ops.convert_to_tensor(images[rows]))
+            return lm.generate(model.language_model, prompt, new_tokens, prefix_embeddings=prefix,
+                               stop_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+        if model.config.vision == "objects":       # a frozen detector: its tokens are the same at every step
+            inputs = {"image_features": ops.convert_to_numpy(model.image_features(images[rows]))}
+        else:
+            inputs = {"images": images[rows]}
+        return greedy_recompute(model, inputs, prompt, new_tokens, tokenizer.eos_id, rows_per_call,
+                                model.config.max_text_length)
+
+    return decode_prompts(decode, tokenizer, prompts, len(images), model.config.max_text_length, batch_size,
+                          max_new_tokens)
 
 
 def evaluate(model, tokenizer: preprocessing.Tokenizer, data: shapeworld.ShapeWorldData,
              batch_size: int = 64) -> dict:
-    """Generate a caption and an answer for every example of ``data`` and score them.
-
-    Returns ``caption_truth`` (share of captions that `shapeworld.caption_is_true` finds
-    wholly true of the scene), ``caption_parses`` (share that follow the grammar),
-    ``qa_exact_match`` (answer == reference), ``qa_by_type`` (dict: every question type of
-    ``data`` -> exact match), ``captions`` and ``answers`` (the generated texts),
-    ``seconds`` and ``examples_per_second`` (images per second, both tasks).
-    """
+    """Generate a caption and an answer for every example of ``data`` and score them
+    (`score`, with `shapeworld.caption_is_true`); adds ``seconds`` and
+    ``examples_per_second`` (images per second, both tasks)."""
     if not isinstance(data, shapeworld.ShapeWorldData):
         raise TypeError(f"data must be a shapeworld.ShapeWorldData, got {type(data).__name__}.")
     if len(data) == 0:
@@ -129,7 +141,16 @@ def evaluate(model, tokenizer: preprocessing.Tokenizer, data: shapeworld.ShapeWo
     captions = generate_texts(model, tokenizer, data.images, [""] * len(data), batch_size=batch_size)
     answers = generate_texts(model, tokenizer, data.images, data.questions, batch_size=batch_size)
     seconds = time.perf_counter() - start
-    truth = [shapeworld.caption_is_true(c, s) for c, s in zip(captions, data.scenes)]
+    return {**score(captions, answers, data), "seconds": seconds, "examples_per_second": len(data) / seconds}
+
+
+def score(captions: Sequence[str], answers: Sequence[str], data, verifier=shapeworld.caption_is_true) -> dict:
+    """Score generated captions and answers against ``data`` (its ``scenes``, ``answers``
+    and ``question_types``). Returns ``caption_truth`` (share of captions ``verifier``
+    finds wholly true of the scene), ``caption_parses`` (share that follow the grammar),
+    ``qa_exact_match`` (answer == reference), ``qa_by_type`` (dict: every question type
+    of ``data`` -> exact match), ``captions`` and ``answers``."""
+    truth = [verifier(c, s) for c, s in zip(captions, data.scenes)]
     correct = np.array([a == b for a, b in zip(answers, data.answers)])
     types = np.array(data.question_types)
     present = set(data.question_types)
@@ -138,8 +159,7 @@ def evaluate(model, tokenizer: preprocessing.Tokenizer, data: shapeworld.ShapeWo
             "caption_parses": float(np.mean([shapeworld.caption_parses(c) for c in captions])),
             "qa_exact_match": float(correct.mean()),
             "qa_by_type": {t: float(correct[types == t].mean()) for t in order},
-            "captions": captions, "answers": answers,
-            "seconds": seconds, "examples_per_second": len(data) / seconds}
+            "captions": list(captions), "answers": list(answers)}
 
 
 def object_hallucination(captions: Sequence[str], scenes: Sequence[shapeworld.Scene]) -> dict:

@@ -42,7 +42,7 @@ from mmlm_course import preprocessing, shapeworld
 from mmlm_course.validation import require_choice, require_int
 
 __all__ = ["CAPTION", "QUESTION", "ANSWER", "TASK_TOKENS", "TASKS", "prompt_ids", "answer_only_targets",
-           "make_examples_from_texts", "make_examples", "instruction_texts", "require_task_tokens",
+           "instruction_rows", "make_examples_from_texts", "make_examples", "instruction_texts", "require_task_tokens",
            "require_images"]
 
 CAPTION, QUESTION = lm.CAPTION, lm.QUESTION
@@ -124,8 +124,9 @@ def answer_only_targets(token_ids, prompt_lengths, pad_id: int = 0) -> tuple[np.
     return inputs, targets
 
 
-def _instruction_rows(prompts: Sequence[str], answers: Sequence[str], tokenizer, max_text_length: int):
-    """Encode (prompt, answer) pairs into (inputs, targets) int32 (N, max_text_length)."""
+def instruction_rows(prompts: Sequence[str], answers: Sequence[str], tokenizer, max_text_length: int):
+    """Encode (prompt, answer) pairs into (inputs, targets) int32 (N, max_text_length),
+    targets 0 on the prompt (the answer-only loss). Lesson 09 builds its rows with it."""
     sequences, lengths = [], []
     for prompt, answer in zip(prompts, answers):
         head = prompt_ids(prompt, tokenizer)
@@ -171,7 +172,7 @@ def make_examples_from_texts(images, captions: Sequence[str] | None, qa: Sequenc
         columns.append([(q, a) for q, a in qa])
     pairs = [pair for row in zip(*columns) for pair in row]        # interleaved: image by image
     image_index = np.repeat(np.arange(len(images)), len(columns))
-    inputs, targets = _instruction_rows([p for p, _ in pairs], [a for _, a in pairs], tokenizer, max_text_length)
+    inputs, targets = instruction_rows([p for p, _ in pairs], [a for _, a in pairs], tokenizer, max_text_length)
     return {"images": images[image_index], "token_ids": inputs}, targets
 
 

@@ -260,12 +260,12 @@ def relations_between(a: ShapeObject, b: ShapeObject, margin: float = 0.0) -> li
     return [relation for relation in RELATIONS if relation_holds(relation, a.x, a.y, b.x, b.y, margin)]
 
 
-def make_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One true caption: a spatial relation between two objects when the scene allows a
-    clear one, otherwise an existence statement. Example:
+def make_caption(scene: Scene, rng: np.random.Generator, relations: Sequence[str] = RELATIONS) -> str:
+    """One true caption: a spatial relation (one of ``relations``) between two objects when
+    the scene allows a clear one, otherwise an existence statement. Example:
     ``"a large red circle is to the left of a small blue square"``."""
     pairs = [(a, b) for a in scene.objects for b in scene.objects if a is not b]
-    clear = [(a, b, rel) for a, b in pairs for rel in relations_between(a, b, RELATION_MARGIN)]
+    clear = [(a, b, rel) for a, b in pairs for rel in relations_between(a, b, RELATION_MARGIN) if rel in relations]
     if clear and rng.random() < 0.75:
         a, b, rel = clear[int(rng.integers(len(clear)))]
         return f"{with_article(a.describe())} is {rel} {with_article(b.describe())}"
@@ -296,9 +296,11 @@ def _unique_reference(scene: Scene, obj: ShapeObject, keys_options: Iterable[tup
 
 
 def make_question(scene: Scene, qtype: str, rng: np.random.Generator,
-                  allowed: Callable[[str, str], bool] = lambda c, s: True) -> tuple[str, str] | None:
-    """A (question, answer) pair of type ``qtype`` about ``scene``, or None if the scene
-    cannot support that type (e.g. a relation question needs two objects)."""
+                  allowed: Callable[[str, str], bool] = lambda c, s: True,
+                  relations: Sequence[str] = RELATIONS) -> tuple[str, str] | None:
+    """A (question, answer) pair of type ``qtype`` about ``scene`` (relation questions ask
+    only about ``relations``), or None if the scene cannot support that type (e.g. a
+    relation question needs two objects)."""
     objects = list(scene.objects)
     order = rng.permutation(len(objects))
     if qtype == "count":
@@ -330,7 +332,7 @@ def make_question(scene: Scene, qtype: str, rng: np.random.Generator,
                 if i == j:
                     continue
                 a, b = objects[i], objects[j]
-                held = relations_between(a, b, RELATION_MARGIN)
+                held = [rel for rel in relations_between(a, b, RELATION_MARGIN) if rel in relations]
                 ref_a, ref_b = _unique_reference(scene, a, options), _unique_reference(scene, b, options)
                 if held and ref_a and ref_b:
                     rel = held[int(rng.integers(len(held)))]
@@ -551,8 +553,10 @@ def _check_split(split: str) -> None:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
 
 
-def generate(num_examples: int, split: str = "train", seed: int = 0, image_size: int = 64) -> ShapeWorldData:
+def generate(num_examples: int, split: str = "train", seed: int = 0, image_size: int = 64,
+             relations: Sequence[str] = RELATIONS) -> ShapeWorldData:
     """Generate ``num_examples`` examples of ``split``; same arguments, same data.
+    Captions and questions state only ``relations`` (lesson 09's sounds carry left and right).
 
     Question types cycle through `QUESTION_TYPES`, so every type gets the same share.
     Different splits use different random streams, so they never share a sequence of
@@ -561,6 +565,8 @@ def generate(num_examples: int, split: str = "train", seed: int = 0, image_size:
     _check_split(split)
     num_examples = require_int(num_examples, "num_examples", 0)
     image_size = require_int(image_size, "image_size (>= 16 so shapes stay recognisable)", 16)
+    if isinstance(relations, str) or not set(relations) <= set(RELATIONS):
+        raise ValueError(f"relations must be a list of some of {RELATIONS}, got {relations!r}.")
     rng = np.random.default_rng([SPLITS.index(split), seed])
     allowed = _allowed_for_split(split)
     scenes, captions, questions, answers, qtypes = [], [], [], [], []
@@ -568,11 +574,11 @@ def generate(num_examples: int, split: str = "train", seed: int = 0, image_size:
         qtype = QUESTION_TYPES[i % len(QUESTION_TYPES)]
         while True:
             scene = sample_scene(rng, split)
-            qa = make_question(scene, qtype, rng, allowed)
+            qa = make_question(scene, qtype, rng, allowed, relations)
             if qa is not None:
                 break
         scenes.append(scene)
-        captions.append(make_caption(scene, rng))
+        captions.append(make_caption(scene, rng, relations))
         questions.append(qa[0])
         answers.append(qa[1])
         qtypes.append(qtype)

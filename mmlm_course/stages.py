@@ -43,6 +43,20 @@ def require_model(model) -> None:
         raise TypeError(f"model must be an mllm model from mllm.build_model, got {type(model).__name__}.")
 
 
+def _staged_parts(model):
+    """(encoder, learns in stage 2) of a model trained in stages: an `mllm` model's image
+    encoder (a grid encoder learns, a pretrained detector does not), or a model with
+    ``encoder``, ``projector``, ``language_model`` and ``encoder_is_pretrained`` (lesson
+    09's `audio_lm.AudioLLaVA`, whose CTC-pretrained front end stays frozen)."""
+    if isinstance(model, MultimodalModel):
+        return model.image_encoder, model.config.vision == "grid"
+    if isinstance(model, keras.Model) and all(hasattr(model, name) for name in
+                                              ("encoder", "projector", "language_model", "encoder_is_pretrained")):
+        return model.encoder, not model.encoder_is_pretrained
+    raise TypeError(f"model must be an mllm model from mllm.build_model or an audio_lm.AudioLLaVA, got "
+                    f"{type(model).__name__}.")
+
+
 def trainable_parameter_count(model) -> int:
     """Number of scalars in the trainable weights (what the optimizer updates)."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
@@ -58,16 +72,16 @@ def set_stage_trainable(model, stage: int) -> int:
     everything learns, except a pretrained `ObjectImageEncoder`, which stays frozen (as
     LLaVA keeps its CLIP encoder frozen). ``model.trainable = True`` comes first: it sets
     every layer inside the model, and a frozen parent would freeze its children whatever
-    their own flags say.
+    their own flags say. Lesson 09's `audio_lm.AudioLLaVA` trains in the same two stages.
     """
-    require_model(model)
+    encoder, learns = _staged_parts(model)
     if stage not in STAGES:
         raise ValueError(f"stage must be 1 (projector only) or 2 (everything), got {stage!r}.")
     model.trainable = True
-    model.image_encoder.trainable = stage == 2 and model.config.vision == "grid"
+    encoder.trainable = stage == 2 and learns
     model.language_model.trainable = stage == 2
     model.projector.trainable = True
-    for layer in [*getattr(model, "cross_attention", []), model.relation_head]:
+    for layer in [*getattr(model, "cross_attention", []), getattr(model, "relation_head", None)]:
         if layer is not None:
             layer.trainable = True
     return trainable_parameter_count(model)
@@ -130,19 +144,25 @@ def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessin
     (next-token loss over every token, Adam with warmup-cosine, ``model.fit``).
 
     For `LLaVAModel` each text sits behind ``num_image_tokens`` padding tokens, the slots
-    the image tokens take later, so the text is learned at the positions it will have in
-    the multimodal model (the padding plays a blank image). texts: e.g. ``"<caption> a red
+    the image tokens take later (lesson 09's `audio_lm.AudioLLaVA`: ``num_audio_tokens``),
+    so the text is learned at the positions it will have in the multimodal model (the
+    padding plays a blank image). texts: e.g. ``"<caption> a red
     circle"``, ``"<question> is there a red circle? <answer> yes"`` (`instructions.instruction_texts`).
     Returns the History.
     """
-    require_model(model)
+    _staged_parts(model)
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: give the instruction texts to pretrain on (instructions.instruction_texts).")
     decoder = model.language_model
-    ids = tokenizer.encode_batch(texts, max_length=model.config.max_text_length + 1)
-    if isinstance(model, LLaVAModel):
-        blank = np.full((len(ids), model.config.num_image_tokens), tokenizer.pad_id, np.int32)
+    if isinstance(model, MultimodalModel):
+        slots = model.config.num_image_tokens if isinstance(model, LLaVAModel) else 0
+        max_text_length = model.config.max_text_length
+    else:                                                    # lesson 09's AudioLLaVA: audio tokens in front
+        slots, max_text_length = model.num_audio_tokens, model.max_text_length
+    ids = tokenizer.encode_batch(texts, max_length=max_text_length + 1)
+    if slots:
+        blank = np.full((len(ids), slots), tokenizer.pad_id, np.int32)
         ids = np.concatenate([blank, ids], axis=1)
     inputs, targets = lm.next_token_pairs(ids)
     decoder.trainable = True

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_MODULES = ["attention", "encoders", "language_model", "mllm", "instructions", "grid_encoder", "relation_head",
                  "stages", "generation", "losses", "metrics", "fusion", "detector", "qa", "retrieval",
-                 "retrieval_training", "capstone", "checkpoints"]
+                 "retrieval_training", "capstone", "checkpoints", "audio_lm"]
 
 NO_TENSORFLOW = """
 import importlib.abc
@@ -98,6 +98,42 @@ def test_compiled_generation_without_tensorflow(backend):
                             env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "generated (3, 6)" in result.stdout
+
+
+RUN_AUDIO = NO_TENSORFLOW + """
+import numpy as np
+from mmlm_course import audio_lm, instructions, preprocessing, stages, training
+
+keras.utils.set_random_seed(0)
+data = audio_lm.generate(8, "train", seed=0, snr_db=(5, 40), max_shift=800)
+transcriber = audio_lm.CTCTranscriber()
+transcriber.build()
+transcriber.front_end.adapt(data.log_mels)
+transcriber.compile(optimizer=keras.optimizers.Adam(1e-3))
+ctc = training.train_steps(transcriber, data.log_mels, data.labels, 2, batch_size=4)
+tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
+model = audio_lm.AudioLLaVA(len(tokenizer), num_layers=1)
+model.build()
+model.encoder.set_weights(transcriber.front_end.get_weights())
+stages.compile_for_stage(model, 2, 1e-3, total_steps=4)
+x, y = audio_lm.make_examples(data, tokenizer, model.max_text_length)
+log = training.train_steps(model, x, y, 2, batch_size=4)
+result = audio_lm.evaluate(model, tokenizer, data)
+assert np.isfinite(ctc["loss"]).all() and np.isfinite(log["loss"]).all(), (ctc, log)
+print("audio", len(audio_lm.transcribe(transcriber, data.log_mels)), round(result["qa_exact_match"], 3))
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_audio_language_model_trains_without_tensorflow(backend):
+    """Lesson 09's CTC transcriber (keras.ops.ctc_loss) and audio LLaVA train and decode on
+    the other backends too."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    result = subprocess.run([sys.executable, "-c", RUN_AUDIO, backend], cwd=ROOT,
+                            env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "audio 8 " in result.stdout
 
 
 @pytest.mark.parametrize("module", MODEL_MODULES)

@@ -2,7 +2,7 @@
 
 Lesson 08's model trained with the notebook's recipe (4,000 scenes, batch 32, 50 stage-1 and
 1,200 stage-2 steps, Adam at 8e-3 with warmup-cosine) in three variants, each run by lesson
-09's `capstone.train` and evaluated once on the 200-scene test split:
+10's `capstone.train` and evaluated once on the 200-scene test split:
 
 - ``objects_head``: the object detector (pretrained, frozen) and the relation head, as the
   notebook trains it;

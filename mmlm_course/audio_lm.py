@@ -1,0 +1,354 @@
+"""Lesson 09: audio-language models: sound in, words out.
+
+Lesson 08's recipe with an ear instead of an eye (Qwen-Audio, SALMONN; Whisper's encoder)::
+
+    sound ─► log-mel (F, 40) ─► audio encoder (lesson 03) ─► frames (F/4, D_a) ─► stack k ─► projector ─┐
+    text  ─► token embeddings (T, dim) ─────────────────────────────────────────────────────────────────┤
+                                                                                                        ▼
+    language model (lesson 07) reads [audio tokens ; text tokens] ─► next-token logits (T, V)
+
+- the data: ShapeWorld's sounds (each object a tone: pitch = colour, timbre = shape,
+  duration = size, played from left to right). The sound carries left and right (the
+  order of the tones) but not above and below, so captions and questions state only
+  `SOUND_RELATIONS` and `caption_is_true_of_sound` refuses the rest;
+- `sound_features`: lesson 02's log-mel spectrogram of a fixed-length clip, with lesson
+  02's augmentation (a time shift and noise) on request;
+- `AudioFrontEnd`: per-bin standardisation and lesson 03's `encoders.AudioEncoder`
+  (strided 1-D convolutions over time), then `stack_frames`: k neighbouring frames become
+  one token, which shortens the sequence the language model reads k times;
+- `CTCTranscriber`: the front end and a per-frame classifier trained with CTC (Graves et
+  al., 2006) to transcribe the notes ("small red circle large blue square"), with no
+  alignment given. It pretrains the encoder, as a speech encoder is pretrained before an
+  audio LLM uses it;
+- `AudioLLaVA`: the pretrained front end (frozen), lesson 08's projector, and lesson 07's
+  `DecoderLM` reading the audio tokens in front of the text; trained with the answer-only
+  loss in lesson 08's two stages (`stages.compile_for_stage`);
+- `generate_texts` and `evaluate`: greedy captions and answers, scored with the sound
+  verifier.
+
+Model code uses ``keras.layers`` / ``keras.ops`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from mmlm_course import audio, encoders, generation, instructions, preprocessing, shapeworld
+from mmlm_course import language_model as lm
+from mmlm_course.mllm import ImageTokenProjector
+from mmlm_course.validation import positive_int, require_int, require_rank
+
+__all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "SoundData", "generate", "sound_features",
+           "note_labels", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode", "AudioFrontEnd",
+           "CTCTranscriber", "AudioLLaVA", "transcribe", "make_examples", "generate_texts", "evaluate"]
+
+SOUND_RELATIONS = ("to the left of", "to the right of")    # what the order of the tones tells
+NOTE_WORDS = shapeworld.SIZES + shapeworld.COLOR_NAMES + shapeworld.SHAPES   # CTC labels 1..11, 0 is the blank
+MAX_SHIFT = 1600                                           # augmentation: up to 0.1 s later
+CLIP_SAMPLES = 25_600                                      # 1.6 s: four large tones, the gaps and MAX_SHIFT
+MAX_NOTES = shapeworld.MAX_OBJECTS * 3                     # three words a tone
+LOG_FLOOR = 1e-2                                           # log(power + 1e-2): silence looks like faint noise
+_register = keras.saving.register_keras_serializable(package="mmlm_course")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class SoundData:
+    """A generated split of ShapeWorld as sound. ``log_mels`` float32 (N, frames, 40) of
+    clips of `CLIP_SAMPLES`; ``labels`` int32 (N, MAX_NOTES), the note words (`note_labels`)
+    padded with 0; the lists all have length N (captions and questions state only
+    `SOUND_RELATIONS`)."""
+
+    log_mels: np.ndarray
+    labels: np.ndarray
+    scenes: list
+    captions: list
+    questions: list
+    answers: list
+    question_types: list
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+
+def note_labels(scene: shapeworld.Scene) -> list[int]:
+    """What the sound plays, as CTC labels: for each object from left to right its size,
+    colour and shape word, each as ``1 + NOTE_WORDS.index(word)`` (0 is CTC's blank)."""
+    ordered = sorted(scene.objects, key=lambda o: o.x)
+    return [1 + NOTE_WORDS.index(word) for o in ordered for word in (o.size, o.color, o.shape)]
+
+
+def sound_features(waveforms, snr_db=None, max_shift: int = 0, seed: int = 0) -> np.ndarray:
+    """Log-mel spectrograms (lesson 02) of clips padded to `CLIP_SAMPLES`: float32 (N, 158, 40).
+
+    Augmentation (lesson 02), drawn per clip from ``seed``: a delay of 0..``max_shift``
+    samples (a later start keeps the order of the tones; an earlier one could cut the
+    first tone off) and, with ``snr_db`` = (low, high), white noise at a signal-to-noise
+    ratio drawn uniformly in that range (a single number: that ratio for every clip).
+    """
+    rng = np.random.default_rng(seed)
+    max_shift = require_int(max_shift, "max_shift", 0, MAX_SHIFT)
+    clips = []
+    for wave in waveforms:
+        if len(wave) + max_shift > CLIP_SAMPLES:
+            raise ValueError(f"a sound of {len(wave)} samples shifted by up to {max_shift} does not fit a clip of "
+                             f"{CLIP_SAMPLES} samples (1.6 s): ShapeWorld sounds are at most 23,200 samples.")
+        wave = np.concatenate([np.zeros(int(rng.integers(0, max_shift + 1)), np.float32), wave])
+        if snr_db is not None:
+            low, high = (snr_db, snr_db) if np.isscalar(snr_db) else snr_db
+            wave = audio.add_noise(wave, float(rng.uniform(low, high)), rng)
+        clips.append(wave)
+    chunks = [audio.log_mel_batch(clips[i:i + 256], length=CLIP_SAMPLES, eps=LOG_FLOOR)[0]  # silence pads to 1.6 s
+              for i in range(0, len(clips), 256)]                                # 256 at a time: the STFT is large
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def generate(num_examples: int, split: str = "train", seed: int = 0, snr_db=None, max_shift: int = 0) -> SoundData:
+    """ShapeWorld's ``split`` as sound (same scenes as ``shapeworld.generate(num_examples,
+    split, seed, relations=SOUND_RELATIONS)``); ``snr_db``, ``max_shift``: augmentation
+    or a noisy test condition (`sound_features`)."""
+    data = shapeworld.generate(num_examples, split, seed, relations=SOUND_RELATIONS)
+    labels = np.zeros((len(data), MAX_NOTES), np.int32)
+    for i, scene in enumerate(data.scenes):
+        notes = note_labels(scene)
+        labels[i, :len(notes)] = notes
+    log_mels = sound_features(data.sounds(), snr_db, max_shift, seed=seed + 1_000 * shapeworld.SPLITS.index(split))
+    return SoundData(log_mels, labels, data.scenes, data.captions, data.questions, data.answers,
+                     data.question_types)
+
+
+def caption_is_true_of_sound(caption: str, scene: shapeworld.Scene) -> bool:
+    """The verifier for what a sound can tell: the caption parses, states no relation
+    outside `SOUND_RELATIONS` ("above" cannot be heard), and is true of the scene
+    (`shapeworld.caption_is_true`)."""
+    try:
+        statements = shapeworld.parse_caption(caption)
+    except shapeworld.CaptionParseError:
+        return False
+    audible = all(s[0] != "relation" or s[2] in SOUND_RELATIONS for s in statements)
+    return audible and shapeworld.caption_is_true(caption, scene)
+
+
+# --------------------------------------------------------------------------- the exercises' functions
+
+
+def stack_frames(frames, k: int):
+    """k neighbouring frames become one token: float (B, T, D) -> (B, ceil(T / k), k * D).
+
+    Token j is frames jk .. jk + k - 1 side by side (frame jk first); when T is not a
+    multiple of k the last token is completed with zeros. Qwen-Audio pools and SALMONN
+    windows its encoder frames the same way, so the language model reads fewer tokens.
+    """
+    k = positive_int(k, "k")
+    shape = require_rank(frames, (3,), "frames", "(batch, time, features)")
+    time, width = shape[1], shape[2]
+    if time is None or width is None:
+        raise ValueError(f"stack_frames needs a known number of frames and features, got shape {shape}.")
+    tokens = -(-time // k)
+    frames = ops.pad(frames, [[0, 0], [0, tokens * k - time], [0, 0]])          # (B, tokens * k, D)
+    return ops.reshape(frames, (-1, tokens, k * width))                          # (B, tokens, k * D)
+
+
+def ctc_greedy_decode(frame_ids, blank: int = 0) -> list[int]:
+    """Best-path CTC decoding of one clip: the argmax label of every frame, int (T,) ->
+    the labels it spells: merge runs of the same label, then drop the blanks
+    (``[0, 3, 3, 0, 3, 5, 5] -> [3, 3, 5]``: a blank between two 3s keeps both)."""
+    frame_ids = np.asarray(frame_ids)
+    if frame_ids.ndim != 1:
+        raise ValueError(f"frame_ids: expected the labels of one clip, shape (T,), got shape {frame_ids.shape}; "
+                         "decode a batch row by row.")
+    out, previous = [], None
+    for label in frame_ids.tolist():
+        if label != previous and label != blank:
+            out.append(int(label))
+        previous = label
+    return out
+
+
+# --------------------------------------------------------------------------- models
+
+
+@_register
+class AudioFrontEnd(keras.layers.Layer):
+    """Log-mel frames -> audio feature frames.
+
+    Input float (B, frames, 40). A per-mel-bin standardisation (``normalization``, a
+    `keras.layers.Normalization` whose statistics `adapt` learns from training clips), then
+    lesson 03's `encoders.AudioEncoder` with ``output="tokens"``: three causal convolutions
+    over time (kernel 9, the first with stride 2), so each output frame sees the last 410 ms,
+    enough to hear whether a tone lasted 150 ms (small) or 300 ms (large). Output float
+    (B, ceil(frames / 2), dim): one feature frame every 20 ms.
+    """
+
+    def __init__(self, frames: int = 158, mel_bins: int = audio.NUM_MEL_BINS, dim: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.frames = positive_int(frames, "frames")
+        self.mel_bins = positive_int(mel_bins, "mel_bins")
+        self.dim = positive_int(dim, "dim")
+        self.input_spec = keras.layers.InputSpec(shape=(None, self.frames, self.mel_bins))
+        self.normalization = keras.layers.Normalization(axis=-1, name="normalization", dtype=self.dtype_policy)
+        self.encoder = encoders.AudioEncoder(self.mel_bins, filters=(dim, dim, dim), strides=(2, 1, 1), kernel_size=9,
+                                             embed_dim=dim, output="tokens", name="encoder", dtype=self.dtype_policy)
+        self.output_frames = self.encoder.output_frames(self.frames)
+
+    def build(self, input_shape):
+        self.normalization.build(input_shape)
+        self.encoder.build(input_shape)
+
+    def adapt(self, log_mels) -> None:
+        """Learn the per-bin mean and variance of training clips (before training)."""
+        self.normalization.adapt(np.asarray(log_mels, np.float32))
+
+    def call(self, log_mels, training=None):
+        return self.encoder(self.normalization(log_mels), training=training)     # (B, frames / 2, dim)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_frames, self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "frames": self.frames, "mel_bins": self.mel_bins, "dim": self.dim}
+
+
+@_register
+class CTCTranscriber(keras.Model):
+    """`AudioFrontEnd` + ``Dense(len(NOTE_WORDS) + 1)``: a score for every note word and
+    the blank (0) at each feature frame. ``model(log_mels)`` -> logits float32 (B, F', 12).
+    Trained with CTC on the labels of `note_labels` (int (B, MAX_NOTES), 0-padded): the loss
+    sums over every alignment of the labels to the frames, so no one says where a note
+    starts."""
+
+    def __init__(self, frames: int = 158, dim: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.front_end = AudioFrontEnd(frames, dim=dim, name="front_end", dtype=self.dtype_policy)
+        self.head = keras.layers.Dense(len(NOTE_WORDS) + 1, name="head", dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.front_end.build((None, self.front_end.frames, self.front_end.mel_bins))
+        self.head.build((None, self.front_end.output_frames, self.front_end.dim))
+        self.built = True
+
+    def call(self, log_mels, training=None):
+        return ops.cast(self.head(self.front_end(log_mels, training=training)), "float32")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Mean CTC loss per clip; the label length is the count of non-zero labels."""
+        labels = ops.cast(y, "int32")
+        label_length = ops.sum(ops.cast(labels > 0, "int32"), axis=1)
+        frames = ops.full((ops.shape(y_pred)[0],), ops.shape(y_pred)[1], dtype="int32")
+        return ops.mean(ops.ctc_loss(labels, y_pred, label_length, frames, mask_index=0))
+
+    def get_config(self):
+        return {**super().get_config(), "frames": self.front_end.frames, "dim": self.front_end.dim}
+
+
+def transcribe(transcriber: CTCTranscriber, log_mels, batch_size: int = 256) -> list[str]:
+    """Best-path transcriptions: the note words each clip plays, e.g. "small red circle
+    large blue square" (`ctc_greedy_decode` of the per-token argmax)."""
+    logits = transcriber.predict(np.asarray(log_mels, np.float32), batch_size=batch_size, verbose=0)
+    return [" ".join(NOTE_WORDS[i - 1] for i in ctc_greedy_decode(row)) for row in logits.argmax(-1)]
+
+
+@_register
+class AudioLLaVA(keras.Model):
+    """Audio tokens in front of the text of a `DecoderLM`: lesson 08's `LLaVAModel` with an
+    `AudioFrontEnd` for the image encoder.
+
+    ``model({"log_mels": float (B, frames, 40), "token_ids": int (B, T)})`` -> next-token
+    logits float32 (B, T, vocab_size) of the T text positions. Parts: ``encoder`` (the
+    front end, pretrained by a `CTCTranscriber` and frozen: ``encoder_is_pretrained``);
+    the connector, `stack_frames` by ``stack`` and lesson 08's `ImageTokenProjector` (a
+    two-layer MLP per token); ``language_model`` (max_length = P + max_text_length, with
+    P = ``num_audio_tokens`` = ceil(feature frames / stack)).
+    """
+
+    encoder_is_pretrained = True
+
+    def __init__(self, vocab_size: int, frames: int = 158, audio_dim: int = 64, stack: int = 8, dim: int = 64,
+                 num_layers: int = 2, num_heads: int = 4, max_text_length: int = 20, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = require_int(vocab_size, "vocab_size", low=2)
+        self.max_text_length = require_int(max_text_length, "max_text_length", low=3)
+        self.stack = positive_int(stack, "stack")
+        self.encoder = AudioFrontEnd(frames, dim=audio_dim, name="encoder", dtype=self.dtype_policy)
+        self.num_audio_tokens = -(-self.encoder.output_frames // self.stack)
+        self.projector = ImageTokenProjector(self.num_audio_tokens, self.stack * audio_dim, dim, name="projector",
+                                             dtype=self.dtype_policy)
+        self.language_model = lm.DecoderLM(self.vocab_size, max_length=self.num_audio_tokens + max_text_length,
+                                           dim=dim, num_layers=num_layers, num_heads=num_heads,
+                                           name="language_model", dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.encoder.build((None, self.encoder.frames, self.encoder.mel_bins))
+        self.projector.build((None, self.num_audio_tokens, self.stack * self.encoder.dim))
+        self.language_model.build()
+        self.built = True
+
+    def audio_tokens(self, log_mels, training=None):
+        """float (B, frames, 40) -> projected audio tokens (B, P, dim)."""
+        frames = self.encoder(log_mels, training=training)                       # (B, F', audio_dim)
+        return self.projector(stack_frames(frames, self.stack))                  # (B, P, dim)
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, dict) or set(inputs) != {"log_mels", "token_ids"}:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"{self.name}: expected a dict {{'log_mels': (B, frames, 40), 'token_ids': int (B, T)}}, "
+                             f"got {got}.")
+        prefix = self.audio_tokens(inputs["log_mels"], training=training)                        # (B, P, dim)
+        return self.language_model(inputs["token_ids"], prefix_embeddings=prefix, training=training)  # (B, T, V)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Mean cross-entropy over the answer tokens (targets != 0)."""
+        return lm.next_token_loss(y, y_pred)
+
+    def get_config(self):
+        d = self.language_model
+        return {**super().get_config(), "vocab_size": self.vocab_size, "frames": self.encoder.frames,
+                "audio_dim": self.encoder.dim, "stack": self.stack, "dim": d.dim, "num_layers": len(d.blocks),
+                "num_heads": d.num_heads, "max_text_length": self.max_text_length}
+
+
+# --------------------------------------------------------------------------- training rows, generation, scores
+
+
+def make_examples(data: SoundData, tokenizer: preprocessing.Tokenizer, max_text_length: int):
+    """Lesson 08's instruction rows with the sound for the image: a caption row and a
+    question row per clip. Returns ``({"log_mels", "token_ids"}, targets)``, targets 0 on
+    the prompt (the answer-only loss)."""
+    prompts = [prompt for question in data.questions for prompt in ("", question)]
+    answers = [text for caption, answer in zip(data.captions, data.answers) for text in (caption, answer)]
+    token_ids, targets = instructions.instruction_rows(prompts, answers, tokenizer, max_text_length)
+    return {"log_mels": np.repeat(data.log_mels, 2, axis=0), "token_ids": token_ids}, targets
+
+
+def generate_texts(model: AudioLLaVA, tokenizer: preprocessing.Tokenizer, log_mels, prompts,
+                   batch_size: int = 64) -> list[str]:
+    """Greedy answers for each (clip, prompt); ``""`` asks for a caption. log_mels float
+    (N, frames, 40). Decoded with `generation.greedy_recompute`, whose calls all have one
+    shape, whatever the prompt's length."""
+    if not isinstance(model, AudioLLaVA):
+        raise TypeError(f"model must be an AudioLLaVA, got {type(model).__name__}.")
+    log_mels = np.asarray(log_mels, np.float32)
+    if log_mels.ndim != 3 or log_mels.shape[1:] != (model.encoder.frames, model.encoder.mel_bins):
+        raise ValueError(f"log_mels: expected (N, {model.encoder.frames}, {model.encoder.mel_bins}) "
+                         f"(audio_lm.sound_features), got {log_mels.shape}.")
+    rows = min(positive_int(batch_size, "batch_size"), max(1, len(log_mels)))
+
+    def decode(chunk, prompt, new_tokens):
+        return generation.greedy_recompute(model, {"log_mels": log_mels[chunk]}, prompt, new_tokens,
+                                           tokenizer.eos_id, rows, model.max_text_length)
+
+    return generation.decode_prompts(decode, tokenizer, prompts, len(log_mels), model.max_text_length, batch_size)
+
+
+def evaluate(model: AudioLLaVA, tokenizer: preprocessing.Tokenizer, data: SoundData, batch_size: int = 64) -> dict:
+    """A caption and an answer for every clip, scored as lesson 08 scores images but with
+    the sound verifier (`caption_is_true_of_sound`). Returns `generation.score`'s dict."""
+    captions = generate_texts(model, tokenizer, data.log_mels, [""] * len(data), batch_size)
+    answers = generate_texts(model, tokenizer, data.log_mels, data.questions, batch_size)
+    return generation.score(captions, answers, data, caption_is_true_of_sound)

@@ -1,0 +1,155 @@
+"""audio_lm: ShapeWorld as sound, the audio front end, CTC transcription and the audio LLaVA."""
+
+import numpy as np
+import pytest
+
+import keras
+from mmlm_course import audio_lm, instructions, preprocessing, shapeworld, stages, training
+
+
+@pytest.fixture(scope="module")
+def data():
+    return audio_lm.generate(12, "train", seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
+
+
+def test_sound_data_states_only_what_the_sound_carries(data):
+    assert data.log_mels.shape == (12, 158, 40) and data.log_mels.dtype == np.float32
+    assert np.isfinite(data.log_mels).all()
+    texts = data.captions + data.questions
+    assert not any(word in text for text in texts for word in ("above", "below"))
+    assert all(audio_lm.caption_is_true_of_sound(c, s) for c, s in zip(data.captions, data.scenes))
+
+
+def test_the_same_scenes_as_shapeworld_with_the_sound_relations(data):
+    images = shapeworld.generate(12, "train", seed=3, relations=audio_lm.SOUND_RELATIONS)
+    assert images.captions == data.captions and images.questions == data.questions
+
+
+def test_shapeworld_refuses_relations_it_does_not_know():
+    with pytest.raises(ValueError, match="relations"):
+        shapeworld.generate(2, relations=("behind",))
+    with pytest.raises(ValueError, match="relations"):
+        shapeworld.generate(2, relations="to the left of")
+
+
+def test_note_labels_follow_the_tones_from_left_to_right():
+    left = shapeworld.ShapeObject("circle", "red", "small", 0.2, 0.8)
+    right = shapeworld.ShapeObject("square", "blue", "large", 0.7, 0.1)
+    scene = shapeworld.Scene((right, left))
+    words = [audio_lm.NOTE_WORDS[i - 1] for i in audio_lm.note_labels(scene)]
+    assert words == ["small", "red", "circle", "large", "blue", "square"]
+
+
+def test_the_sound_verifier_refuses_what_cannot_be_heard():
+    a = shapeworld.ShapeObject("circle", "red", "small", 0.2, 0.2)
+    b = shapeworld.ShapeObject("square", "blue", "large", 0.7, 0.8)
+    scene = shapeworld.Scene((a, b))
+    assert audio_lm.caption_is_true_of_sound("a small red circle is to the left of a large blue square", scene)
+    assert not audio_lm.caption_is_true_of_sound("a small red circle is to the right of a large blue square", scene)
+    above = "a small red circle is above a large blue square"
+    assert shapeworld.caption_is_true(above, scene) and not audio_lm.caption_is_true_of_sound(above, scene)
+    assert not audio_lm.caption_is_true_of_sound("a red circle left of", scene)
+
+
+def test_stack_frames_puts_neighbouring_frames_side_by_side_and_pads_the_last_token():
+    frames = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    out = keras.ops.convert_to_numpy(audio_lm.stack_frames(frames, 2))
+    assert out.shape == (2, 3, 6)
+    np.testing.assert_array_equal(out[0, 0], np.concatenate([frames[0, 0], frames[0, 1]]))
+    np.testing.assert_array_equal(out[1, 2], np.concatenate([frames[1, 4], np.zeros(3)]))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(audio_lm.stack_frames(frames, 1)), frames)
+    with pytest.raises(ValueError, match="k"):
+        audio_lm.stack_frames(frames, 0)
+    with pytest.raises(ValueError, match="rank|dimensions|batch"):
+        audio_lm.stack_frames(frames[0], 2)
+
+
+@pytest.mark.parametrize("frames, expected", [
+    ([0, 3, 3, 0, 3, 5, 5], [3, 3, 5]),
+    ([0, 0, 0], []),
+    ([2, 2, 2], [2]),
+    ([1, 0, 1, 1, 0], [1, 1]),
+    ([], []),
+])
+def test_ctc_greedy_decode_merges_runs_then_drops_blanks(frames, expected):
+    assert audio_lm.ctc_greedy_decode(np.array(frames, np.int64)) == expected
+
+
+def test_sound_features_refuse_a_shift_that_does_not_fit():
+    with pytest.raises(ValueError, match="max_shift"):
+        audio_lm.sound_features([np.zeros(100, np.float32)], max_shift=audio_lm.MAX_SHIFT + 1)
+    with pytest.raises(ValueError, match="does not fit"):
+        audio_lm.sound_features([np.ones(audio_lm.CLIP_SAMPLES, np.float32)], max_shift=10)
+
+
+def test_augmented_features_differ_and_are_reproducible():
+    waves = shapeworld.generate(2, "train", seed=0).sounds()
+    one = audio_lm.sound_features(waves, snr_db=(5, 20), max_shift=800, seed=1)
+    two = audio_lm.sound_features(waves, snr_db=(5, 20), max_shift=800, seed=1)
+    clean = audio_lm.sound_features(waves)
+    np.testing.assert_array_equal(one, two)
+    assert not np.allclose(one, clean)
+
+
+def test_ctc_transcriber_trains_a_step_and_transcribes(data):
+    keras.utils.set_random_seed(0)
+    model = audio_lm.CTCTranscriber()
+    model.build()
+    model.front_end.adapt(data.log_mels)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert model(data.log_mels[:2]).shape == (2, 79, len(audio_lm.NOTE_WORDS) + 1)
+    log = training.train_steps(model, data.log_mels, data.labels, 2, batch_size=4)
+    assert np.isfinite(log["loss"]).all() and log["loss"][0] > 0
+    texts = audio_lm.transcribe(model, data.log_mels[:3])
+    assert len(texts) == 3 and all(set(t.split()) <= set(audio_lm.NOTE_WORDS) for t in texts)
+
+
+def test_audio_llava_reads_audio_tokens_in_front_of_the_text(data, tokenizer, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = audio_lm.AudioLLaVA(len(tokenizer), num_layers=1)
+    model.build()
+    model.encoder.adapt(data.log_mels)
+    x, y = audio_lm.make_examples(data, tokenizer, 20)
+    assert x["log_mels"].shape == (24, 158, 40) and x["token_ids"].shape == y.shape == (24, 20)
+    assert (y[0::2] != 0).any() and model.num_audio_tokens == 10
+    logits = keras.ops.convert_to_numpy(model({k: v[:2] for k, v in x.items()}))
+    assert logits.shape == (2, 20, len(tokenizer))
+    path = tmp_path / "audio.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded({k: v[:2] for k, v in x.items()})), logits,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="log_mels"):
+        model({"images": x["log_mels"][:2], "token_ids": x["token_ids"][:2]})
+
+
+def test_audio_llava_trains_in_lesson_08s_two_stages_with_its_encoder_frozen(data, tokenizer):
+    keras.utils.set_random_seed(0)
+    model = audio_lm.AudioLLaVA(len(tokenizer), num_layers=1)
+    model.build()
+    encoder = sum(int(np.prod(w.shape)) for w in model.encoder.trainable_weights)
+    language = model.language_model.count_params()
+    projector = model.projector.count_params()
+    assert encoder > 0
+    assert stages.set_stage_trainable(model, 1) == projector
+    assert stages.set_stage_trainable(model, 2) == projector + language
+    stages.compile_for_stage(model, 2, 1e-3, total_steps=4)
+    x, y = audio_lm.make_examples(data, tokenizer, 20)
+    log = training.train_steps(model, x, y, 2, batch_size=4)
+    assert np.isfinite(log["loss"]).all()
+    texts = audio_lm.generate_texts(model, tokenizer, data.log_mels[:3], ["", data.questions[1], ""])
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    result = audio_lm.evaluate(model, tokenizer, audio_lm.generate(6, "test", seed=0))
+    assert 0.0 <= result["caption_truth"] <= 1.0 and set(result["qa_by_type"]) <= set(shapeworld.QUESTION_TYPES)
+    with pytest.raises(ValueError, match="same batch size"):
+        audio_lm.generate_texts(model, tokenizer, data.log_mels[:3], [""])
+
+
+def test_ctc_greedy_decode_refuses_a_batch():
+    with pytest.raises(ValueError, match="one clip"):
+        audio_lm.ctc_greedy_decode(np.zeros((2, 5), np.int64))
