@@ -42,15 +42,16 @@ from mmlm_course import language_model as lm
 from mmlm_course.mllm import ImageTokenProjector
 from mmlm_course.validation import positive_int, require_int, require_rank
 
-__all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "SoundData", "generate", "sound_features",
+__all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "SoundData", "generate", "sound_features",
            "note_labels", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode", "AudioFrontEnd",
-           "CTCTranscriber", "AudioLLaVA", "transcribe", "make_examples", "generate_texts", "evaluate"]
+           "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber", "transcribe", "make_examples", "generate_texts", "evaluate"]
 
 SOUND_RELATIONS = ("to the left of", "to the right of")    # what the order of the tones tells
 NOTE_WORDS = shapeworld.SIZES + shapeworld.COLOR_NAMES + shapeworld.SHAPES   # CTC labels 1..11, 0 is the blank
 MAX_SHIFT = 1600                                           # augmentation: up to 0.1 s later
 CLIP_SAMPLES = 25_600                                      # 1.6 s: four large tones, the gaps and MAX_SHIFT
 MAX_NOTES = shapeworld.MAX_OBJECTS * 3                     # three words a tone
+AUGMENT = dict(snr_db=(5, 40), max_shift=MAX_SHIFT)        # training clips: noise at 5-40 dB, a delay up to 0.1 s
 LOG_FLOOR = 1e-2                                           # log(power + 1e-2): silence looks like faint noise
 _register = keras.saving.register_keras_serializable(package="mmlm_course")
 
@@ -247,6 +248,22 @@ class CTCTranscriber(keras.Model):
         return {**super().get_config(), "frames": self.front_end.frames, "dim": self.front_end.dim}
 
 
+def pretrain_transcriber(data: SoundData, steps: int, batch_size: int = 64, learning_rate: float = 2e-3,
+                         seed: int = 0) -> CTCTranscriber:
+    """A `CTCTranscriber` whose normalisation is adapted to ``data`` and which is trained
+    with CTC for ``steps`` steps (Adam, gradients clipped to norm 1, lesson 05's step loop):
+    stage 0 of an audio LLaVA, whose front end it becomes."""
+    from mmlm_course import training
+
+    keras.utils.set_random_seed(seed)
+    transcriber = CTCTranscriber(frames=data.log_mels.shape[1])
+    transcriber.build()
+    transcriber.front_end.adapt(data.log_mels)
+    transcriber.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=1.0))
+    training.train_steps(transcriber, data.log_mels, data.labels, steps, batch_size=batch_size, seed=seed)
+    return transcriber
+
+
 def transcribe(transcriber: CTCTranscriber, log_mels, batch_size: int = 256) -> list[str]:
     """Best-path transcriptions: the note words each clip plays, e.g. "small red circle
     large blue square" (`ctc_greedy_decode` of the per-token argmax)."""
@@ -327,7 +344,7 @@ def make_examples(data: SoundData, tokenizer: preprocessing.Tokenizer, max_text_
 
 
 def generate_texts(model: AudioLLaVA, tokenizer: preprocessing.Tokenizer, log_mels, prompts,
-                   batch_size: int = 64) -> list[str]:
+                   batch_size: int = 64, max_new_tokens: int = 20) -> list[str]:
     """Greedy answers for each (clip, prompt); ``""`` asks for a caption. log_mels float
     (N, frames, 40). Decoded with `generation.greedy_recompute`, whose calls all have one
     shape, whatever the prompt's length."""
@@ -343,7 +360,8 @@ def generate_texts(model: AudioLLaVA, tokenizer: preprocessing.Tokenizer, log_me
         return generation.greedy_recompute(model, {"log_mels": log_mels[chunk]}, prompt, new_tokens,
                                            tokenizer.eos_id, rows, model.max_text_length)
 
-    return generation.decode_prompts(decode, tokenizer, prompts, len(log_mels), model.max_text_length, batch_size)
+    return generation.decode_prompts(decode, tokenizer, prompts, len(log_mels), model.max_text_length, batch_size,
+                                     max_new_tokens)
 
 
 def evaluate(model: AudioLLaVA, tokenizer: preprocessing.Tokenizer, data: SoundData, batch_size: int = 64) -> dict:

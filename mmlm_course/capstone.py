@@ -1,4 +1,5 @@
-"""Lesson 10, the capstone: train lesson 08's multimodal LLM as a real job.
+"""Lesson 10, the capstone: train lesson 08's multimodal LLM (or, with ``modality="audio"``,
+lesson 09's audio LLaVA) as a real job.
 
 `train` is what `mmlm-course train` runs and what the capstone notebook calls. It
 - resolves a *preset* (from a 2-core CPU to a large GPU) into a `RunConfig`, prints it
@@ -38,18 +39,23 @@ import numpy as np
 
 from mmlm_course import env, shapeworld
 from mmlm_course.checkpoints import CheckpointStore
+from mmlm_course.run_data import HELD_OUT_SHARE, RunData, evaluate_photos, load_run_data  # noqa: F401 (the API)
 from mmlm_course.validation import require_choice
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run. ``model`` is a dict of `mllm.MLLMConfig` fields."""
+    """Everything that defines a run. ``model`` is a dict of `mllm.MLLMConfig` fields, or
+    with ``modality="audio"`` of `audio_lm.AudioLLaVA` arguments (lesson 09; ShapeWorld's
+    sounds, its front end pretrained with CTC for ``ctc_steps`` steps in stage 0)."""
 
     preset: str
     data: str = "shapeworld"
+    modality: str = "image"
     train_examples: int = 6000
     detector_examples: int = 6000
     detector_epochs: int = 3
+    ctc_steps: int = 800
     eval_examples: int = 600
     batch_size: int = 64
     pretrain_epochs: int = 1
@@ -103,11 +109,39 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def resolve_config(preset: str = "cpu", data: str = "shapeworld", **overrides) -> RunConfig:
+# Lesson 09's audio model per preset: ShapeWorld's sounds (log-mels take 25 KB a clip, so
+# fewer clips than images), the front end pretrained with CTC, the language model's sizes.
+AUDIO_PRESETS: dict[str, dict] = {
+    "tiny": dict(train_examples=64, eval_examples=12, batch_size=16, ctc_steps=4, stage1_steps=2, stage2_steps=6,
+                 checkpoint_every=4, model=dict(dim=32, num_layers=1, num_heads=2)),
+    "notebook": dict(train_examples=3000, eval_examples=200, batch_size=32, ctc_steps=300, stage1_steps=30,
+                     stage2_steps=800, pretrain_epochs=0, checkpoint_every=200, model=dict(num_layers=2)),
+    "cpu": dict(train_examples=6000, eval_examples=500, batch_size=32, ctc_steps=800, stage1_steps=50,
+                stage2_steps=2500, pretrain_epochs=0, checkpoint_every=250, model=dict(num_layers=2)),
+    "colab-t4": dict(train_examples=20000, eval_examples=2000, batch_size=128, ctc_steps=2000, stage1_steps=200,
+                     stage2_steps=6000, learning_rate=1e-3, checkpoint_every=500, mixed_precision=True,
+                     jit_compile=True, model=dict(dim=256, num_layers=4, num_heads=8)),
+    "gpu-large": dict(train_examples=50000, eval_examples=5000, batch_size=256, ctc_steps=4000, stage1_steps=300,
+                      stage2_steps=10000, learning_rate=8e-4, checkpoint_every=1000, mixed_precision=True,
+                      jit_compile=True, model=dict(dim=512, num_layers=6, num_heads=8)),
+}
+MODALITIES = ("image", "audio")
+
+
+def resolve_config(preset: str = "cpu", data: str = "shapeworld", modality: str = "image",
+                   **overrides) -> RunConfig:
     """The `RunConfig` of a named preset, with ``overrides`` applied. For a real dataset
     (``data`` other than ShapeWorld) the model's vision becomes `PHOTO_MODEL`'s grid
-    encoder: the object detector can only be pretrained on ShapeWorld scenes."""
+    encoder: the object detector can only be pretrained on ShapeWorld scenes. With
+    ``modality="audio"`` the preset's `AUDIO_PRESETS` entry is used: lesson 09's model on
+    ShapeWorld's sounds."""
     require_choice(preset, tuple(PRESETS), "preset")
+    require_choice(modality, MODALITIES, "modality")
+    if modality == "audio":
+        if data != "shapeworld":
+            raise ValueError(f"modality 'audio' trains on ShapeWorld's sounds; data {data!r} is an image-text dataset. "
+                             "Use --data shapeworld with --modality audio, or --modality image for that dataset.")
+        return RunConfig(preset=preset, data=data, modality=modality, **{**AUDIO_PRESETS[preset], **overrides})
     fields = {**PRESETS[preset], **overrides}
     if data != "shapeworld":
         fields["model"] = {**fields.get("model", {}), **PHOTO_MODEL}
@@ -118,108 +152,6 @@ def describe_device() -> str:
     """A one-line description of the device the active Keras backend will use."""
     report = env.environment_report()
     return f"backend {report['keras_backend']}, devices: {', '.join(report['devices'])}"
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass
-class RunData:
-    """Training arrays plus what evaluation needs. ``x``/``y``: dicts of NumPy arrays."""
-
-    x: dict
-    y: object
-    texts: list                # text-only rows for pretraining the language model
-    tokenizer: object
-    eval_sets: dict            # name -> ShapeWorldData (ShapeWorld only)
-    report: str
-    scenes: object = None      # the training ShapeWorldData (ShapeWorld only): the detector learns from it
-    held_out: object = None    # photos: datasets.LoadedImages kept out of training, evaluated at the end
-    skipped: list = dataclasses.field(default_factory=list)   # photos: (path, reason) of every unreadable image
-
-
-HELD_OUT_SHARE = 0.1  # photos: the share of the images held out for evaluation (none below 10 images)
-
-
-def load_run_data(config: RunConfig) -> RunData:
-    """Build the training arrays for ``config.data`` (ShapeWorld or a real dataset).
-
-    A real dataset trains on every caption and every question-answer pair of its images,
-    except a random `HELD_OUT_SHARE` of the images (seeded), which `evaluate_photos` scores
-    at the end of the run."""
-    from mmlm_course import datasets, instructions, mllm, preprocessing
-
-    model_config = mllm.MLLMConfig(**config.model)
-    image_size, max_text_length = model_config.image_size, model_config.max_text_length
-    if config.data == "shapeworld":
-        tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
-        train = shapeworld.generate(config.train_examples, "train", seed=config.seed, image_size=image_size)
-        x, y = instructions.make_examples(train, tokenizer, max_text_length)
-        eval_sets = {split: shapeworld.generate(config.eval_examples, split, seed=config.seed, image_size=image_size)
-                     for split in ("test", "compositional")}
-        texts = instructions.instruction_texts(train.captions, list(zip(train.questions, train.answers)))
-        return RunData(x, y, texts, tokenizer, eval_sets, f"ShapeWorld: {len(train)} training scenes", train)
-    if model_config.vision == "objects":
-        raise ValueError(f"data {config.data!r}: vision='objects' pretrains lesson 04's object detector on ShapeWorld "
-                         "scenes, which photos do not have; use vision='grid' (resolve_config does this for you).")
-    records = datasets.load_records(config.data)
-    loaded = datasets.read_images(records[: config.train_examples], image_size)
-    count = len(loaded.records)
-    order = np.random.default_rng(config.seed).permutation(count)
-    hold = int(count * HELD_OUT_SHARE) if count >= 10 else 0
-    held_out = datasets.LoadedImages(loaded.images[np.sort(order[:hold])],
-                                     [loaded.records[i] for i in np.sort(order[:hold])], []) if hold else None
-    train_index = np.sort(order[hold:])
-    # every caption and every question-answer pair is a row of its own
-    caption_rows = [(i, c) for i in train_index for c in loaded.records[i].captions]
-    qa_rows = [(i, pair) for i in train_index for pair in loaded.records[i].qa]
-    texts = [c for _, c in caption_rows] + [f"{q} {a}" for _, (q, a) in qa_rows]
-    tokenizer = preprocessing.Tokenizer.from_texts(texts, extra_special=instructions.TASK_TOKENS)
-    parts = []
-    if caption_rows:
-        parts.append(instructions.make_examples_from_texts(loaded.images[[i for i, _ in caption_rows]],
-                                                           [c for _, c in caption_rows], None, tokenizer,
-                                                           max_text_length))
-    if qa_rows:
-        parts.append(instructions.make_examples_from_texts(loaded.images[[i for i, _ in qa_rows]], None,
-                                                           [pair for _, pair in qa_rows], tokenizer, max_text_length))
-    if not parts:
-        raise ValueError(f"data {config.data!r}: the {len(train_index)} training images have no caption and no "
-                         "question-answer pair to learn from.")
-    x = {key: np.concatenate([part[0][key] for part in parts]) for key in parts[0][0]}
-    y = np.concatenate([part[1] for part in parts])
-    report = (f"{config.data}: {loaded.report()}; {len(y)} training rows from {len(train_index)} images"
-              + (f", {hold} images held out for evaluation" if hold else
-                 ", no images held out (fewer than 10)"))
-    texts = ((instructions.instruction_texts([c for _, c in caption_rows], None) if caption_rows else [])
-             + (instructions.instruction_texts(None, [pair for _, pair in qa_rows]) if qa_rows else []))
-    return RunData(x, y, texts, tokenizer, {}, report, held_out=held_out, skipped=loaded.skipped)
-
-
-def evaluate_photos(model, tokenizer, held_out) -> dict:
-    """Score a model on held-out photos (`datasets.LoadedImages`): corpus BLEU-4 (add-one
-    smoothing, lesson 05) of the generated captions against every reference caption of
-    their image, and the exact match of the generated answers (VQA). Returns
-    ``{"images": N, "bleu4": float, "qa_exact_match": float}``, the last two only where the
-    data has captions or questions."""
-    from mmlm_course import generation, instructions, metrics, preprocessing
-
-    figures = {"images": len(held_out.records)}
-    captioned = [i for i, r in enumerate(held_out.records) if r.captions]
-    if captioned:
-        generated = generation.generate_texts(model, tokenizer, held_out.images[captioned], [""] * len(captioned))
-        figures["bleu4"] = metrics.corpus_bleu([held_out.records[i].captions for i in captioned], generated,
-                                               smoothing="add1")
-    # questions whose prompt leaves no room for an answer cannot be asked (training cut them too)
-    asked = [(i, pair) for i, r in enumerate(held_out.records) for pair in r.qa
-             if len(instructions.prompt_ids(pair[0], tokenizer)) < model.config.max_text_length]
-    if asked:
-        answers = generation.generate_texts(model, tokenizer, held_out.images[[i for i, _ in asked]],
-                                            [question for _, (question, _) in asked])
-        words = preprocessing.split_words  # the tokenizer's lower-case words
-        figures["qa_exact_match"] = float(np.mean([words(answer) == words(truth)
-                                                   for answer, (_, (_, truth)) in zip(answers, asked)]))
-    return figures
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -348,7 +280,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     import keras
     from tqdm import tqdm
 
-    from mmlm_course import detector, generation, mllm, stages, training
+    from mmlm_course import audio_lm, detector, generation, stages, training
 
     has_gpu = env.has_gpu()
     log(f"preset {config.preset} on {describe_device()}")
@@ -370,9 +302,12 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     if data.skipped:
         (folder.root / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped),
                                                  encoding="utf-8")
-    model = mllm.build_model(mllm.MLLMConfig(**config.model), data.tokenizer)
-    log(f"model: vision {model.config.vision!r}" + (", relation head" if model.config.relation_head else "")
-        + f", {model.config.num_layers} layers of width {model.config.dim}")
+    model = build_run_model(config, data.tokenizer)
+    hears = config.modality == "audio"
+    decoder = model.language_model
+    log((f"model: audio, {model.num_audio_tokens} audio tokens" if hears else f"model: vision {model.config.vision!r}"
+         + (", relation head" if model.config.relation_head else ""))
+        + f", {len(decoder.blocks)} layers of width {decoder.dim}")
     jit = config.jit_compile and has_gpu
 
     def compile_stage(stage: int) -> int:
@@ -384,12 +319,16 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     for name, problem in folder.checkpoints.skipped:
         log(f"checkpoint {name} cannot be read ({problem}): using the one before it")
     pretrained_now = False
-    uses_detector = model.config.vision == "objects"
-    if state is None and (uses_detector or config.pretrain_epochs):
+    uses_detector = not hears and model.config.vision == "objects"
+    if state is None and (hears or uses_detector or config.pretrain_epochs):
         # Stage 0: the parts that are pretrained alone first (lesson 08). The object
-        # detector learns from the scenes (lesson 04) and stays frozen; the language model
-        # learns the text, so that stage 1 aligns the projector to a model that already
-        # speaks ShapeWorld.
+        # detector learns from the scenes (lesson 04), the audio front end from CTC
+        # transcription (lesson 09), and both stay frozen; the language model learns the
+        # text, so that stage 1 aligns the projector to a model that already speaks ShapeWorld.
+        if hears:
+            log(f"stage 0: pretraining the audio encoder with CTC for {config.ctc_steps} steps")
+            transcriber = audio_lm.pretrain_transcriber(data.scenes, config.ctc_steps, seed=config.seed)
+            model.encoder.set_weights(transcriber.front_end.get_weights())
         if uses_detector:
             scenes = data.scenes.subset(range(min(config.detector_examples, len(data.scenes))))
             log(f"stage 0: pretraining the object detector on {len(scenes)} scenes")
@@ -457,8 +396,9 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     metrics = {"steps": config.total_steps, "train_seconds_this_session": round(seconds, 1),
                "examples_per_second": round(trained_steps * config.batch_size / max(seconds, 1e-9), 1),
                "final_loss": last_loss}
+    evaluate = audio_lm.evaluate if hears else generation.evaluate
     for split, eval_data in data.eval_sets.items():
-        figures = generation.evaluate(model, data.tokenizer, eval_data)
+        figures = evaluate(model, data.tokenizer, eval_data)
         metrics[split] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
                           "qa_by_type": figures.get("qa_by_type", {})}
         log(f"{split}: caption truth {figures['caption_truth']:.1%}, QA exact match {figures['qa_exact_match']:.1%}")
@@ -474,26 +414,45 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     return metrics
 
 
+def build_run_model(config: RunConfig, tokenizer):
+    """The built, untrained model of a run: `mllm.build_model` for images, lesson 09's
+    `audio_lm.AudioLLaVA` for ``modality="audio"``."""
+    from mmlm_course import audio_lm, mllm
+
+    if config.modality == "audio":
+        model = audio_lm.AudioLLaVA(len(tokenizer), **config.model)
+        model.build()
+        return model
+    return mllm.build_model(mllm.MLLMConfig(**config.model), tokenizer)
+
+
 def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
-    """Plot ``count`` images with their generated caption and answer into ``path``.
+    """Plot ``count`` images (or, for sound, log-mel spectrograms) with their generated
+    caption and answer into ``path``.
 
     Draws on a `matplotlib.figure.Figure` of its own, never through pyplot, so it neither
     changes the backend nor shows up in (or hides figures from) a notebook."""
     from matplotlib.figure import Figure
 
-    from mmlm_course import generation
+    from mmlm_course import audio_lm, generation
 
-    images = data.images[:count]
-    captions = generation.generate_texts(model, tokenizer, images, [""] * len(images))
-    answers = generation.generate_texts(model, tokenizer, images, data.questions[:count])
+    hears = isinstance(data, audio_lm.SoundData)
+    inputs = data.log_mels[:count] if hears else data.images[:count]
+    generate = audio_lm.generate_texts if hears else generation.generate_texts
+    captions = generate(model, tokenizer, inputs, [""] * len(inputs))
+    answers = generate(model, tokenizer, inputs, data.questions[:count])
+    verifier = audio_lm.caption_is_true_of_sound if hears else shapeworld.caption_is_true
     fig = Figure(figsize=(3 * ((count + 1) // 2), 8))
     axes = fig.subplots(2, (count + 1) // 2)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
-        if i >= len(images):
+        if i >= len(inputs):
             continue
-        ax.imshow(images[i])
-        verdict = "true" if shapeworld.caption_is_true(captions[i], data.scenes[i]) else "FALSE"
+        if hears:
+            ax.imshow(inputs[i].T, origin="lower", aspect="auto", cmap="magma")   # time across, mel bins up
+        else:
+            ax.imshow(inputs[i])
+        verdict = "true" if verifier(captions[i], data.scenes[i]) else "FALSE"
         title = textwrap.fill(f"{captions[i]} ({verdict})", 34)
         ax.set_title(f"{title}\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})", fontsize=7)
     fig.tight_layout()
@@ -533,7 +492,7 @@ def load_trained(run_dir):
     without its optimizer (``compile=False``); resuming training reads the checkpoints."""
     import keras
 
-    from mmlm_course import mllm, preprocessing
+    from mmlm_course import preprocessing
 
     folder = RunFolder(run_dir)
     config = load_config(run_dir)
@@ -546,16 +505,24 @@ def load_trained(run_dir):
     if latest[1].get("step", 0) == 0:
         raise ValueError(f"{run_dir} was stopped before its first training step (only the stage-0 checkpoint "
                          "exists): its answers would be an untrained model's. Resume the run first.")
-    model = mllm.build_model(mllm.MLLMConfig(**config.model), tokenizer)
+    model = build_run_model(config, tokenizer)
     model.load_weights(latest[0] / "model.weights.h5", skip_mismatch=False)
     return model, tokenizer, config
 
 
-def generate_from_run(run_dir, image_path, prompt: str = "", max_new_tokens: int = 20) -> str:
-    """Answer ``prompt`` (empty: caption the image) about the image file at ``image_path``."""
-    from mmlm_course import generation, mllm, preprocessing
+def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20) -> str:
+    """Answer ``prompt`` (empty: caption it) about the file at ``path``: an image for an
+    image run, a sound file (WAV) for an audio run (lesson 09)."""
+    from mmlm_course import audio_io, audio_lm, generation, mllm, preprocessing
 
     model, tokenizer, config = load_trained(run_dir)
+    if config.modality == "audio":
+        wave = audio_io.load_audio(path)                        # any WAV encoding -> float32 mono at 16 kHz
+        if len(wave) > audio_lm.CLIP_SAMPLES:
+            raise ValueError(f"{path} lasts {len(wave) / audio_lm.audio.COURSE_SAMPLE_RATE:.2f} s; the audio model "
+                             f"hears clips of up to {audio_lm.CLIP_SAMPLES / audio_lm.audio.COURSE_SAMPLE_RATE} s: cut it.")
+        features = audio_lm.sound_features([wave])
+        return audio_lm.generate_texts(model, tokenizer, features, [prompt], max_new_tokens=max_new_tokens)[0]
     size = mllm.MLLMConfig(**config.model).image_size
-    image = preprocessing.load_image(image_path, size)          # any mode -> uint8 (size, size, 3)
+    image = preprocessing.load_image(path, size)                # any mode -> uint8 (size, size, 3)
     return generation.generate_texts(model, tokenizer, image[None], [prompt], max_new_tokens=max_new_tokens)[0]

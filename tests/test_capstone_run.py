@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -105,6 +106,9 @@ def _killed_at(step):
     real = training.train_steps
 
     def stopping(*args, on_step=None, **kwargs):
+        if on_step is None:                    # a loop of stage 0 (lesson 09's CTC pretraining): not the run's
+            return real(*args, **kwargs)
+
         def hook(done, logs):
             on_step(done, logs)
             if done == step:
@@ -210,3 +214,46 @@ def test_photo_runs_train_on_every_caption_and_hold_out_a_tenth_of_the_images(tm
     assert set(metrics["held_out"]) == {"images", "bleu4"} and 0.0 <= metrics["held_out"]["bleu4"] <= 1.0
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
     assert "broken.jpg" in (tmp_path / "run" / "skipped.txt").read_text()
+
+
+def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monkeypatch):
+    """Lesson 09's model as the main job: stage 0 pretrains the audio encoder with CTC, the
+    run folder and resume are the image runs', and `generate --audio` reads a WAV file."""
+    from mmlm_course import audio_io, capstone, shapeworld, training
+
+    config = capstone.resolve_config("tiny", modality="audio")
+    run, lines = tmp_path / "run", []
+    monkeypatch.setattr(training, "train_steps", _killed_at(5))
+    with pytest.raises(KeyboardInterrupt):
+        capstone.train(config, run, progress=False, log=lines.append)
+    monkeypatch.undo()
+    assert "stage 0: pretraining the audio encoder with CTC for 4 steps" in lines
+    saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    metrics = capstone.train(config, run, progress=False, log=lines.append)
+    assert f"resumed from step {saved} " in " ".join(lines) + " "
+    assert [r["step"] for r in _history(run)] == list(range(1, config.total_steps + 1))
+    assert 0.0 <= metrics["test"]["caption_truth"] <= 1.0 and {"test", "compositional"} <= set(metrics)
+    assert (run / "samples.png").exists() and (run / "model.keras").exists()
+
+    wav = audio_io.save_wav(tmp_path / "scene.wav", shapeworld.render_sound(shapeworld.generate(1, "test").scenes[0]))
+    generate = [sys.executable, "-m", "mmlm_course.tools.cli", "generate", "--run", str(run)]
+    answer = subprocess.run(generate + ["--audio", str(wav), "--prompt", "how many objects are there?"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() == answer.stdout.strip().splitlines()[0]
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(image)
+    wrong = subprocess.run(generate + ["--image", str(image)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 2 and "--audio FILE" in wrong.stderr and "Traceback" not in wrong.stderr
+    long = audio_io.save_wav(tmp_path / "long.wav", np.zeros(3 * 16000, np.float32))
+    too_long = subprocess.run(generate + ["--audio", str(long)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert too_long.returncode == 2 and "1.6 s" in too_long.stderr
+
+
+def test_audio_runs_refuse_a_photo_dataset():
+    from mmlm_course import capstone
+
+    with pytest.raises(ValueError, match="ShapeWorld's sounds"):
+        capstone.resolve_config("tiny", data="flickr8k:/nowhere", modality="audio")
+    with pytest.raises(ValueError, match="modality"):
+        capstone.resolve_config("tiny", modality="video")

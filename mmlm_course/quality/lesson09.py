@@ -20,22 +20,8 @@ import time
 import numpy as np
 
 RECIPE = dict(train=6000, evaluate=500, ctc_steps=800, ctc_rate=2e-3, stage1_steps=50, stage2_steps=2500,
-              rate=3e-3, batch=32, augment=dict(snr_db=(5, 40), max_shift=1600))
+              rate=3e-3, batch=32)
 AIMS = {"caption_truth": 0.90, "qa_exact_match": 0.95}
-
-
-def _transcriber(data, steps: int, rate: float):
-    import keras
-
-    from mmlm_course import audio_lm, training
-
-    keras.utils.set_random_seed(0)
-    model = audio_lm.CTCTranscriber()
-    model.build()
-    model.front_end.adapt(data.log_mels)
-    model.compile(optimizer=keras.optimizers.Adam(rate, global_clipnorm=1.0))
-    training.train_steps(model, data.log_mels, data.labels, steps, batch_size=64, seed=0)
-    return model
 
 
 def _exact(model, data) -> float:
@@ -53,12 +39,12 @@ def audio_lm_task() -> dict:
 
     r, start, figures = RECIPE, time.perf_counter(), {}
     clean = audio_lm.generate(r["train"], "train", 0)
-    augmented = audio_lm.generate(r["train"], "train", 0, **r["augment"])
+    augmented = audio_lm.generate(r["train"], "train", 0, **audio_lm.AUGMENT)
     test = audio_lm.generate(r["evaluate"], "test", 0)
     noisy = audio_lm.generate(r["evaluate"], "test", 0, snr_db=5, max_shift=1600)
     compositional = audio_lm.generate(r["evaluate"], "compositional", 0)
     for name, data in (("clean", clean), ("augmented", augmented)):
-        model = _transcriber(data, r["ctc_steps"], r["ctc_rate"])
+        model = audio_lm.pretrain_transcriber(data, r["ctc_steps"], learning_rate=r["ctc_rate"])
         for split, evaluation in (("test", test), ("noisy_test", noisy), ("compositional", compositional)):
             figures[f"ctc_{name}_trained_{split}"] = round(_exact(model, evaluation), 3)
         print(f"  CTC trained on {name} clips: " + ", ".join(f"{k.split('trained_')[1]} {v:.1%}"

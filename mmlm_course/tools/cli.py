@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
         stage1 = max(1, args.steps // 10)
         overrides.update(stage1_steps=stage1, stage2_steps=args.steps - stage1)
     try:
-        config = capstone.resolve_config(args.preset, args.data, **overrides)
+        config = capstone.resolve_config(args.preset, args.data, args.modality, **overrides)
         metrics = capstone.train(config, args.out, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -164,8 +164,12 @@ def cmd_generate(args) -> int:
     from mmlm_course import capstone
 
     env.quiet_import_tensorflow()
+    given = "audio" if args.audio is not None else "image"
     try:
-        print(capstone.generate_from_run(args.run, args.image, args.prompt, args.max_new_tokens))
+        modality = capstone.load_config(args.run).modality
+        if modality != given:
+            raise ValueError(f"{args.run} is a run of the {modality} model: give it --{modality} FILE, not --{given}.")
+        print(capstone.generate_from_run(args.run, args.audio or args.image, args.prompt, args.max_new_tokens))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -244,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="shapeworld",
                    help="shapeworld (default, generated), flickr8k:ROOT, coco:CAPTIONS_JSON,IMAGE_DIR or "
                         "vqa:QUESTIONS_JSON,ANNOTATIONS_JSON,IMAGE_DIR (real data you downloaded yourself)")
+    p.add_argument("--modality", default="image", choices=("image", "audio"),
+                   help="image (default): lesson 08's model; audio: lesson 09's model on ShapeWorld's sounds")
     p.add_argument("--out", type=Path, default=Path("runs") / "capstone",
                    help="run folder; an existing one is resumed (default: %(default)s)")
     p.add_argument("--steps", type=int, help="total training steps, overriding the preset's (10%% projector-only)")
@@ -252,10 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="caption an image or answer a question with a trained run",
-                       description="Load a run folder written by `mmlm-course train` and answer a prompt about an image.")
+    p = sub.add_parser("generate", help="caption an image or a sound, or answer a question, with a trained run",
+                       description="Load a run folder written by `mmlm-course train` and answer a prompt about an "
+                                   "image (an image run) or a WAV file (an audio run).")
     p.add_argument("--run", type=Path, required=True, help="run folder written by `mmlm-course train`")
-    p.add_argument("--image", type=Path, required=True, help="image file (any size or mode; converted to RGB and resized)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="image file (any size or mode; converted to RGB and resized)")
+    source.add_argument("--audio", type=Path, help="WAV file for an audio run (any rate and channels; at most 1.6 s)")
     p.add_argument("--prompt", default="", help="a question; empty (default) asks for a caption")
     p.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default: %(default)s)")
     p.set_defaults(func=cmd_generate)
