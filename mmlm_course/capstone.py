@@ -69,6 +69,12 @@ class RunConfig:
     seed: int = 0
     model: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        for name in ("stage1_steps", "stage2_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
+                raise ValueError(f"{name} must be a whole number of at least 2 (a stage's warmup-cosine learning rate "
+                                 f"needs two steps), got {getattr(self, name)!r}.")
+
     @property
     def total_steps(self) -> int:
         return self.stage1_steps + self.stage2_steps

@@ -257,3 +257,14 @@ def test_audio_runs_refuse_a_photo_dataset():
         capstone.resolve_config("tiny", data="flickr8k:/nowhere", modality="audio")
     with pytest.raises(ValueError, match="modality"):
         capstone.resolve_config("tiny", modality="video")
+
+
+def test_too_few_steps_are_refused_with_what_to_pass(tmp_path):
+    from mmlm_course import capstone
+
+    result = subprocess.run(TRAIN + ["--steps", "3", "--out", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "at least 4" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="stage1_steps"):
+        capstone.resolve_config("tiny", stage1_steps=1)

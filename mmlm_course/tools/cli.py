@@ -144,10 +144,11 @@ def cmd_train(args) -> int:
             return 2
         overrides["batch_size"] = args.batch_size
     if args.steps is not None:
-        if args.steps < 2:
-            print(f"error: --steps must be at least 2 (one per training stage), got {args.steps}", file=sys.stderr)
+        if args.steps < 4:
+            print(f"error: --steps must be at least 4 (two per training stage: a stage's warmup-cosine learning "
+                  f"rate needs two steps), got {args.steps}", file=sys.stderr)
             return 2
-        stage1 = max(1, args.steps // 10)
+        stage1 = max(2, args.steps // 10)
         overrides.update(stage1_steps=stage1, stage2_steps=args.steps - stage1)
     try:
         config = capstone.resolve_config(args.preset, args.data, args.modality, **overrides)
