@@ -44,7 +44,8 @@ from mmlm_course.validation import positive_int, require_int, require_rank
 
 __all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "SoundData", "generate", "sound_features",
            "note_labels", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode", "AudioFrontEnd",
-           "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber", "transcribe", "make_examples", "generate_texts", "evaluate"]
+           "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber", "transcribe", "notes_text", "exact_transcriptions",
+           "make_examples", "generate_texts", "evaluate"]
 
 SOUND_RELATIONS = ("to the left of", "to the right of")    # what the order of the tones tells
 NOTE_WORDS = shapeworld.SIZES + shapeworld.COLOR_NAMES + shapeworld.SHAPES   # CTC labels 1..11, 0 is the blank
@@ -89,9 +90,11 @@ def sound_features(waveforms, snr_db=None, max_shift: int = 0, seed: int = 0) ->
     """Log-mel spectrograms (lesson 02) of clips padded to `CLIP_SAMPLES`: float32 (N, 158, 40).
 
     Augmentation (lesson 02), drawn per clip from ``seed``: a delay of 0..``max_shift``
-    samples (a later start keeps the order of the tones; an earlier one could cut the
-    first tone off) and, with ``snr_db`` = (low, high), white noise at a signal-to-noise
-    ratio drawn uniformly in that range (a single number: that ratio for every clip).
+    samples (`audio.time_shift`; a later start keeps the order of the tones, an earlier one
+    could cut the first tone off) and, with ``snr_db`` = (low, high), white noise at a
+    signal-to-noise ratio drawn uniformly in that range (a single number: that ratio for
+    every clip). The noise covers the delayed sound, not the silence that then pads the
+    clip to 1.6 s.
     """
     rng = np.random.default_rng(seed)
     max_shift = require_int(max_shift, "max_shift", 0, MAX_SHIFT)
@@ -100,7 +103,8 @@ def sound_features(waveforms, snr_db=None, max_shift: int = 0, seed: int = 0) ->
         if len(wave) + max_shift > CLIP_SAMPLES:
             raise ValueError(f"a sound of {len(wave)} samples shifted by up to {max_shift} does not fit a clip of "
                              f"{CLIP_SAMPLES} samples (1.6 s): ShapeWorld sounds are at most 23,200 samples.")
-        wave = np.concatenate([np.zeros(int(rng.integers(0, max_shift + 1)), np.float32), wave])
+        delay = int(rng.integers(0, max_shift + 1))
+        wave = audio.time_shift(np.concatenate([wave, np.zeros(delay, np.float32)]), delay)   # silence in front
         if snr_db is not None:
             low, high = (snr_db, snr_db) if np.isscalar(snr_db) else snr_db
             wave = audio.add_noise(wave, float(rng.uniform(low, high)), rng)
@@ -268,7 +272,18 @@ def transcribe(transcriber: CTCTranscriber, log_mels, batch_size: int = 256) -> 
     """Best-path transcriptions: the note words each clip plays, e.g. "small red circle
     large blue square" (`ctc_greedy_decode` of the per-token argmax)."""
     logits = transcriber.predict(np.asarray(log_mels, np.float32), batch_size=batch_size, verbose=0)
-    return [" ".join(NOTE_WORDS[i - 1] for i in ctc_greedy_decode(row)) for row in logits.argmax(-1)]
+    return [notes_text(ctc_greedy_decode(row)) for row in logits.argmax(-1)]
+
+
+def notes_text(labels) -> str:
+    """CTC labels (1..11; 0, the blank or padding, is skipped) -> the words, e.g. "small red circle"."""
+    return " ".join(NOTE_WORDS[int(i) - 1] for i in labels if i)
+
+
+def exact_transcriptions(transcriber: CTCTranscriber, data: SoundData) -> float:
+    """The share of clips whose best-path transcription is exactly the notes they play."""
+    heard = transcribe(transcriber, data.log_mels)
+    return float(np.mean([text == notes_text(row) for text, row in zip(heard, data.labels)]))
 
 
 @_register

@@ -39,7 +39,7 @@ import numpy as np
 
 from mmlm_course import env, shapeworld
 from mmlm_course.checkpoints import CheckpointStore
-from mmlm_course.run_data import HELD_OUT_SHARE, RunData, evaluate_photos, load_run_data  # noqa: F401 (the API)
+from mmlm_course.run_data import evaluate_photos, load_run_data
 from mmlm_course.validation import require_choice
 
 

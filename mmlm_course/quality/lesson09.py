@@ -17,18 +17,9 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 RECIPE = dict(train=6000, evaluate=500, ctc_steps=800, ctc_rate=2e-3, stage1_steps=50, stage2_steps=2500,
               rate=3e-3, batch=32)
 AIMS = {"caption_truth": 0.90, "qa_exact_match": 0.95}
-
-
-def _exact(model, data) -> float:
-    from mmlm_course import audio_lm
-
-    reference = [" ".join(audio_lm.NOTE_WORDS[i - 1] for i in row if i) for row in data.labels]
-    return float(np.mean([a == b for a, b in zip(audio_lm.transcribe(model, data.log_mels), reference)]))
 
 
 def audio_lm_task() -> dict:
@@ -46,7 +37,7 @@ def audio_lm_task() -> dict:
     for name, data in (("clean", clean), ("augmented", augmented)):
         model = audio_lm.pretrain_transcriber(data, r["ctc_steps"], learning_rate=r["ctc_rate"])
         for split, evaluation in (("test", test), ("noisy_test", noisy), ("compositional", compositional)):
-            figures[f"ctc_{name}_trained_{split}"] = round(_exact(model, evaluation), 3)
+            figures[f"ctc_{name}_trained_{split}"] = round(audio_lm.exact_transcriptions(model, evaluation), 3)
         print(f"  CTC trained on {name} clips: " + ", ".join(f"{k.split('trained_')[1]} {v:.1%}"
               for k, v in figures.items() if k.startswith(f"ctc_{name}")), flush=True)
     tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
