@@ -145,3 +145,37 @@ def test_drawn_cases_do_not_depend_on_the_code_loaded(tmp_path):
     assert all(run.returncode == 0 for run in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
     assert runs[0].stdout == runs[1].stdout
     assert not (tmp_path / ".hypothesis").exists(), "a check must not leave a folder in the learner's directory"
+
+
+def _draws():
+    """One number from each random source a notebook cell may use after a check."""
+    import random
+
+    import keras
+    import tensorflow as tf
+    layer = keras.layers.Dense(1)                   # unseeded initialiser: Python's random
+    layer.build((None, 1))
+    return (random.random(), float(np.random.rand()), float(keras.ops.convert_to_numpy(keras.random.normal(()))),
+            float(tf.random.uniform(())), float(keras.ops.convert_to_numpy(layer.kernel)[0, 0]))
+
+
+@pytest.mark.parametrize("exercise_id,answer", [
+    ("04.fusion_model", "reference"),       # builds and trains a model, and reseeds Keras
+    ("07.decoder_lm", "reference"),         # builds layers with unseeded initialisers
+    ("07.decoder_lm", "wrong"),             # a failing check keeps the state too
+])
+def test_a_check_leaves_the_notebooks_random_state_as_it_found_it(exercise_id, answer):
+    """The cells after a check run the same whether the exercise was done, skipped or wrong."""
+    import keras
+    registered = exercises.registry()[exercise_id]
+    candidate = registered.reference if answer == "reference" else next(iter(registered.mistakes.values()))
+    keras.utils.set_random_seed(7)
+    _draws()
+    expected = _draws()
+    keras.utils.set_random_seed(7)
+    _draws()
+    try:
+        exercises.run_check(exercise_id, candidate)
+    except CheckFailed:
+        assert answer == "wrong"
+    assert _draws() == expected

@@ -32,7 +32,9 @@ import dataclasses
 import difflib
 import json
 import os
+import random
 import re
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -434,7 +436,12 @@ def run_check(exercise_id: str, candidate, *, tape: list | None = None, replay: 
     directly)."""
     exercise_id = current_id(exercise_id)
     exercise = _lookup(exercise_id)
-    checker = Checker(exercise_id, candidate, tape=tape, replay=replay, runner=runner)
+    with learners_random_state_kept():
+        return _run(exercise, Checker(exercise_id, candidate, tape=tape, replay=replay, runner=runner), candidate)
+
+
+def _run(exercise: Exercise, checker: Checker, candidate) -> list[str]:
+    exercise_id = exercise.id
     given = checker._outcome("candidate", lambda: None if callable(candidate) else _describe(candidate))
     if given.get("status") != "returned" or given.get("value") is not None:
         raise CheckFailed(f"{exercise_id}: expected your function itself, got {given.get('value')}. "
@@ -450,6 +457,52 @@ def run_check(exercise_id: str, candidate, *, tape: list | None = None, replay: 
         raise CheckFailed(f"{exercise_id}: no comparison ran, so nothing was checked. Hint: run the lesson's "
                           "cells in order, and do not change the course's modules from your code.")
     return checker.passed
+
+
+@contextlib.contextmanager
+def learners_random_state_kept():
+    """Put back the notebook's random state after a check: Python's `random`, NumPy's global
+    generator, Keras' global seed (and its `SeedGenerator`) and TensorFlow's eager seed.
+
+    A check builds layers, draws cases and may reseed; without this, the cells after a check
+    would train and sample differently depending on whether the exercise was done. Keras and
+    TensorFlow keep that state in internal objects (there is no public getter), read here."""
+    import keras
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    seed = global_state.get_global_attribute(GLOBAL_RANDOM_SEED)
+    generator = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    generator_state = None if generator is None else keras.ops.convert_to_numpy(generator.state.value)
+    eager = _tensorflow_eager_context()
+    eager_seed = eager_rng = None
+    if eager is not None:
+        eager_seed, rng = getattr(eager, "_seed", None), getattr(eager, "_rng", None)
+        eager_rng = rng.getstate() if isinstance(rng, random.Random) else None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+        global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, generator)
+        if generator is not None:
+            generator.state.assign(generator_state)
+        if eager is not None:
+            eager._seed = eager_seed
+            if eager_rng is not None:
+                eager._rng = random.Random()
+                eager._rng.setstate(eager_rng)
+
+
+def _tensorflow_eager_context():
+    """TensorFlow's eager context, where ops' seeds are drawn, if TensorFlow is loaded (else None)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    from tensorflow.python.eager import context
+    return context.context()
 
 
 def check(exercise_id: str, candidate) -> None:
