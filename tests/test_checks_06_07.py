@@ -335,7 +335,15 @@ def top_k_with_keras_ops(logits, k):
     return ops.where(logits >= values[:, -1:], logits, float("-inf"))
 
 
-@_by_name([top_k_with_partition, top_k_in_place_per_row, top_k_with_keras_ops])
+def top_k_as_nested_lists(logits, k):
+    rows = []
+    for row in logits.tolist():
+        kth = sorted(row, reverse=True)[k - 1]
+        rows.append([value if value >= kth else float("-inf") for value in row])
+    return rows
+
+
+@_by_name([top_k_with_partition, top_k_in_place_per_row, top_k_with_keras_ops, top_k_as_nested_lists])
 def test_07_top_k_filter_other_correct_answers_pass(answer):
     _passes("07.top_k_filter", answer)
 
@@ -359,7 +367,12 @@ def temperature_with_logsumexp(logits, temperature):
     return np.exp(z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))
 
 
-@_by_name([temperature_with_keras_softmax, temperature_shifting_before_dividing, temperature_with_logsumexp])
+def temperature_with_activations_softmax(logits, temperature):
+    return keras.activations.softmax(ops.convert_to_tensor(logits / temperature), axis=-1)
+
+
+@_by_name([temperature_with_keras_softmax, temperature_shifting_before_dividing, temperature_with_logsumexp,
+           temperature_with_activations_softmax])
 def test_07_temperature_probabilities_other_correct_answers_pass(answer):
     _passes("07.temperature_probabilities", answer)
 
@@ -368,8 +381,8 @@ def test_07_temperature_probabilities_other_correct_answers_pass(answer):
 
 
 def cache_by_slice_assignment(cache, new, position):
-    out = np.array(cache)
-    out[:, position:position + new.shape[1]] = new
+    out = np.array(cache)                                         # a copy: works on a tensor too
+    out[:, position:position + new.shape[1]] = np.asarray(new)
     return out
 
 
@@ -378,12 +391,22 @@ def cache_by_concatenating_three_pieces(cache, new, position):
     return np.concatenate([cache[:, :position], new, cache[:, end:]], axis=1)
 
 
-def cache_written_in_place(cache, new, position):
-    cache[:, position:position + new.shape[1], ...] = new
-    return cache
+def cache_with_keras_concatenate(cache, new, position):
+    end = position + new.shape[1]
+    return ops.concatenate([cache[:, :position], new, cache[:, end:]], axis=1)
 
 
-@_by_name([cache_by_slice_assignment, cache_by_concatenating_three_pieces, cache_written_in_place])
+def cache_by_padding_and_where(cache, new, position):
+    length, steps = cache.shape[1], new.shape[1]
+    rest = [(0, 0)] * (len(cache.shape) - 2)
+    padded = ops.pad(new, [(0, 0), (position, length - position - steps)] + rest)
+    time = ops.arange(length)
+    inside = ops.reshape((time >= position) & (time < position + steps), [1, length] + [1] * len(rest))
+    return ops.where(inside, padded, cache)
+
+
+@_by_name([cache_by_slice_assignment, cache_by_concatenating_three_pieces, cache_with_keras_concatenate,
+           cache_by_padding_and_where])
 def test_07_update_cache_other_correct_answers_pass(answer):
     _passes("07.update_cache", answer)
 

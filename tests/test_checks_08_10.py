@@ -59,8 +59,8 @@ def _project_with_numpy_erf(features, w1, b1, w2, b2):
     return hidden @ w2 + b2
 
 
-def _project_with_tanh_gelu(features, w1, b1, w2, b2):
-    return ops.matmul(ops.gelu(ops.matmul(features, w1) + b1), w2) + b2          # approximate=True by default
+def _project_with_exact_ops_gelu(features, w1, b1, w2, b2):
+    return ops.matmul(ops.gelu(ops.matmul(features, w1) + b1, approximate=False), w2) + b2   # default: tanh
 
 
 def _project_with_einsum(features, w1, b1, w2, b2):
@@ -68,7 +68,7 @@ def _project_with_einsum(features, w1, b1, w2, b2):
     return ops.einsum("bnh,hk->bnk", hidden, w2) + b2
 
 
-@pytest.mark.parametrize("answer", [_project_with_numpy_erf, _project_with_tanh_gelu, _project_with_einsum],
+@pytest.mark.parametrize("answer", [_project_with_numpy_erf, _project_with_exact_ops_gelu, _project_with_einsum],
                          ids=lambda f: f.__name__)
 def test_08_other_correct_projectors_pass(answer):
     assert exercises.run_check("08.project_tokens", answer)
@@ -87,7 +87,13 @@ def _prepend_positions_per_part(image_tokens, text_embeddings, position_table):
     return ops.concatenate([image_tokens + position_table[:p], text_embeddings + position_table[p:p + t]], axis=1)
 
 
-@pytest.mark.parametrize("answer", [_prepend_with_numpy, _prepend_positions_per_part], ids=lambda f: f.__name__)
+def _prepend_with_take(image_tokens, text_embeddings, position_table):
+    sequence = ops.concatenate([image_tokens, text_embeddings], axis=1)
+    return sequence + ops.take(position_table, ops.arange(ops.shape(sequence)[1]), axis=0)
+
+
+@pytest.mark.parametrize("answer", [_prepend_with_numpy, _prepend_positions_per_part, _prepend_with_take],
+                         ids=lambda f: f.__name__)
 def test_08_other_correct_prepends_pass(answer):
     assert exercises.run_check("08.prepend_image_tokens", answer)
 
@@ -108,7 +114,8 @@ def _stage_by_layer_names(model, stage):
 
 
 def _stage_two_flags_only(model, stage):
-    """Never freezes anything but the two main parts, so it need not reset the rest."""
+    """Never freezes anything but the two main parts, so after unfreezing the whole it need not reset the rest."""
+    model.trainable = True
     model.language_model.trainable = stage == 2
     model.image_encoder.trainable = stage == 2 and model.config.vision == "grid"
     return stages.trainable_parameter_count(model)
@@ -139,6 +146,9 @@ def test_08_other_correct_stage_flags_pass(answer):
 # --------------------------------------------------------------------------- 10.resume_position
 
 
+_Position = __import__("collections").namedtuple("Position", "epoch batch")
+
+
 def _position_by_counting(step, steps_per_epoch):
     epoch = 0
     while step >= steps_per_epoch:
@@ -147,9 +157,9 @@ def _position_by_counting(step, steps_per_epoch):
     return epoch, step
 
 
-@pytest.mark.parametrize("answer", [_position_by_counting, lambda s, n: np.divmod(s, n), lambda s, n: [s // n, s % n],
+@pytest.mark.parametrize("answer", [_position_by_counting, lambda s, n: np.divmod(s, n), lambda s, n: _Position(*divmod(s, n)),
                                     lambda s, n: (int(s / n), s - int(s / n) * n)],
-                         ids=["counting", "np_divmod", "list", "int_of_division"])
+                         ids=["counting", "np_divmod", "namedtuple", "int_of_division"])
 def test_10_other_correct_resume_positions_pass(answer):
     assert exercises.run_check("10.resume_position", answer)
 

@@ -141,6 +141,10 @@ def _top_k_distinct(logits, k):
         "the k-th largest distinct value": _top_k_distinct,
         "the k-th smallest value as the threshold": lambda x, k: np.where(
             x >= np.sort(x, axis=-1)[:, k - 1:k], x, -np.inf).astype(np.float32),
+        "-1e9 instead of -inf for the removed logits": lambda x, k: np.where(
+            x >= np.sort(x, axis=-1)[:, -k][:, None], x, -1e9).astype(np.float32),
+        "float32's lowest number instead of -inf": lambda x, k: np.where(
+            x >= np.sort(x, axis=-1)[:, -k][:, None], x, np.finfo(np.float32).min).astype(np.float32),
     },
 )
 def _check_top_k_filter(c: Checker) -> None:
@@ -150,10 +154,17 @@ def _check_top_k_filter(c: Checker) -> None:
         array = c.expect_array(what, as_array_answer(c, what, c.call(logits.copy(), k), hint), logits.shape, hint=hint)
         array = array.astype(np.float64)
         expected = _top_k_expected(logits, k)
-        kept, expected_kept = array > -1e9, expected > -np.inf   # -inf (or a huge negative number) = removed
+        kept, expected_kept = array > -np.inf, expected > -np.inf   # -inf = removed
         if np.array_equal(kept, expected_kept) and np.array_equal(array[kept], expected[kept]):
             c.passed.append(what)
             continue
+        stand_in = ~expected_kept & np.isfinite(array) & (array <= -1e4) & (array != logits)
+        if stand_in.any():
+            row, column = (int(i) for i in np.argwhere(stand_in)[0])
+            c.fail(what, f"row {row}: the removed entry {column} is {array[row, column]:g}, not -inf",
+                   "set the removed entries to -inf, as the text asks: a finite stand-in is only small next to "
+                   "the logits it meets (large logits, or logits / T with a small T, bring it back into the "
+                   "softmax, and float16 cannot hold -1e9 at all), while exp(-inf) is exactly 0")
         if np.all((array >= 0) & (array <= 1)) and np.allclose(array.sum(axis=-1), 1.0, atol=1e-4):
             c.fail(what, "got probabilities (rows sum to 1)",
                    "return logits: the sampler applies the softmax after filtering")
@@ -210,6 +221,9 @@ def _temperature_cases():
         "softmax over the batch axis": lambda x, t: (np.exp(x / t - (x / t).max(0)) / np.exp(
             x / t - (x / t).max(0)).sum(axis=0, keepdims=True)).astype(np.float32),
         "computes in float16": lambda x, t: _softmax(x.astype(np.float64) / t).astype(np.float16),
+        "clips logits / T to [-50, 50] against overflow": lambda x, t: _softmax(
+            np.clip(x.astype(np.float64) / t, -50, 50)).astype(np.float32),
+        "ignores the temperature": lambda x, t: _softmax(x.astype(np.float64)).astype(np.float32),
     },
 )
 def _check_temperature_probabilities(c: Checker) -> None:
@@ -236,9 +250,16 @@ def _check_temperature_probabilities(c: Checker) -> None:
             c.fail(what, f"row {row} sums to {sums[row]:.6g}, not 1",
                    "divide the logits by the temperature first, then take one softmax over the last axis")
         worst = np.unravel_index(np.argmax(np.abs(array - expected)), x.shape)
-        c.fail(what, f"entry {tuple(int(i) for i in worst)} is {array[worst]:.6g}, expected {expected[worst]:.6g}",
-               "a low temperature must sharpen and a high one flatten: divide the logits (not multiply) by the "
-               "temperature before the softmax, computed in float32 or float64")
+        where = (f"entry {tuple(int(i) for i in worst)} is {array[worst]:.6g}, expected {expected[worst]:.6g} "
+                 f"(row {worst[0]}: logits / T from {x[worst[0]].min() / temperature:.6g} to "
+                 f"{x[worst[0]].max() / temperature:.6g})")
+        if temperature != 1 and np.allclose(array, _softmax(x.astype(np.float64) * temperature), atol=1e-5):
+            c.fail(what, where, "this is softmax(logits * T): a low temperature must sharpen and a high one "
+                   "flatten, so divide the logits by the temperature")
+        if temperature != 1 and np.allclose(array, _softmax(x.astype(np.float64)), atol=1e-5):
+            c.fail(what, where, "this is the softmax at T = 1: divide the logits by the temperature first")
+        c.fail(what, where, "compute softmax(logits / T) exactly for every scale of logits: subtract each row's "
+               "maximum for stability instead of clipping, capping or rounding values, in float32 or float64")
 
 
 # --------------------------------------------------------------------------- 07.update_cache
@@ -269,6 +290,11 @@ def _numpy_update(cache, new, position, shift=0):
     return out
 
 
+def _assigns_into_cache(cache, new, position):
+    cache[:, position:position + new.shape[1]] = new
+    return cache
+
+
 @exercise(
     "07.update_cache",
     reference=attention.update_cache,
@@ -282,23 +308,56 @@ def _numpy_update(cache, new, position, shift=0):
             [cache, new], axis=1)[:, -cache.shape[1]:],
         "writes at the end of the cache": lambda cache, new, p: _numpy_update(
             cache, new, cache.shape[1] - new.shape[1]),
+        "assigns into the cache (cache[:, p:p + T] = new: fails on a tensor)": _assigns_into_cache,
     },
 )
 def _check_update_cache(c: Checker) -> None:
-    for cache, new, position in _cache_cases():
+    hint = "the cache keeps its fixed size (batch, max_length, ...): write into it, do not concatenate"
+    cases = _cache_cases()
+    for cache, new, position in cases:
         what = f"cache {cache.shape} after writing {new.shape[1]} step(s) at position {position}"
-        array = c.expect_array(what, c.call(cache.copy(), new.copy(), position), cache.shape,
-                               hint="the cache keeps its fixed size (batch, max_length, ...): write into it, "
-                                    "do not concatenate")
-        expected = _numpy_update(cache, new, position)
-        time_ok = [np.allclose(array[:, t], expected[:, t]) for t in range(cache.shape[1])]
-        if not all(time_ok):
-            t = time_ok.index(False)
-            inside = position <= t < position + new.shape[1]
-            c.fail(what, f"time step {t} is wrong", "time steps position .. position + T_new - 1 hold the new "
-                   "entries" if inside else "every time step outside position .. position + T_new - 1 keeps "
-                   "its old value")
-        c.passed.append(what)
+        array = c.expect_array(what, c.call(cache.copy(), new.copy(), position), cache.shape, hint=hint)
+        _compare_cache(c, what, array, cache, new, position)
+    results = c.scenario(_TENSOR_LABEL, _on_tensors(cases[:_TENSOR_CASES]))
+    for (cache, new, position), result in zip(cases[:_TENSOR_CASES], results):
+        what = f"Keras tensors: cache {cache.shape} after writing {new.shape[1]} step(s) at position {position}"
+        if isinstance(result, dict):
+            c.fail(what, f"your function raised {result.get('raised')}",
+                   "in the model the cache is a Keras tensor, and a tensor cannot be assigned into "
+                   "(cache[...] = new): return a new tensor, e.g. with keras.ops.slice_update")
+        array = c.expect_array(what, result, cache.shape, hint=hint)
+        _compare_cache(c, what, array, cache, new, position)
+
+
+_TENSOR_CASES = 7              # the fixed cases, once more as Keras tensors
+_TENSOR_LABEL = "update_cache called with Keras tensors (keras.ops.convert_to_tensor) for cache and new"
+
+
+def _on_tensors(cases):
+    """Scenario: the learner's function on backend tensors, as the model's attention calls it."""
+    def steps(candidate):
+        results = []
+        for cache, new, position in cases:
+            try:
+                out = candidate(ops.convert_to_tensor(cache), ops.convert_to_tensor(new), position)
+            except Exception as error:          # the learner's own error, reported with a hint
+                message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                return results + [{"raised": f"{type(error).__name__}: {message}"}]
+            results.append(output_data(out))
+        return results
+    return steps
+
+
+def _compare_cache(c: Checker, what: str, array, cache, new, position) -> None:
+    expected = _numpy_update(cache, new, position)
+    time_ok = [np.allclose(np.asarray(array[:, t], np.float64), expected[:, t]) for t in range(cache.shape[1])]
+    if not all(time_ok):
+        t = time_ok.index(False)
+        inside = position <= t < position + new.shape[1]
+        c.fail(what, f"time step {t} is wrong", "time steps position .. position + T_new - 1 hold the new "
+               "entries" if inside else "every time step outside position .. position + T_new - 1 keeps "
+               "its old value")
+    c.passed.append(what)
 
 
 # --------------------------------------------------------------------------- 07.decoder_lm
@@ -390,6 +449,9 @@ def _gpt_inputs() -> dict:
         "the MLP 2 * dim wide": _gpt_built_as(mlp=2),
         "num_heads ignored (one head)": _gpt_built_as(heads=1),
         "a position table of vocab_size rows": _gpt_built_as(position_rows="vocab"),
+        "the head before the final LayerNorm": type("LateNormGPT", (_ReferenceGPT,), {
+            "call": lambda self, ids: self.final_norm(self.head(self.blocks[1](self.blocks[0](
+                self.token_embedding(ids) + self.position_embedding(ops.arange(ops.shape(ids)[1]))[None]))))}),
     },
 )
 def _check_decoder_lm(c: Checker) -> None:
@@ -438,6 +500,12 @@ def _expect_sizes(c: Checker, parts: dict) -> None:
             c.fail(f"self.{name}", f"has {config.get(key)} rows, expected {value}",
                    "the token table has one row per token (vocab_size), the position table one per position "
                    "(max_length)")
+    norm_widths = {np.shape(w)[-1] for w in parts["final_norm"].get("weights") or [] if np.ndim(w)}
+    if norm_widths and norm_widths != {dim}:
+        c.fail("self.final_norm", f"normalises {sorted(norm_widths)[0]} features, not dim={dim}"
+               + (": it is applied to the head's vocab_size logits" if norm_widths == {vocab} else ""),
+               "the final LayerNormalization comes before the head: normalise the last block's output, "
+               "then turn it into logits")
     epsilon = (parts["final_norm"].get("config") or {}).get("epsilon", 1e-5)
     if not np.isclose(epsilon, 1e-5, rtol=1e-3):
         c.fail("self.final_norm", f"has epsilon={epsilon:g}", "create it as LayerNormalization(epsilon=1e-5)")

@@ -109,6 +109,8 @@ def _target_cases() -> list:
         "marks prompt targets with -100 (PyTorch's ignore index)": _ignore_index_minus_100,
         "uses the first row's prompt length for every row": _first_row_length_for_all,
         "zeroes the prompt in the inputs too": _masks_inputs_too,
+        "drops the <eos> target": lambda ids, n: (lambda i, t: (i, np.where(t == 3, 0, t).astype(np.int32)))(
+            *instructions.answer_only_targets(ids, n)),
     },
 )
 def _check_answer_only_targets(c: Checker) -> None:
@@ -159,17 +161,21 @@ def _compare_targets(c: Checker, what: str, ids, lengths, got: np.ndarray, targe
         if extra.size:
             t = extra[0]
             if t + 1 < lengths[row]:
-                c.fail(where, f"position {t} predicts token {t + 1}, a prompt token, yet counts in the loss "
-                       f"(target {got[row, t]})",
+                c.fail(where, f"position {t} has target {got[row, t]}, yet the token it predicts, "
+                       f"token_ids[{row}, {t + 1}], is a prompt token",
                        "set the targets of prompt tokens to 0 (the padding id): the model reads the prompt, it "
                        "does not predict it")
             c.fail(where, f"position {t} is padding but has target {got[row, t]}",
                    "a padding target stays 0")
         missing = np.flatnonzero(~kept[row] & expected_kept[row])
         if missing.size:
-            c.fail(where, f"position {missing[0]} predicts token {missing[0] + 1}, an answer token, but its target "
-                   "is 0",
-                   "the last prompt position predicts the first answer token: keep it")
+            t = int(missing[0])
+            last = t + 1 == int(np.flatnonzero(ids[row])[-1])             # the row's last token: <eos>
+            c.fail(where, f"position {t} has target 0, expected token_ids[{row}, {t + 1}] = {ids[row, t + 1]}, "
+                   + ("the row's last token (<eos>), which belongs to the answer" if last else "an answer token"),
+                   "the last prompt position predicts the first answer token: keep it" if t + 1 == lengths[row]
+                   else "<eos> is part of the answer (the model must learn to stop): keep its target" if last
+                   else "only targets that are prompt tokens become 0; every answer token stays")
         wrong = np.flatnonzero(got[row] != targets[row])
         if wrong.size:
             c.fail(where, f"position {wrong[0]} has target {got[row, wrong[0]]}, expected {targets[row, wrong[0]]}",
@@ -204,6 +210,8 @@ def _projector_case(seed: int, batch: int = 2, tokens: int = 4, d_in: int = 5, h
         "averages the tokens into one vector": lambda f, w1, b1, w2, b2: _gelu(f.mean(1) @ w1 + b1) @ w2 + b2,
         "activation after the output layer too": lambda f, w1, b1, w2, b2: _gelu(_gelu(f @ w1 + b1) @ w2 + b2),
         "forgets the first bias": lambda f, w1, b1, w2, b2: _gelu(f @ w1) @ w2 + b2,
+        "the tanh approximation (keras.ops.gelu's default)":
+            lambda f, w1, b1, w2, b2: _gelu(f @ w1 + b1, approximate=True) @ w2 + b2,
         "forgets the second bias": lambda f, w1, b1, w2, b2: _gelu(f @ w1 + b1) @ w2,
         "GELU on the input before the first layer": lambda f, w1, b1, w2, b2: (_gelu(f) @ w1 + b1) @ w2 + b2,
         "sums the hidden tokens (mixes them)":
@@ -225,8 +233,11 @@ def _check_project_tokens(c: Checker) -> None:
             c.fail(what, f"expected a float array, got dtype {array.dtype}", "keep the float values")
         if not np.isfinite(array).all():
             c.fail(what, "the result contains inf or NaN", "Dense -> GELU -> Dense: nothing here can overflow")
-        close = [np.allclose(array.astype(np.float64), e, atol=1e-4, rtol=1e-4) for e in (exact, tanh_form)]
-        if not any(close):
+        if not np.allclose(array.astype(np.float64), exact, atol=1e-4, rtol=1e-4):
+            if np.allclose(array.astype(np.float64), tanh_form, atol=1e-4, rtol=1e-4):
+                c.fail(what, "the values match the tanh approximation of GELU, not the exact GELU",
+                       "the text's keras.activations.gelu computes the exact x * Phi(x) by default; keras.ops.gelu "
+                       "defaults to approximate=True, so pass approximate=False there")
             c.expect_close(what, array, exact, atol=1e-4, rtol=1e-4,
                            hint="Dense -> GELU -> Dense: keras.activations.gelu between the two matmuls, biases "
                                 "in both, no activation at the end")
@@ -292,7 +303,9 @@ _MODEL_KINDS = (        # (what the messages call it, MLLMConfig fields): tiny, 
                                     ("encoder_filters", (4,)), ("vision_dim", 8), ("dim", 8), ("num_layers", 1),
                                     ("num_heads", 2), ("max_text_length", 4))),
 )
-_CALL_ORDER = (2, 1, 1, 2, 1)       # "the function may be called in any order": stage 2 first, a stage twice
+# "the function may be called in any order": stage 2 first, a stage twice; then on a model frozen whole
+# (model.trainable = False) before the call, where the order of the flags shows on every backend
+_CALL_ORDER = ((2, False), (1, False), (1, False), (2, False), (1, False), (1, True), (2, True), (1, False))
 _MAIN_PARTS = ("image_encoder", "projector", "language_model")
 
 
@@ -355,6 +368,14 @@ def _freezes_new_parts_in_stage_1(model, stage):
     return _count(model.trainable_weights)
 
 
+def _whole_model_last(model, stage):
+    model.image_encoder.trainable = stage == 2 and model.config.vision == "grid"
+    model.language_model.trainable = stage == 2
+    model.projector.trainable = True
+    model.trainable = True
+    return _count(model.trainable_weights)
+
+
 def _counts_before_setting(model, stage):
     count = _count(model.trainable_weights)
     stages.set_stage_trainable(model, stage)
@@ -384,6 +405,7 @@ def _set_and_count(model, stage, count):
         "counts the parameters before setting the flags": _counts_before_setting,
         "returns the number of weight tensors": lambda m, s: _set_and_count(m, s, lambda m: len(m.trainable_weights)),
         "returns the count of all parameters": lambda m, s: _set_and_count(m, s, lambda m: _count(m.weights)),
+        "sets model.trainable = True last (it unfreezes every part again)": _whole_model_last,
     },
 )
 def _check_set_stage_trainable(c: Checker) -> None:
@@ -394,15 +416,19 @@ def _check_set_stage_trainable(c: Checker) -> None:
         sizes = {layer.name: _count(layer.weights) for layer in model.layers}   # read before the learner's code runs
         pretrained = config.vision == "objects"
         history: list[int] = []
-        for stage in _CALL_ORDER:
+        for stage, frozen in _CALL_ORDER:
+            if frozen:
+                model.trainable = False                           # the check's own model, frozen whole
             state = c.call(model, stage, project=_trainable_state(model))
             what = f"stage {stage} on the {kind} (" + (
-                f"after stage{'s' * (len(history) > 1)} {', '.join(map(str, history))})" if history
-                else "the first call, on a fresh model)")
+                "frozen whole before the call: model.trainable = False" if frozen else
+                f"after stage{'s' * (len(history) > 1)} {', '.join(map(str, history))}" if history
+                else "the first call, on a fresh model") + ")"
             repeated = stage in history                       # this stage passed before: the earlier call matters
-            _compare_parts(c, what, state, _expected_parts(sizes, pretrained, stage), stage, pretrained, repeated)
+            _compare_parts(c, what, state, _expected_parts(sizes, pretrained, stage), stage, pretrained,
+                           repeated or frozen, sizes)
             _compare_count(c, what, state, sum(_expected_parts(sizes, pretrained, stage).values()))
-            history.append(stage)
+            history.append(stage if not frozen else f"{stage} on the frozen model")
 
 
 def _part_hint(name: str, got: int, expected: int, stage: int, pretrained: bool) -> str:
@@ -425,13 +451,16 @@ def _part_hint(name: str, got: int, expected: int, stage: int, pretrained: bool)
     return "an image encoder trained from scratch (vision 'grid') learns in stage 2"
 
 
-def _compare_parts(c: Checker, what: str, state, expected: dict, stage: int, pretrained: bool, repeated: bool):
+def _compare_parts(c: Checker, what: str, state, expected: dict, stage: int, pretrained: bool, repeated: bool,
+                   sizes: dict):
     if not isinstance(state, dict) or not isinstance(state.get("parts"), dict):
         c.fail(what, "the model could not be read after your call", "change only the trainable flags")
-    order_note = (" The function may be called in any order: set every flag on each call, whatever an earlier "
-                  "call left") if repeated else ""
+    order_note = (" The function may be called in any order and on any model: set every flag on each call, "
+                  "whatever an earlier call left (model.trainable too)") if repeated else ""
     if expected and sum(expected.values()) and not state["model_trainable"]:
         c.fail(what, "nothing is trainable (model.trainable is False)",
+               "the model came frozen whole, and a frozen parent freezes every layer inside it: set "
+               "model.trainable = True first, then the parts" if "frozen whole" in what else
                "freeze the parts, not the whole model: a frozen parent freezes every layer inside it, whatever "
                "their own flags say." + order_note)
     parts = state["parts"]
@@ -439,6 +468,11 @@ def _compare_parts(c: Checker, what: str, state, expected: dict, stage: int, pre
         c.fail(what, f"the model's parts changed: {sorted(map(str, parts))}, expected {sorted(expected)}",
                "set the trainable flags of the parts; do not add or remove layers")
     wrong = [name for name in expected if parts[name] != expected[name]]
+    if wrong and stage == 1 and set(parts) == set(sizes) \
+            and all(parts[name] == size for name, size in sizes.items()):
+        c.fail(what, "every part is trainable, the language model and the image encoder too",
+               "model.trainable = True sets every layer inside the model, whatever their own flags: set it "
+               "first, then freeze the parts." + order_note)
     if wrong:
         listed = "; ".join(f"{name} has {parts[name]:,} trainable parameters, expected {expected[name]:,}"
                            for name in wrong)

@@ -45,13 +45,18 @@ def _position_cases() -> list[tuple[int, int]]:
         "rounds the epoch up": lambda step, spe: (-(-step // spe), step % spe),
         "counts steps from 1": lambda step, spe: divmod(step - 1, spe) if step else (0, 0),
         "batch within the epoch from the wrong divisor": lambda step, spe: (step // spe, step % (spe + 1)),
+        "a list [epoch, batch], not a tuple": lambda step, spe: [step // spe, step % spe],
     },
 )
 def _check_resume_position(c: Checker) -> None:
     for step, steps_per_epoch in _position_cases():
         what = f"position of step {step} with {steps_per_epoch} steps per epoch"
         got = c.call(step, steps_per_epoch)
-        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        if isinstance(got, list) and len(got) == 2:
+            c.fail(what, f"expected a tuple (epoch, batch), got the list {str(got)[:60]}",
+                   "the text asks for a tuple: a trainer compares and unpacks it as one, and [2, 5] == (2, 5) is "
+                   "False in Python; `return epoch, batch` makes a tuple")
+        if not (isinstance(got, tuple) and len(got) == 2):
             c.fail(what, f"expected a tuple (epoch, batch), got {type(got).__name__} {str(got)[:60]}",
                    "return `epoch, batch`")
         values = []
