@@ -3,6 +3,7 @@ differently from the reference, that do what the text asks, pass, directly and w
 record (as the grader runs it); an answer not attempted yet is reported as such."""
 
 import itertools
+import math
 import re
 
 import numpy as np
@@ -91,8 +92,38 @@ def stack_as_nested_lists(frames, k):
     return stack_with_np_pad(frames, k).tolist()
 
 
+def stack_token_by_token(frames, k):
+    frames = np.asarray(frames)
+    batch, time, width = frames.shape
+    tokens = []
+    for start in range(0, time, k):
+        chunk = frames[:, start:start + k]
+        if chunk.shape[1] < k:
+            chunk = np.concatenate([chunk, np.zeros((batch, k - chunk.shape[1], width), frames.dtype)], axis=1)
+        tokens.append(np.concatenate([chunk[:, i] for i in range(k)], axis=-1))
+    return np.stack(tokens, axis=1)
+
+
+def stack_frame_by_frame_into_a_buffer(frames, k):
+    frames = np.asarray(frames)
+    batch, time, width = frames.shape
+    out = np.zeros((batch, math.ceil(time / k), k * width), frames.dtype)
+    for t in range(time):
+        out[:, t // k, (t % k) * width:(t % k + 1) * width] = frames[:, t]
+    return out
+
+
+def stack_via_the_features_first_view_and_back(frames, k):
+    x = np.swapaxes(np.asarray(frames), 1, 2)                       # (B, D, T): pad time, then back
+    batch, width, time = x.shape
+    tokens = math.ceil(time / k)
+    x = np.pad(x, ((0, 0), (0, 0), (0, tokens * k - time)))
+    return np.swapaxes(x, 1, 2).reshape(batch, tokens, k * width)
+
+
 @_by_name([stack_by_slicing_with_keras_ops, stack_with_a_loop_in_float64, stack_with_np_pad,
-           stack_with_keras_ops_in_two_reshapes, stack_as_nested_lists])
+           stack_with_keras_ops_in_two_reshapes, stack_as_nested_lists, stack_token_by_token,
+           stack_frame_by_frame_into_a_buffer, stack_via_the_features_first_view_and_back])
 def test_09_stack_frames_other_correct_answers_pass(answer):
     _passes("09.stack_frames", answer)
 
@@ -144,7 +175,47 @@ def decode_to_a_numpy_array(frame_ids, blank=0):
     return ids[starts & (ids != blank)]
 
 
-@_by_name([decode_with_groupby, decode_with_zip, decode_to_a_tuple, decode_to_a_numpy_array])
+def decode_run_by_run(frame_ids, blank=0):
+    ids, out, t = list(np.asarray(frame_ids)), [], 0
+    while t < len(ids):
+        label = ids[t]
+        while t < len(ids) and ids[t] == label:
+            t += 1
+        if label != blank:
+            out.append(int(label))
+    return out
+
+
+def decode_in_two_passes(frame_ids, blank=0):
+    merged = []
+    for label in np.asarray(frame_ids).tolist():
+        if not merged or merged[-1] != label:
+            merged.append(label)
+    return [label for label in merged if label != blank]
+
+
+def decode_with_np_diff(frame_ids, blank=0):
+    ids = np.asarray(frame_ids, np.int64)
+    starts = np.flatnonzero(np.diff(ids, prepend=ids[:1] - 1)) if ids.size else []
+    return [int(ids[s]) for s in starts if ids[s] != blank]
+
+
+def decode_with_keras_ops(frame_ids, blank=0):
+    ids = ops.convert_to_tensor(np.asarray(frame_ids))
+    if ids.shape[0] == 0:
+        return []
+    previous = ops.concatenate([ops.full((1,), -1, ids.dtype), ids[:-1]], axis=0)
+    keep = ops.convert_to_numpy(ops.logical_and(ops.not_equal(ids, previous), ops.not_equal(ids, blank)))
+    return [int(label) for label, kept in zip(ops.convert_to_numpy(ids), keep) if kept]
+
+
+def decode_keeping_numpy_ints(frame_ids, blank=0):
+    ids = np.asarray(frame_ids)
+    return [ids[t] for t in range(len(ids)) if (t == 0 or ids[t] != ids[t - 1]) and ids[t] != blank]
+
+
+@_by_name([decode_with_groupby, decode_with_zip, decode_to_a_tuple, decode_to_a_numpy_array, decode_run_by_run,
+           decode_in_two_passes, decode_with_np_diff, decode_with_keras_ops, decode_keeping_numpy_ints])
 def test_09_ctc_greedy_decode_other_correct_answers_pass(answer):
     _passes("09.ctc_greedy_decode", answer)
 
@@ -186,7 +257,41 @@ def verify_by_words(caption, scene):
     return shapeworld.caption_is_true(caption, scene)
 
 
-@_by_name([verify_with_a_regex, verify_with_the_truth_matrix, verify_by_words])
+def verify_statement_by_statement(caption, scene):
+    """Its own truth test: the relation compares the centres' x, strictly, between two different objects."""
+    try:
+        statements = shapeworld.parse_caption(caption)
+    except ValueError:                                  # CaptionParseError is a ValueError
+        return False
+
+    def fits(obj, attributes):
+        return all(getattr(obj, key) == value for key, value in attributes.items())
+
+    for statement in statements:
+        if statement[0] == "exists":
+            true = any(fits(o, statement[1]) for o in scene.objects)
+        elif statement[0] == "count":
+            true = len(scene.objects) == statement[1]
+        else:
+            _, first, relation, second = statement
+            if relation not in ("to the left of", "to the right of"):
+                return False
+            true = any(relation in shapeworld.relations_between(a, b) for a in scene.objects if fits(a, first)
+                       for b in scene.objects if b is not a and fits(b, second))
+        if not true:
+            return False
+    return True
+
+
+def verify_truth_first(caption, scene):
+    if not shapeworld.caption_is_true(caption, scene):             # False for a caption outside the grammar
+        return False
+    relations = {s[2] for s in shapeworld.parse_caption(caption) if s[0] == "relation"}
+    return np.bool_(relations <= set(audio_lm.SOUND_RELATIONS))
+
+
+@_by_name([verify_with_a_regex, verify_with_the_truth_matrix, verify_by_words, verify_statement_by_statement,
+           verify_truth_first])
 def test_09_caption_is_true_of_sound_other_correct_answers_pass(answer):
     _passes("09.caption_is_true_of_sound", answer)
 
@@ -199,3 +304,13 @@ def test_09_caption_check_ignores_a_patched_verifier(monkeypatch):
 
     with pytest.raises(CheckFailed, match="expected False, got True"):
         run_check("09.caption_is_true_of_sound", steer)
+
+
+@pytest.mark.parametrize("name,hint", [
+    ("reads left to right from the order of scene.objects", "not from their order in scene.objects"),
+    ("counts objects at the same x as left / right (<= for <)", "two objects at the same x"),
+    ("wants the centres shapeworld.RELATION_MARGIN apart", "however small (no margin)"),
+])
+def test_09_caption_check_names_the_reading_of_position_that_went_wrong(name, hint):
+    with pytest.raises(CheckFailed, match=re.escape(hint)):
+        run_check("09.caption_is_true_of_sound", EXERCISES["09.caption_is_true_of_sound"].mistakes[name])

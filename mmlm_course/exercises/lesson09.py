@@ -4,7 +4,7 @@ Every expected value is computed here: the stacked tokens and the decoded labels
 NumPy / Python, the verdicts of the sound verifier from the check's own scenes and statements
 (tuples, rebuilt into fresh `shapeworld.Scene` objects for every call), never with the
 package's `audio_lm` or `shapeworld` functions, which a learner's notebook can change. The
-registered mistakes use the package freely.
+registered mistakes (most of them in `lesson09_mistakes`) use the package freely.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mmlm_course import audio_lm, shapeworld
 from mmlm_course.exercises import Checker, draw_cases, exercise
+from mmlm_course.exercises import lesson09_mistakes as mistake
 
 # --------------------------------------------------------------------------- 09.stack_frames
 
@@ -175,7 +176,7 @@ def _check_stack_frames(c: Checker) -> None:
         what = f"tokens of frames {x.shape} with k={k}"
         got = c.call(x, k, read_only=True)
         array = _as_array(c, what, got, expected.shape, _shape_hint(got, batch, time, width, k))
-        if array.dtype.kind != "f":
+        if array.dtype.kind != "f" or array.dtype.itemsize < 4:        # float16 rounds the frames' values
             c.fail(what, f"expected float values, got dtype {array.dtype}",
                    "the tokens are the frames' own float values (and zeros): keep the float dtype")
         array = array.astype(np.float64)
@@ -209,24 +210,6 @@ def _check_stack_frames(c: Checker) -> None:
 def _decode(labels, blank: int) -> list[int]:
     """Best path: one label per run of equal frame labels, then the blanks dropped."""
     return [int(label) for label, _ in itertools.groupby(list(labels)) if label != blank]
-
-
-def _drop_blanks_then_merge(ids, blank=0):
-    return [int(label) for label, _ in itertools.groupby(x for x in np.asarray(ids).tolist() if x != blank)]
-
-
-def _merge_keeping_blanks(ids, blank=0):
-    return [int(label) for label, _ in itertools.groupby(np.asarray(ids).tolist())]
-
-
-def _skips_first_frame(ids, blank=0):
-    ids = np.asarray(ids).tolist()
-    return [ids[i] for i in range(1, len(ids)) if ids[i] != ids[i - 1] and ids[i] != blank]
-
-
-def _first_compared_with_last(ids, blank=0):
-    ids = np.asarray(ids).tolist()
-    return [ids[i] for i in range(len(ids)) if ids[i] != ids[i - 1] and ids[i] != blank]
 
 
 def _ctc_cases() -> list[tuple[np.ndarray, int]]:
@@ -274,14 +257,15 @@ def _shown(labels: list) -> str:
     "09.ctc_greedy_decode",
     reference=audio_lm.ctc_greedy_decode,
     mistakes={
-        "drops the blanks before merging": _drop_blanks_then_merge,
-        "merges runs but keeps the blanks": _merge_keeping_blanks,
+        "drops the blanks before merging": mistake.drop_blanks_then_merge,
+        "merges runs but keeps the blanks": mistake.merge_keeping_blanks,
         "ignores the blank argument (blank 0 hard-coded)": lambda ids, blank=0: audio_lm.ctc_greedy_decode(ids, 0),
         "returns the sorted distinct labels": lambda ids, blank=0: sorted(set(np.asarray(ids).tolist()) - {blank}),
         "keeps each label once (distinct, in order)":
             lambda ids, blank=0: list(dict.fromkeys(audio_lm.ctc_greedy_decode(ids, blank))),
-        "loses the first frame's label": _skips_first_frame,
-        "compares frame 0 with the last frame (ids[i - 1] at i = 0)": _first_compared_with_last,
+        "loses the first frame's label": mistake.skips_first_frame,
+        "compares frame 0 with the last frame (ids[i - 1] at i = 0)": mistake.first_compared_with_last,
+        "starts with previous = 0 (a first frame of label 0 is lost when the blank is not 0)": mistake.previous_zero,
         "returns a set": lambda ids, blank=0: set(audio_lm.ctc_greedy_decode(ids, blank)),
     },
 )
@@ -300,14 +284,14 @@ def _check_ctc_greedy_decode(c: Checker) -> None:
                    "label")
         if blank in got:
             c.fail(what, message, f"the blank ({blank}) is not a label: it never appears in the result")
+        first_run = len(list(next(itertools.groupby(frames))[1])) if frames else 0
+        if frames and frames[0] != blank and got == _decode(frames[first_run:], blank):
+            c.fail(what, message, "the first frame starts a run too: its label counts")
         if got == _decode([x for x in frames if x != blank], blank) != expected:
             c.fail(what, message, "a blank between two equal labels separates them (it is how CTC spells a "
                    "letter twice): merge the runs of equal frame labels first, then drop the blanks")
         if sorted(got) == got and sorted(set(expected)) == got:
             c.fail(what, message, "keep the labels in the order they are spoken, with their repeats")
-        first_run = len(list(next(itertools.groupby(frames))[1])) if frames else 0
-        if frames and frames[0] != blank and got == _decode(frames[first_run:], blank):
-            c.fail(what, message, "the first frame starts a run too: its label counts")
         c.fail(what, message, "each run of equal frame labels gives its label once, then the blanks are dropped")
 
 
@@ -322,7 +306,24 @@ _SCENES = {
     "three": (("triangle", "green", "small", 0.15, 0.2), ("circle", "orange", "large", 0.5, 0.75),
               ("triangle", "yellow", "large", 0.85, 0.4)),
     "one": (("square", "purple", "small", 0.5, 0.5),),
+    # listed out of left-to-right order, two centres only 0.05 apart
+    "listed": (("triangle", "blue", "large", 0.8, 0.5), ("circle", "yellow", "small", 0.3, 0.4),
+               ("square", "red", "small", 0.35, 0.6)),
+    "column": (("circle", "red", "small", 0.4, 0.2), ("square", "green", "large", 0.4, 0.8),    # the same x
+               ("triangle", "purple", "small", 0.75, 0.5)),
 }
+
+# the hint for a wrong verdict on a caption about left / right that only a wrong reading of position gets wrong
+_ORDER = ("left and right come from the objects' x, not from their order in scene.objects (a scene may list "
+          "its objects in any order)")
+_MARGIN = "a relation holds for any difference in x, however small (no margin): the tones play in that order"
+_TIE = ("two objects at the same x (one above the other) are neither to the left nor to the right of each other: "
+        "compare the centres' x strictly")
+_NOTES = {"a blue triangle is to the right of a yellow circle": _ORDER, "a square is to the left of a triangle": _ORDER,
+          "a yellow circle is to the right of a blue triangle": _ORDER,
+          "a red square is to the right of a yellow circle": _MARGIN,
+          "a yellow circle is to the left of a red square": _MARGIN,
+          "a red circle is to the left of a green square": _TIE, "a green square is to the right of a circle": _TIE}
 
 # (caption, scene, true of the scene): the verdict for the sound is False as well when it states "above" / "below"
 _CAPTIONS = (
@@ -336,6 +337,7 @@ _CAPTIONS = (
     ("there is a large red circle", "two", True),
     ("there is a green triangle", "two", False),
     ("there are two objects", "two", True),
+    ("there are three objects", "three", True),
     ("there are three objects", "two", False),
     ("there is a red circle and a red circle is to the left of a blue square", "two", True),
     ("a red circle is to the left of a blue square and a blue square is above a red circle", "two", True),
@@ -354,6 +356,17 @@ _CAPTIONS = (
     ("there is a small purple square", "one", True),
     ("a square is to the left of a square", "one", False),
     ("there is a square and a square is to the right of a square", "one", False),
+    ("a blue triangle is to the right of a yellow circle", "listed", True),
+    ("a square is to the left of a triangle", "listed", True),
+    ("a yellow circle is to the right of a blue triangle", "listed", False),
+    ("a red square is to the right of a yellow circle", "listed", True),
+    ("a yellow circle is to the left of a red square", "listed", True),
+    ("a blue triangle is above a red square", "listed", True),
+    ("a red circle is to the left of a green square", "column", False),
+    ("a green square is to the right of a circle", "column", False),
+    ("a green square is to the left of a purple triangle", "column", True),
+    ("a red circle is above a green square", "column", True),
+    ("there are three objects", "column", True),
 )
 
 _UNPARSABLE = ("the red circle is left of the blue square", "a red circle is near a blue square", "",
@@ -454,6 +467,10 @@ def _verdict_hint(caption: str, true_of_scene: bool, got: bool) -> str:
                 "caption that states a relation outside audio_lm.SOUND_RELATIONS is not true of the sound, even when "
                 "it is true of the scene" + (", wherever that statement sits in the caption" if multiple else "")
                 + case)
+    if caption in _NOTES:
+        return _NOTES[caption]
+    if caption.startswith("there are") and " and " not in caption:
+        return "'there are N objects' counts every object of the scene, whatever its shape or colour" + case
     if got:
         return "the caption must also be true of this scene: look at where the objects are" + case
     if any(relation in caption.lower() for relation in _AUDIBLE):
@@ -484,60 +501,25 @@ def _expect_verdict(c: Checker, what: str, got) -> bool:
     return bool(got)
 
 
-def _only_first_statement(caption, scene):
-    try:
-        statements = shapeworld.parse_caption(caption)
-    except shapeworld.CaptionParseError:
-        return False
-    first = statements[0]
-    audible = first[0] != "relation" or first[2] in audio_lm.SOUND_RELATIONS
-    return audible and shapeworld.caption_is_true(caption, scene)
-
-
-def _mentions_left_or_right(caption, scene):
-    if "to the left of" in caption or "to the right of" in caption:
-        return shapeworld.caption_is_true(caption, scene)
-    if "above" in caption or "below" in caption:
-        return False
-    return shapeworld.caption_is_true(caption, scene)
-
-
-def _statements_allowed(caption, scene, allowed):
-    try:
-        statements = shapeworld.parse_caption(caption)
-    except shapeworld.CaptionParseError:
-        return False
-    return all(s[0] != "relation" or s[2] in allowed for s in statements) and shapeworld.caption_is_true(caption, scene)
-
-
-def _parse_error_escapes(caption, scene):
-    statements = shapeworld.parse_caption(caption)
-    return all(s[0] != "relation" or s[2] in audio_lm.SOUND_RELATIONS for s in statements) and \
-        shapeworld.caption_is_true(caption, scene)
-
-
-def _ignores_the_scene(caption, scene):
-    try:
-        statements = shapeworld.parse_caption(caption)
-    except shapeworld.CaptionParseError:
-        return False
-    return all(s[0] != "relation" or s[2] in audio_lm.SOUND_RELATIONS for s in statements)
-
-
 @exercise(
     "09.caption_is_true_of_sound",
     reference=audio_lm.caption_is_true_of_sound,
     mistakes={
         "forgets to refuse above and below (caption_is_true)": shapeworld.caption_is_true,
-        "lets the CaptionParseError out": _parse_error_escapes,
-        "refuses every relation, left and right too": lambda caption, scene: _statements_allowed(caption, scene, ()),
+        "lets the CaptionParseError out": mistake.parse_error_escapes,
+        "refuses every relation, left and right too":
+            lambda caption, scene: mistake.statements_allowed(caption, scene, ()),
         "accepts only 'to the left of'":
-            lambda caption, scene: _statements_allowed(caption, scene, audio_lm.SOUND_RELATIONS[:1]),
+            lambda caption, scene: mistake.statements_allowed(caption, scene, audio_lm.SOUND_RELATIONS[:1]),
         "looks for 'above' / 'below' in the raw caption (case-sensitive)": lambda caption, scene: (
             "above" not in caption and "below" not in caption and shapeworld.caption_is_true(caption, scene)),
-        "accepts any caption that mentions left or right": _mentions_left_or_right,
-        "checks only the first statement": _only_first_statement,
-        "ignores the scene (every audible caption that parses is true)": _ignores_the_scene,
+        "accepts any caption that mentions left or right": mistake.mentions_left_or_right,
+        "checks only the first statement": mistake.only_first_statement,
+        "ignores the scene (every audible caption that parses is true)": mistake.ignores_the_scene,
+        "reads left to right from the order of scene.objects": mistake.LISTED_ORDER,
+        "counts objects at the same x as left / right (<= for <)": mistake.TIES_COUNT,
+        "wants the centres shapeworld.RELATION_MARGIN apart": mistake.WITH_MARGIN,
+        "compares places in the order the tones play (ties ordered too)": mistake.PLAYED_ORDER,
     },
 )
 def _check_caption_is_true_of_sound(c: Checker) -> None:
