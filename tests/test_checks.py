@@ -197,10 +197,11 @@ def _fusion_model_subclass(num_objects, num_features, question_length, vocab_siz
 
 
 def _fusion_model_functional_list(num_objects, num_features, question_length, vocab_size, num_answers):
-    """04.fusion_model as a functional model with a list of inputs, flattened objects, two hidden layers."""
+    """04.fusion_model as a functional model with a list of inputs, two hidden layers. (Flatten in place of
+    the mean over the objects is a registered mistake: the slots' order would matter.)"""
     objects = keras.Input((num_objects, num_features), name="objects")
     token_ids = keras.Input((question_length,), dtype="int32", name="token_ids")
-    image = keras.layers.Flatten()(keras.layers.Dense(16, activation="relu")(objects))
+    image = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(16, activation="relu")(objects))
     question = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(vocab_size, 8, mask_zero=True)(token_ids))
     hidden = keras.layers.Dense(64, activation="relu")(keras.layers.Concatenate()([image, question]))
     hidden = keras.layers.Dense(32, activation="relu")(hidden)

@@ -133,7 +133,17 @@ def _attention_float64_loop(query, key, value, mask=None):
     return weights @ v, weights
 
 
-@pytest.mark.parametrize("answer", [_attention_scipy, _attention_keras_ops, _attention_float64_loop], ids=_ids)
+def _attention_additive_mask(query, key, value, mask=None):
+    """The mask added to the scores as 0 / -1e9 (einsum, float64 softmax)."""
+    scores = np.einsum("...qd,...kd->...qk", query, key) / np.sqrt(query.shape[-1])
+    scores = scores + (0.0 if mask is None else np.where(mask, 0.0, -1e9))
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights = weights / weights.sum(-1, keepdims=True)
+    return np.einsum("...qk,...kv->...qv", weights, value), weights
+
+
+@pytest.mark.parametrize("answer", [_attention_scipy, _attention_keras_ops, _attention_float64_loop,
+                                    _attention_additive_mask], ids=_ids)
 def test_03_other_correct_attention_pass(answer):
     _passes("03.scaled_dot_product_attention", answer)
 
@@ -247,7 +257,19 @@ def _fusion_model_sum_over_count(num_objects, num_features, question_length, voc
                        outputs=keras.layers.Dense(num_answers)(hidden))
 
 
-@pytest.mark.parametrize("answer", [FusionModelAnswer, _fusion_model_sum_over_count], ids=_ids)
+def _fusion_model_gelu_lambda_dropout(num_objects, num_features, question_length, vocab_size, num_answers):
+    """GELU on the objects, the mean in a Lambda layer, a tanh hidden layer and dropout before the logits."""
+    objects = keras.Input((num_objects, num_features), name="objects")
+    token_ids = keras.Input((question_length,), dtype="int32", name="token_ids")
+    image = keras.layers.Lambda(lambda x: ops.mean(x, axis=1))(keras.layers.Dense(32, activation="gelu")(objects))
+    question = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(vocab_size, 16, mask_zero=True)(token_ids))
+    hidden = keras.layers.Dense(64, activation="tanh")(keras.layers.Concatenate()([image, question]))
+    logits = keras.layers.Dense(num_answers)(keras.layers.Dropout(0.1)(hidden))
+    return keras.Model({"objects": objects, "token_ids": token_ids}, logits)
+
+
+@pytest.mark.parametrize("answer", [FusionModelAnswer, _fusion_model_sum_over_count,
+                                    _fusion_model_gelu_lambda_dropout], ids=_ids)
 def test_04_other_correct_fusion_models_pass(answer):
     _passes("04.fusion_model", answer)
 
@@ -270,7 +292,11 @@ def _film_loop(features, gamma, beta):
     return out
 
 
-@pytest.mark.parametrize("answer", [_film_einsum, _film_keras_ops, _film_loop], ids=_ids)
+def _film_reshape(features, gamma, beta):
+    return gamma.reshape(len(gamma), 1, -1) * features + beta.reshape(len(beta), 1, -1)
+
+
+@pytest.mark.parametrize("answer", [_film_einsum, _film_keras_ops, _film_loop, _film_reshape], ids=_ids)
 def test_04_other_correct_films_pass(answer):
     _passes("04.film", answer)
 
@@ -291,7 +317,16 @@ def _cross_attention_scipy_inf(queries, context, context_mask):
     return weights @ context, weights
 
 
-@pytest.mark.parametrize("answer", [_cross_attention_keras_ops_list, _cross_attention_scipy_inf], ids=_ids)
+def _cross_attention_penalty(queries, context, context_mask):
+    """Padding pushed down by subtracting 1e9 from its scores."""
+    scores = queries @ np.swapaxes(context, 1, 2) / np.sqrt(queries.shape[-1]) - 1e9 * ~context_mask[:, None, :]
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights = weights / weights.sum(-1, keepdims=True)
+    return weights @ context, weights
+
+
+@pytest.mark.parametrize("answer", [_cross_attention_keras_ops_list, _cross_attention_scipy_inf,
+                                    _cross_attention_penalty], ids=_ids)
 def test_04_other_correct_cross_attentions_pass(answer):
     _passes("04.cross_attention", answer)
 

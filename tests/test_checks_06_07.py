@@ -270,9 +270,19 @@ def tower_with_a_masking_embedding(self, token_ids):
     return z / ops.sqrt(ops.sum(z * z, axis=1, keepdims=True))
 
 
+def tower_with_a_greater_than_mask_and_ops_norm(self, token_ids, training=False):
+    """The mask as token_ids > 0 (keras.ops throughout, so it also runs on a symbolic keras.Input)."""
+    real = ops.cast(token_ids > 0, "float32")
+    x = self.position_embedding(self.token_embedding(token_ids))
+    x = self.final_norm(self.block(x, mask=real > 0, training=training))
+    v = self.projection(ops.sum(x * real[..., None], axis=1) / ops.sum(real, axis=1)[:, None])
+    return v / ops.norm(v, axis=-1, keepdims=True)
+
+
 @pytest.mark.parametrize("answer", [_tower(tower_with_float_weights_and_ops_normalize),
-                                    _tower(tower_with_a_masking_embedding, mask_zero=True)],
-                         ids=["float_weights", "masking_embedding"])
+                                    _tower(tower_with_a_masking_embedding, mask_zero=True),
+                                    _tower(tower_with_a_greater_than_mask_and_ops_norm)],
+                         ids=["float_weights", "masking_embedding", "greater_than_mask"])
 def test_06_text_tower_other_correct_answers_pass(answer):
     _passes("06.text_tower", answer)
 

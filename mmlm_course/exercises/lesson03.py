@@ -42,7 +42,7 @@ def _check_conv2d_param_count(c: Checker) -> None:
     for kernel_size, in_channels, filters in list(_CONV_CASES) + drawn:
         got = c.call(kernel_size, in_channels, filters)
         if isinstance(got, (bool, np.bool_)) or not isinstance(got, (int, np.integer)):
-            c.fail("parameter count", f"expected an int, got {type(got).__name__} {got!r}",
+            c.fail("parameter count", f"expected an int, got {type(got).__name__} {' '.join(repr(got).split())[:80]}",
                    "return a whole number of parameters (an int, not a float)")
         layer = keras.layers.Conv2D(filters, kernel_size)
         layer.build((None, 32, 32, in_channels))
@@ -239,6 +239,22 @@ def _attend(query, key, value, mask=None):
     return weights @ value.astype(np.float64), weights
 
 
+def masked_after_softmax(weights: np.ndarray, scores: np.ndarray, visible: np.ndarray) -> bool:
+    """Whether ``weights`` are the softmax of the *unmasked* float64 ``scores``, masked afterwards (``visible``:
+    the mask broadcast to the scores' shape), renormalised or not. Renormalised, a row whose real scores all lie
+    far below a masked one may lose them to underflow: NaN (0 / 0) or zeros there."""
+    kept = _softmax(scores) * visible
+    gap = np.where(visible, scores, -np.inf).max(-1) - scores.max(-1)       # best real score - best score
+    with np.errstate(all="ignore"):
+        renormalised = kept / kept.sum(-1, keepdims=True)
+        lost = (~np.isfinite(weights) | (np.abs(weights) < 1e-6)).all(-1)
+    if np.allclose(weights, kept, atol=1e-4):
+        return True
+    if not lost.any() or (lost & (gap > -80)).any():       # only a row far below a masked key can be lost
+        return False
+    return bool(np.allclose(weights[~lost], renormalised[~lost], atol=1e-3))
+
+
 def _attention_mistake(scale="sqrt", axis=-1, mask_mode="before", fill=-1e9, stable=True, key_t=False, swap=False):
     def wrong(query, key, value, mask=None):
         divisor = {"sqrt": np.sqrt(query.shape[-1]), "none": 1.0, "d": query.shape[-1],
@@ -252,8 +268,10 @@ def _attention_mistake(scale="sqrt", axis=-1, mask_mode="before", fill=-1e9, sta
             weights = _softmax(scores, axis).astype(np.float32)
         else:
             weights = np.exp(scores) / np.exp(scores).sum(axis=axis, keepdims=True)
-        if mask is not None and mask_mode == "after":
+        if mask is not None and mask_mode.startswith("after"):
             weights = weights * mask
+            if mask_mode == "after, renormalised":
+                weights = weights / weights.sum(axis=-1, keepdims=True)
         output = (weights @ value).astype(np.float32)
         return (weights, output) if swap else (output, weights)
     return wrong
@@ -277,6 +295,9 @@ def _attention_cases() -> list[tuple[str, tuple]]:
          (normal(b, q_len, d) * 20, normal(b, k_len, d) * 20, normal(b, k_len, dv), None)),
         ("large scores (hundreds), key padding mask",
          (normal(b, q_len, d) * 20, normal(b, k_len, d) * 20, normal(b, k_len, dv), key_padding)),
+        ("large scores: the masked keys score thousands above the others",
+         (3 + 0.1 * normal(b, q_len, d), np.where(key_padding[:, 0, :, None], normal(b, k_len, d), np.float32(250)),
+          normal(b, k_len, dv), key_padding)),
     ]
     shapes = st.tuples(st.integers(1, 2), st.sampled_from([0, 1, 2]), st.integers(1, 4), st.integers(2, 5),
                        st.integers(1, 6), st.integers(1, 4), st.sampled_from(["none", "keys", "full"]),
@@ -305,6 +326,7 @@ def _attention_cases() -> list[tuple[str, tuple]]:
         "divides by sqrt(k_len)": _attention_mistake(scale="k_len"),
         "softmax over the query axis": _attention_mistake(axis=-2),
         "mask applied after the softmax": _attention_mistake(mask_mode="after"),
+        "mask applied after the softmax, weights renormalised": _attention_mistake(mask_mode="after, renormalised"),
         "mask inverted": _attention_mistake(mask_mode="inverted"),
         "masked scores set to 0 instead of a large negative number": _attention_mistake(fill=0.0),
         "ignores the mask": _attention_mistake(mask_mode="ignore"),
@@ -318,11 +340,13 @@ def _check_scaled_dot_product_attention(c: Checker) -> None:
         got = (c.call(query, key, value, read_only=True) if mask is None
                else c.call(query, key, value, mask, read_only=True))
         expected_output, expected_weights = _attend(query, key, value, mask)
-        _expect_attention(c, name, got, expected_output, expected_weights, mask, large="large" in name)
+        scores = query.astype(np.float64) @ np.swapaxes(key.astype(np.float64), -1, -2) / np.sqrt(query.shape[-1])
+        _expect_attention(c, name, got, expected_output, expected_weights, mask, large="large" in name, scores=scores)
     c.passed.append("scaling, softmax axis, masks and large scores")
 
 
-def _expect_attention(c: Checker, name: str, got, expected_output, expected_weights, mask, large: bool) -> None:
+def _expect_attention(c: Checker, name: str, got, expected_output, expected_weights, mask, large: bool,
+                      scores: np.ndarray) -> None:
     if not (isinstance(got, (tuple, list)) and len(got) == 2):
         c.fail(name, f"expected a tuple (output, weights), got {type(got).__name__}",
                "return both: `return output, weights`")
@@ -332,6 +356,12 @@ def _expect_attention(c: Checker, name: str, got, expected_output, expected_weig
                "return them in the order the exercise asks: `return output, weights`")
     weights = c.expect_array(f"{name}: weights", got[1], expected_weights.shape,
                              hint="weights have shape (batch, [heads,] q_len, k_len): one row per query").astype(float)
+    if mask is not None and not (np.isfinite(weights).all() and np.allclose(weights.sum(-1), 1.0, atol=1e-4)):
+        if masked_after_softmax(weights, scores, np.broadcast_to(mask, weights.shape)):
+            c.fail(f"{name}: weights", "they are the softmax of the unmasked scores, masked afterwards",
+                   "apply the mask to the scores, before the softmax: masking the weights after it leaves real "
+                   "weights that do not sum to 1 (and lost to underflow when a masked key has by far the largest "
+                   "score)")
     if not np.isfinite(weights).all():
         c.fail(f"{name}: weights", "contain NaN or inf",
                "subtract each row's largest score before np.exp (exp overflows for scores of a few hundred)"

@@ -1,16 +1,16 @@
-"""Checks for lesson 04: fusing image and text features."""
+"""Checks for lesson 04: fusing image and text features.
+
+The fusion model's check is in `lesson04_fusion_model`.
+"""
 
 from __future__ import annotations
 
-import types
-
-import keras
 import numpy as np
 from hypothesis import strategies as st
 
 from mmlm_course import fusion
 from mmlm_course.exercises import Checker, draw_cases, exercise
-from mmlm_course.exercises.checker import _message
+from mmlm_course.exercises.lesson03 import masked_after_softmax
 
 
 def _numpy(result):
@@ -119,218 +119,6 @@ def _check_concat_fusion(c: Checker) -> None:
                         "need not come first")
 
 
-# --------------------------------------------------------------------------- 04.fusion_model
-# The scenario builds the learner's model, calls it on probes and trains it on a toy task; the check
-# reads only the logits (plain arrays) it returns.
-
-_SIZES = (3, 6, 5, 6, 6)              # num_objects, num_features, question_length, vocab_size, num_answers
-_HOW_MANY, _WHAT_COLOR = (1, 2, 0, 0, 0), (3, 4, 5, 0, 0)  # "how many objects ?", "what color are ..."
-_REPEATED, _SINGLE = (4, 4, 4, 0, 0), (4, 0, 0, 0, 0)       # one word three times, and once
-_FUSION_LABELS = ("fusion_model(3, 6, 5, 6, 6) called on {'objects': float32 (8, 3, 6), 'token_ids': int32 (8, 5)}",
-                  "fusion_model(3, 6, 5, 6, 6) trained with fit on a toy task")
-_STAGE_HINTS = types.MappingProxyType({
-    "building": "fusion_model(num_objects, num_features, question_length, vocab_size, num_answers) returns a Keras "
-                "model (or pass your keras.Model subclass)",
-    "calling": "the model takes one dict with the keys 'objects' and 'token_ids' (name your keras.Input layers so)",
-    "training": "build the model from Keras layers (keras.layers / keras.ops) so that fit can train it",
-})
-
-
-def _toy_task(seed: int, count: int) -> tuple[dict, np.ndarray]:
-    """A scene question-answering task that needs the image *and* the question.
-
-    Each scene holds 1-3 objects of one colour (features: colour one-hot (3), shape
-    one-hot (2), objectness), in random slots of 3; the question asks "how many?"
-    (answers 0-2: one, two, three) or "what colour?" (answers 3-5).
-    """
-    rng = np.random.default_rng(seed)
-    slots, features = _SIZES[0], _SIZES[1]
-    number = rng.integers(1, slots + 1, count)
-    color = rng.integers(0, 3, count)
-    objects = np.zeros((count, slots, features), np.float32)
-    for i in range(count):
-        for slot in rng.permutation(slots)[:number[i]]:
-            objects[i, slot, [color[i], 3 + rng.integers(0, 2), 5]] = 1.0
-    ask_number = rng.random(count) < 0.5
-    token_ids = np.where(ask_number[:, None], _HOW_MANY, _WHAT_COLOR).astype(np.int32)
-    answers = np.where(ask_number, number - 1, 3 + color).astype(np.int32)
-    return {"objects": objects, "token_ids": token_ids}, answers
-
-
-def _fusion_probes() -> dict:
-    held_out, _ = _toy_task(1, 240)
-    probe = {name: values[:8] for name, values in held_out.items()}
-    other = np.where((probe["token_ids"] == _HOW_MANY).all(-1, keepdims=True), _WHAT_COLOR, _HOW_MANY)
-    question = lambda ids: {"objects": probe["objects"], "token_ids": np.tile(np.int32(ids), (8, 1))}  # noqa: E731
-    alone = np.zeros_like(probe["objects"])                 # one object per scene, in slot 0
-    alone[:, 0] = probe["objects"][np.arange(8), probe["objects"][..., 5].argmax(-1)]
-    twice = alone.copy()
-    twice[:, 1] = alone[:, 0]                               # and the same object again in slot 1
-    return {"probe": probe, "objects changed": {**probe, "objects": np.roll(probe["objects"], 1, axis=0)},
-            "question changed": {**probe, "token_ids": other.astype(np.int32)},
-            "one object": {**probe, "objects": alone}, "the object twice": {**probe, "objects": twice},
-            "repeated word": question(_REPEATED), "single word": question(_SINGLE)}
-
-
-def _fusion_steps(train: bool):
-    """The scenario (runs the learner's code): the model's logits on the probes, or before and after training."""
-    def steps(build) -> dict:
-        report, stage = {}, "building"
-        try:
-            keras.utils.set_random_seed(0)                # the same initial weights on every run
-            model = build(*_SIZES)
-            if not isinstance(model, keras.layers.Layer):
-                return {"not a model": type(model).__name__}
-            if not isinstance(model, keras.Model):        # a layer that takes the dict: wrap it to train it
-                inputs = {"objects": keras.Input(_SIZES[:2], name="objects"),
-                          "token_ids": keras.Input(_SIZES[2:3], dtype="int32", name="token_ids")}
-                model = keras.Model(inputs, model(inputs))
-            stage = "calling"
-            if not train:
-                report["logits"] = {name: model(inputs, training=False) for name, inputs in _fusion_probes().items()}
-                return report
-            (train_inputs, train_answers), (held_out, _) = _toy_task(0, 512), _toy_task(1, 240)
-            report["before"] = model(held_out, training=False)
-            stage = "training"
-            model.compile(optimizer=keras.optimizers.Adam(5e-3),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
-            model.fit(train_inputs, train_answers, batch_size=32, epochs=10, verbose=0)
-            report["after"] = model(held_out, training=False)
-        except NotImplementedError:
-            raise
-        except Exception as error:                        # the learner's model: its error, in one line
-            report["error"] = (stage, f"{type(error).__name__}: {_message(error)}")
-        return report
-    return steps
-
-
-def _fusion_answer(image: str = "mean", question: str = "masked mean", head: str | None = None,
-                   answers: int | None = None, names=("objects", "token_ids")):
-    """The notebook's concatenation model; each argument other than its default names a mistake."""
-    def fusion_model(num_objects, num_features, question_length, vocab_size, num_answers):
-        objects = keras.Input((num_objects, num_features), name=names[0])
-        token_ids = keras.Input((question_length,), dtype="int32", name=names[1])
-        parts = []
-        if image in ("mean", "max"):
-            pool = keras.layers.GlobalAveragePooling1D() if image == "mean" else keras.layers.GlobalMaxPooling1D()
-            parts.append(pool(keras.layers.Dense(32, activation="relu")(objects)))
-        elif image == "feature axis":  # one number per object slot: which colour is lost
-            parts.append(keras.layers.Dense(32, activation="relu")(keras.layers.GlobalAveragePooling1D(
-                data_format="channels_first")(objects)))
-        elif image == "first object":
-            parts.append(keras.layers.Dense(32, activation="relu")(keras.layers.Cropping1D((0, num_objects - 1))(
-                objects))[:, 0])
-        if question:
-            words = keras.layers.Embedding(vocab_size, 16, mask_zero=question == "masked mean")(token_ids)
-            parts.append(keras.layers.GlobalAveragePooling1D()(words) if question != "flatten"
-                         else keras.layers.Flatten()(words))
-        fused = keras.layers.Concatenate()(parts) if len(parts) > 1 else parts[0]
-        hidden = keras.layers.Dense(64, activation="relu")(fused)
-        output = keras.layers.Dense(answers or num_answers, activation=head)(hidden)
-        if names != ("objects", "token_ids"):              # a list of inputs is matched to the dict by name
-            return keras.Model([objects, token_ids], output)
-        return keras.Model({"objects": objects, "token_ids": token_ids}, output)  # an unused input is allowed
-    return fusion_model
-
-
-def _cross_entropy(logits: np.ndarray, answers: np.ndarray) -> float:
-    logits = logits.astype(np.float64) - logits.max(-1, keepdims=True)
-    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return float(-log_p[np.arange(len(answers)), answers].mean())
-
-
-@exercise(
-    "04.fusion_model",
-    reference=_fusion_answer(),
-    mistakes={
-        "ignores the image (a question-only model)": _fusion_answer(image=""),
-        "ignores the question (an image-only model)": _fusion_answer(question=""),
-        "ends with a softmax: returns probabilities, not logits": _fusion_answer(head="softmax"),
-        "ends with a ReLU: logits are never negative": _fusion_answer(head="relu"),
-        "always returns 17 logits, whatever num_answers is": _fusion_answer(answers=17),
-        "averages each object over its features instead of over the objects": _fusion_answer(image="feature axis"),
-        "reads only the first object slot": _fusion_answer(image="first object"),
-        "max-pools the objects (cannot count them)": _fusion_answer(image="max"),
-        "averages the padding into the question vector (no mask_zero)": _fusion_answer(question="plain mean"),
-        "flattens the word embeddings instead of averaging them": _fusion_answer(question="flatten"),
-        "a list of inputs named 'image' and 'question'": _fusion_answer(names=("image", "question")),
-    },
-)
-def _check_fusion_model(c: Checker) -> None:
-    report = _fusion_report(c, c.scenario(_FUSION_LABELS[0], _fusion_steps(train=False)))
-    logits = report["logits"]
-    num_answers = _SIZES[4]
-    probe = c.expect_array("logits", logits["probe"], (8, num_answers),
-                           hint="one logit per answer: the last Dense layer has num_answers units (here "
-                                f"{num_answers}), and the batch axis stays")
-    if probe.dtype.kind != "f":
-        c.fail("logits", f"expected floating-point logits, got dtype {probe.dtype}", "end with a Dense layer")
-    if np.all(probe >= 0) and np.allclose(probe.sum(-1), 1.0, atol=1e-4):
-        c.fail("logits", "every row is non-negative and sums to 1, so these are probabilities",
-               "end with a Dense layer without activation: the loss (from_logits=True) applies the softmax")
-    c.passed.append("logits, not probabilities")
-    for name, what, hint in (
-            ("objects changed", "image input", "pool the object tokens into an image vector and concatenate it "
-                                               "with the question vector"),
-            ("question changed", "question input", "embed the token ids, average the real words into a question "
-                                                   "vector and concatenate it")):
-        changed = c.expect_array(f"logits when the {what} changes", logits[name], probe.shape)
-        if np.allclose(changed, probe, atol=1e-6):
-            c.fail(what, f"the logits do not change when the {what.split()[0]}s change", hint)
-        c.passed.append(f"uses the {what}")
-    once = c.expect_array("logits for scenes of one object", logits["one object"], probe.shape)
-    if np.allclose(c.expect_array("logits", logits["the object twice"], probe.shape), once, atol=1e-6):
-        c.fail("image vector", "the logits do not change when a copy of the scene's object fills an empty slot, so "
-                               "the model cannot count the objects",
-               "the image vector is the mean over the object slots (axis 1), which, unlike the max, changes with "
-               "the number of objects")
-    c.passed.append("the image vector counts the objects")
-    repeated = c.expect_array("logits for a question of one repeated word", logits["repeated word"], probe.shape)
-    if not np.allclose(repeated, c.expect_array("logits", logits["single word"], probe.shape), atol=1e-5, rtol=1e-5):
-        c.fail("question vector", "the logits for the question 'w w w' differ from those for 'w' alone, whose mean "
-                                  "of real words is the same",
-               "the question vector is the mean over the real words only: the padding (id 0) must not count, "
-               "and neither must word positions")
-    c.passed.append("the question is the mean of its real words")
-    _check_training(c, _fusion_report(c, c.scenario(_FUSION_LABELS[1], _fusion_steps(train=True))))
-
-
-def _fusion_report(c: Checker, report) -> dict:
-    """The scenario's report, or the failure it describes (not a model, an error while building or calling)."""
-    if not isinstance(report, dict):
-        c.fail("your model", "it could not be read", _STAGE_HINTS["building"])
-    if "not a model" in report:
-        c.fail("your model", f"expected a Keras model, got {report['not a model']}",
-               "return a Keras model: keras.Model(inputs, logits), or pass your keras.Model subclass itself")
-    if "error" in report and report["error"][0] != "training":
-        stage, message = report["error"]
-        c.fail(f"{stage} your model", f"raised {message}", _STAGE_HINTS.get(stage, _STAGE_HINTS["building"]))
-    return report
-
-
-def _check_training(c: Checker, report: dict) -> None:
-    if "error" in report:
-        c.fail("training", f"model.fit raised {report['error'][1]}", _STAGE_HINTS["training"])
-    _, answers = _toy_task(1, 240)
-    before = c.expect_array("logits before training", report["before"], (len(answers), _SIZES[4]))
-    after = c.expect_array("logits after training", report["after"], before.shape)
-    if np.all(before >= 0) and np.all(after >= 0):
-        c.fail("logits", "they are never negative, before or after training",
-               "end with a Dense layer without activation: a logit can be any real number")
-    loss_before, loss_after = _cross_entropy(before, answers), _cross_entropy(after, answers)
-    accuracy = float(np.mean(after.argmax(-1) == answers))
-    if not loss_after < loss_before:
-        c.fail("training", f"the held-out loss did not go down ({loss_before:.3f} -> {loss_after:.3f})",
-               "the model must be trainable: Dense / Embedding layers, no softmax at the end")
-    c.passed.append("loss goes down")
-    if accuracy < 0.85:
-        c.fail("training", f"after training on 'how many?' / 'what colour?' it answers {accuracy:.0%} of the held-out "
-                           "questions right, expected at least 85%",
-               "mean-pool the object features over the objects (axis 1, so every slot counts and colours survive); "
-               "concatenate with the question vector, then a hidden Dense layer with ReLU and the logits")
-    c.passed.append("learns a task that needs both modalities")
-
-
 # --------------------------------------------------------------------------- 04.film
 
 
@@ -360,12 +148,31 @@ def _check_film(c: Checker) -> None:
         beta = rng.normal(size=(batch, channels)).astype(np.float32)
         got = c.call(features, gamma, beta)
         what = f"modulated features (batch {batch}, N {n}, C {channels})"
-        c.expect_array(what, got, features.shape, hint="FiLM keeps the shape of the features: (batch, N, C)")
-        c.expect_close(what, got, features * gamma[:, None, :] + beta[:, None, :],
-                       hint="scale then shift every channel: each example's gamma and beta (batch, C) need a "
-                            "position axis inserted in the middle to broadcast over the N positions", atol=1e-5)
+        got = c.expect_array(what, got, features.shape, hint="FiLM keeps the shape of the features: (batch, N, C)")
+        expected = features.astype(np.float64) * gamma[:, None, :] + beta[:, None, :]
+        if not np.allclose(got.astype(np.float64), expected, atol=1e-5, rtol=1e-5):
+            _film_formula(c, features)
+        c.expect_close(what, got, expected,
+                       hint="the formula is right when every example and channel share one gamma and one beta; "
+                            "here each example's gamma and beta (batch, C) need a position axis inserted in the "
+                            "middle to broadcast over the N positions", atol=1e-5)
     identity = c.call(features, np.ones_like(gamma), np.zeros_like(beta))
     c.expect_close("gamma = 1, beta = 0", identity, features, hint="with gamma 1 and beta 0 FiLM changes nothing")
+
+
+def _film_formula(c: Checker, features: np.ndarray) -> None:
+    """A wrong result: blame the formula if it is wrong even where no broadcasting can go astray."""
+    for g, b in ((1.5, -0.5), (0.0, 2.0), (-2.0, 0.0)):     # one gamma and one beta for every example and channel
+        gamma = np.full(features.shape[::2], g, np.float32)
+        beta = np.full(features.shape[::2], b, np.float32)
+        what = f"modulated features with gamma = {g} and beta = {b} everywhere"
+        got = c.expect_array(what, c.call(features, gamma, beta), features.shape,
+                             hint="FiLM keeps the shape of the features: (batch, N, C)")
+        if not np.allclose(got.astype(np.float64), g * features.astype(np.float64) + b, atol=1e-5, rtol=1e-5):
+            c.fail(what, "values differ, so the formula itself is wrong (with one gamma and one beta everywhere, "
+                         "broadcasting cannot be the cause)",
+                   "reread FiLM's formula: which of gamma and beta multiplies the features, which is added, and "
+                   "in which order")
 
 
 # --------------------------------------------------------------------------- 04.cross_attention
@@ -392,6 +199,8 @@ def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", 
             scores = np.where(context_mask[:, :, None], scores, -1e9)
         elif mask == "small fill":
             scores = np.where(context_mask[:, None, :], scores, -30.0)
+        elif mask.startswith("after"):
+            scores = scores + 0.0                          # the mask is applied to the weights below
         elif mask == "prefix":
             prefix = np.arange(context_mask.shape[1])[None, :] < context_mask.sum(1, keepdims=True)
             scores = np.where(prefix[:, None, :], scores, -1e9)
@@ -401,6 +210,10 @@ def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", 
             weights = np.exp(scores) / np.exp(scores).sum(axis=axis, keepdims=True)
         else:
             weights = scores
+        if mask.startswith("after"):
+            weights = weights * context_mask[:, None, :]
+            if mask == "after, renormalised":
+                weights = weights / weights.sum(-1, keepdims=True)
         output = weights @ context
         return (weights, output) if swap else (output, weights)
     return attention
@@ -419,6 +232,8 @@ def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", 
         "naive similarity weights (no softmax)": _attention_mistake(softmax=""),
         "softmax without subtracting the maximum": _attention_mistake(softmax="unstable"),
         "returns (weights, output)": _attention_mistake(swap=True),
+        "masks the weights after the softmax": _attention_mistake(mask="after"),
+        "masks the weights after the softmax, then renormalises": _attention_mistake(mask="after, renormalised"),
         "masks with a fill of -30 (not large enough)": _attention_mistake(mask="small fill"),
         "attends to the first `mask.sum()` tokens (assumes real tokens come first)": _attention_mistake(mask="prefix"),
     },
@@ -441,6 +256,10 @@ def _check_cross_attention(c: Checker) -> None:
     context = -8.0 + 0.1 * _tokens(26, 2, 5, 16)
     mask = _mask([3, 2], 5)
     _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=True)
+    queries, context = 3.0 + 0.1 * _tokens(9, 2, 3, 8), _tokens(29, 2, 5, 8)
+    mask = _mask([2, 4], 5)
+    context[~mask] = 250.0                          # a padded token scores thousands above the real ones
+    _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=True)
 
 
 def _expect_cross_attention(c: Checker, result, queries, context, mask, large: bool) -> None:
@@ -457,6 +276,13 @@ def _expect_cross_attention(c: Checker, result, queries, context, mask, large: b
     weights = c.expect_array(f"{what}: weights", weights, (batch, q_len, k_len),
                              hint="one weight per (query, context token) pair: queries @ context^T").astype(float)
     c.expect_array(f"{what}: output", output, (batch, q_len, d), hint="output = weights @ context: (batch, q_len, D)")
+    if not (np.isfinite(weights).all() and np.allclose(weights.sum(-1), 1.0, atol=1e-4)):
+        scores = queries.astype(np.float64) @ np.swapaxes(context.astype(np.float64), 1, 2) / np.sqrt(d)
+        if masked_after_softmax(weights, scores, np.broadcast_to(mask[:, None, :], weights.shape)):
+            c.fail(f"{what}: weights", "they are the softmax of the unmasked scores, masked afterwards",
+                   "apply the mask to the scores, before the softmax: masking the weights after it leaves real "
+                   "weights that do not sum to 1 (and lost to underflow when a padded token has by far the largest "
+                   "score)")
     if not np.isfinite(weights).all():
         c.fail(f"{what}: weights", "contain NaN or inf",
                "subtract each row's largest score before np.exp (exp overflows for scores of a few hundred)")

@@ -45,12 +45,31 @@ def _clipped_log_softmax(z):
     return np.log(np.clip(e / e.sum(axis=-1, keepdims=True), 1e-7, 1.0))
 
 
+def _epsilon_log_softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return np.log(e / e.sum(axis=-1, keepdims=True) + 1e-9)
+
+
 def _drawn_logits(count: int = 8) -> list[np.ndarray]:
     from hypothesis import strategies as st
     from hypothesis.extra import numpy as hnp
     shapes = st.tuples(st.integers(1, 4), st.integers(1, 6))
     values = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
     return draw_cases(shapes.flatmap(lambda shape: hnp.arrays(np.float32, shape, elements=values)), count)
+
+
+def _clip_floor(got: np.ndarray, expected: np.ndarray) -> float | None:
+    """The floor of a clipped result (max(expected, floor), or log(exp(expected) + exp(floor))), else None."""
+    wrong = ~np.isclose(got, expected, atol=1e-4, rtol=1e-5)
+    if not wrong.any() or not (got[wrong] > expected[wrong]).all():
+        return None
+    floor = float(got[wrong].min())
+    with np.errstate(all="ignore"):
+        smooth = np.logaddexp(expected, floor)
+    if np.allclose(got, np.maximum(expected, floor), atol=1e-3, rtol=1e-4) or np.allclose(got, smooth, atol=1e-3,
+                                                                                          rtol=1e-4):
+        return floor
+    return None
 
 
 @exercise(
@@ -65,6 +84,8 @@ def _drawn_logits(count: int = 8) -> list[np.ndarray]:
             - np.log(np.exp(z - z.max(0, keepdims=True)).sum(0, keepdims=True)),
         "subtracts the largest logit of the whole batch, not of each row": _global_max_log_softmax,
         "clips the probabilities before the log": _clipped_log_softmax,
+        "adds a small epsilon to the probabilities before the log": _epsilon_log_softmax,
+        "clips the result at -100": lambda z: np.maximum(_log_softmax64(z), -100.0).astype(np.float32),
         "subtracts the mean instead of the max": lambda z: z - z.mean(-1, keepdims=True)
             - np.log(np.exp(z - z.mean(-1, keepdims=True)).sum(-1, keepdims=True)),
     },
@@ -91,7 +112,14 @@ def _check_log_softmax(c: Checker) -> None:
                    "exp() of a large logit overflows float32 and log() of a probability that rounded to 0 "
                    "is -inf; use the log-sum-exp trick so you never exponentiate a positive number or take "
                    "the log of a probability")
-        c.expect_close(label, array, _log_softmax64(logits), atol=1e-4, rtol=1e-5,
+        expected = _log_softmax64(logits)
+        floor = _clip_floor(array.astype(np.float64), expected)
+        if floor is not None:
+            c.fail(label, f"values that should lie below {floor:.4g} come out at about {floor:.4g}",
+                   "the result is clipped (or a small constant was added to the probabilities before the log): "
+                   "a log-probability of -1000 is a valid answer; compute it without going through the "
+                   "probabilities")
+        c.expect_close(label, array, expected, atol=1e-4, rtol=1e-5,
                        hint="each row must satisfy sum(exp(result)) == 1, and subtracting each row's maximum is "
                             "only allowed if you account for it in the result")
 

@@ -8,6 +8,7 @@ lesson 06 are in `lesson06`.
 
 from __future__ import annotations
 
+import re
 import types
 import warnings
 
@@ -17,6 +18,7 @@ from keras import ops
 
 from mmlm_course import attention, encoders, losses
 from mmlm_course.exercises import Checker, exercise
+from mmlm_course.exercises.checker import _message
 from mmlm_course.exercises.layers import (add_positions, expect_layer_class, instantiate, layer_output,
                                           layer_snapshot, output_data, randomise_weights, rebuild_layer)
 
@@ -86,6 +88,16 @@ def _token_sequence(t, token_ids):
     return losses.l2_normalize(t.projection(x))
 
 
+def _numpy_tower(t, token_ids):
+    """Mistake: NumPy inside call (right values eagerly, fails on a symbolic input)."""
+    mask = np.asarray(token_ids) != 0
+    x = t.final_norm(t.block(add_positions(t.position_embedding, t.token_embedding(token_ids)), mask=mask))
+    x = np.asarray(x)
+    pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    z = np.asarray(t.projection(pooled))
+    return z / np.linalg.norm(z, axis=-1, keepdims=True)
+
+
 def _tower_mistake(**flags):
     forward = flags.pop("forward", None) or (lambda self, ids: _tower_forward(self, ids, **flags))
     return type("MistakenTower", (_TowerParts,), {"call": lambda self, token_ids: forward(self, token_ids)})
@@ -121,6 +133,7 @@ _TOWER_DIAGNOSES = (
         "no position embeddings (order-blind)": _tower_mistake(positions=False),
         "skips the final LayerNorm": _tower_mistake(final_norm=False),
         "returns one vector per token (no pooling)": _tower_mistake(forward=_token_sequence),
+        "NumPy inside call": _tower_mistake(forward=_numpy_tower),
         "the final LayerNorm after pooling": type("LateNormTower", (_TowerParts,), {"call": lambda self, ids: (
             losses.l2_normalize(self.projection(self.final_norm(encoders.masked_mean_pool(
                 self.block(self.position_embedding(self.token_embedding(ids)), mask=ops.not_equal(ids, 0)),
@@ -137,6 +150,12 @@ def _check_text_tower(c: Checker) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _compare_tower(c, result)
+    if result.get("symbolic"):
+        c.fail("the tower called on a symbolic keras.Input (as in a functional model, or inside fit)",
+               f"call failed: {result['symbolic']}",
+               "write call with keras.ops (ops.not_equal, ops.cast, ops.sum, ...), not NumPy: a symbolic tensor "
+               "has no values for NumPy to read")
+    c.passed.append("works on a symbolic input")
 
 
 def _run_tower(candidate):
@@ -153,7 +172,24 @@ def _run_tower(candidate):
         randomise_weights([part for part in parts.values() if part is not None], seed=63)
         snapshots = {name: None if part is None else layer_snapshot(part) for name, part in parts.items()}
         outputs = {"full": tower(ids), "short": tower(ids[:3, :5]), "one": tower(ids[1:2])}
-        return {"parts": snapshots, "outputs": {key: output_data(value) for key, value in outputs.items()}}
+        report = {"parts": snapshots, "outputs": {key: output_data(value) for key, value in outputs.items()}}
+        try:                                     # symbolic input, as in a functional model or fit's graph
+            tower(keras.Input((_MAX_LENGTH,), dtype="int32"))
+            report["symbolic"] = None
+        except Exception as error:               # NumPy in call: a symbolic tensor has no values
+            report["symbolic"] = _symbolic_error(error)
+        return report
+
+
+def _symbolic_error(error: Exception) -> str:
+    """The cause of a failed symbolic call in one line, without Keras' wrapping (which names the layer)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if "Error encountered:" in text:             # Keras' "Could not automatically infer the output shape ..."
+        cause = text.split("Error encountered:", 1)[1].split("Arguments received by", 1)[0]
+        lines = [line.strip() for line in cause.splitlines() if line.strip()]
+        if lines:
+            return lines[0][:300]
+    return f"{type(error).__name__}: {_message(error)}"
 
 
 def _compare_tower(c: Checker, result: dict) -> None:
