@@ -35,7 +35,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course.validation import (as_array, dtype_name, positive_int, require_bool_mask, require_float_dtype,
+from mmlm_course.validation import (as_array, dtype_name, positive_int, require_array_budget, require_bool_mask,
+                                    require_float_dtype,
                                     require_int, require_rank, require_rate, same_dim, static_shape)
 
 __all__ = ["MultiHeadAttention", "TransformerBlock", "scaled_dot_product_attention", "causal_mask", "update_cache"]
@@ -88,7 +89,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.use_causal_mask = bool(use_causal_mask)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.seed = seed
+        self.seed = seed if seed is None else require_int(seed, "seed", 0)
         self.attention_dropout = keras.layers.Dropout(self.dropout, seed=seed, dtype=self.dtype_policy)
         self.input_spec = keras.layers.InputSpec(ndim=3)   # the query: (batch, q_len, d)
         self.supports_masking = True
@@ -221,7 +222,7 @@ class TransformerBlock(keras.layers.Layer):
                              "each head gets embed_dim // num_heads features.")
         self.dropout = require_rate(dropout)
         self.causal = bool(causal)
-        self.seed = seed
+        self.seed = seed = seed if seed is None else require_int(seed, "seed", 0)
         seeds = (None,) * 3 if seed is None else (seed, seed + 1, seed + 2)   # independent dropout masks
         policy = self.dtype_policy
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1", dtype=policy)
@@ -361,6 +362,9 @@ def causal_mask(query_length: int, key_length: int | None = None, offset=0):
         if key_length < offset + query_length:
             raise ValueError(f"key_length={key_length} is shorter than offset + query_length = "
                              f"{offset} + {query_length}: the keys must include every query position.")
+    elif not hasattr(offset, "shape"):
+        raise TypeError(f"offset must be an int or a scalar int tensor, got {type(offset).__name__} {offset!r:.40}.")
+    require_array_budget((query_length, key_length), 8, "query_length and key_length")
     return _causal_mask(query_length, key_length, offset)
 
 
@@ -381,6 +385,7 @@ def update_cache(cache, new, position, axis: int = 1):
     ``new``, all others are unchanged. A fixed-size buffer keeps every generation step
     the same shape, so a compiled step is traced only once.
     """
+    cache, new = as_array(cache, "cache"), as_array(new, "new")
     cache_shape, new_shape = static_shape(cache), static_shape(new)
     if len(cache_shape) < 2 or len(new_shape) != len(cache_shape):
         raise ValueError(f"update_cache: cache and new need the same rank >= 2, got cache shape {cache_shape} "
@@ -390,6 +395,9 @@ def update_cache(cache, new, position, axis: int = 1):
     if any(not same_dim(new_shape[i], cache_shape[i]) for i in others):
         raise ValueError(f"update_cache: new {new_shape} must match cache {cache_shape} on every axis but the "
                          f"time axis {axis}.")
+    if not isinstance(position, (int, np.integer)) and not hasattr(position, "shape"):
+        raise TypeError(f"position must be an int or a scalar int tensor, got {type(position).__name__} "
+                        f"{position!r:.40}.")
     if isinstance(position, (int, np.integer)) and None not in (cache_shape[axis], new_shape[axis]):
         require_int(position, "position", 0, cache_shape[axis] - new_shape[axis])
     start = [0] * len(cache_shape)

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from mmlm_course.shapeworld import SOUND_SAMPLE_RATE
-from mmlm_course.validation import positive_int, require_choice, require_float, require_int
+from mmlm_course.validation import positive_int, require_array_budget, require_choice, require_float, require_int
 
 COURSE_SAMPLE_RATE = SOUND_SAMPLE_RATE  # 16 kHz, the rate every lesson works at
 FRAME_LENGTH = 400  # 25 ms at 16 kHz
@@ -52,6 +52,7 @@ def validate_waveform(signal, name: str = "signal", max_ndim: int = 1, min_lengt
     Raises TypeError for a non-float dtype and ValueError for a wrong rank, too few
     samples or NaN / inf values; each message says what was expected and received.
     """
+    max_ndim, min_length = require_int(max_ndim, "max_ndim", 1, 32), require_int(min_length, "min_length", 0)
     array = np.asarray(signal)
     if array.dtype == object:
         raise TypeError(f"{name}: expected a float array, got a ragged or object array "
@@ -129,6 +130,7 @@ def lowpass_fir(cutoff_hz: float, sample_rate: float, num_taps: int = 101) -> np
     if num_taps % 2 == 0:
         raise ValueError(f"num_taps must be odd (a centre tap keeps the delay a whole number of "
                          f"samples), got {num_taps}; use {num_taps + 1}.")
+    require_array_budget((num_taps,), 48, "num_taps")
     half = (num_taps - 1) / 2
     offsets = np.arange(num_taps) - half
     taps = _windowed_sinc(offsets, cutoff_hz / sample_rate, half + 1)
@@ -156,12 +158,16 @@ def apply_fir(signal, taps) -> np.ndarray:
 def frequency_response(taps, sample_rate: float, num_points: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Gain of an FIR filter: ``(frequencies_hz, gain_db)``, each float64 of shape
     (num_points // 2 + 1,) from 0 Hz to the Nyquist frequency; gain floored at -120 dB."""
+    if np.asarray(taps).dtype.kind in "USO":
+        raise TypeError("taps: expected float filter coefficients (make them with lowpass_fir), got strings.")
     h = np.asarray(taps, np.float64)
     if h.ndim != 1 or h.size == 0:
         raise ValueError(f"taps: expected shape (num_taps,), got {h.shape}.")
     num_points = positive_int(num_points, "num_points")
+    require_array_budget((num_points,), 32, "num_points")
     if num_points < h.size:
         raise ValueError(f"num_points must be at least the number of taps ({h.size}), got {num_points}.")
+    sample_rate = require_float(sample_rate, "sample_rate", low=0.0, low_open=True)
     gain = np.abs(np.fft.rfft(h, n=num_points))
     freqs = np.fft.rfftfreq(num_points, d=1.0 / sample_rate)
     return freqs, 20 * np.log10(np.maximum(gain, 1e-6))
@@ -203,6 +209,7 @@ def resample(signal, orig_rate: int, target_rate: int, num_zeros: int = 16, roll
     cutoff = 0.5 * min(1.0, ratio) * rolloff  # cycles per input sample
     half_width = int(math.ceil(num_zeros / min(1.0, ratio)))
     num_out = -(-x.size * target_rate // orig_rate)
+    require_array_budget((num_out, 2 * half_width), 8, "the rates and num_zeros (the interpolation work)")
     padded = np.pad(x.astype(np.float64), half_width + 1)
     taps = np.arange(-half_width + 1, half_width + 1)
     out = np.empty(num_out, np.float64)
@@ -264,6 +271,7 @@ def hann_window(frame_length: int, periodic: bool = True) -> np.ndarray:
     symmetric one, and a window of length 1 is [1.0].
     """
     frame_length = positive_int(frame_length, "frame_length")
+    require_array_budget((frame_length,), 8, "frame_length")
     if frame_length == 1:
         return np.ones(1, np.float32)
     denominator = frame_length if (periodic and frame_length % 2 == 0) else frame_length - 1
@@ -290,6 +298,7 @@ def stft(signal, frame_length: int = FRAME_LENGTH, hop_length: int = HOP_LENGTH,
     frame_length = positive_int(frame_length, "frame_length")
     fft_length = _check_fft_length(fft_length, frame_length)
     frames = frame_signal(signal, frame_length, hop_length, pad_end)
+    require_array_budget(frames.shape[:-1] + (fft_length,), 16, "fft_length")
     windowed = frames.astype(np.float64) * hann_window(frame_length).astype(np.float64)
     return np.fft.rfft(windowed, n=fft_length, axis=-1).astype(np.complex64)
 
@@ -308,13 +317,16 @@ def power_spectrogram(signal, frame_length: int = FRAME_LENGTH, hop_length: int 
 
 def fft_frequencies(fft_length: int = FFT_LENGTH, sample_rate: int = COURSE_SAMPLE_RATE) -> np.ndarray:
     """The centre frequency in Hz of each STFT bin: float64 (fft_length // 2 + 1,)."""
-    return np.fft.rfftfreq(positive_int(fft_length, "fft_length"), d=1.0 / positive_int(sample_rate, "sample_rate"))
+    require_array_budget((positive_int(fft_length, "fft_length"),), 8, "fft_length")
+    return np.fft.rfftfreq(fft_length, d=1.0 / positive_int(sample_rate, "sample_rate"))
 
 
 # --------------------------------------------------------------------------- mel scale
 
 
 def _frequencies(value, name: str) -> np.ndarray:
+    if np.asarray(value).dtype.kind in "USO":
+        raise TypeError(f"{name}: expected numbers (Hz or mel), got {value!r:.60}.")
     array = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise ValueError(f"{name}: expected finite, non-negative values, got range "
@@ -352,6 +364,7 @@ def mel_filterbank(num_mel_bins: int = NUM_MEL_BINS, num_spectrogram_bins: int =
     if num_spectrogram_bins < 2:
         raise ValueError(f"num_spectrogram_bins must be at least 2 (fft_length // 2 + 1), got {num_spectrogram_bins}.")
     sample_rate = positive_int(sample_rate, "sample_rate")
+    require_array_budget((num_spectrogram_bins, num_mel_bins + 2), 40, "num_spectrogram_bins and num_mel_bins")
     nyquist = sample_rate / 2
     upper_hz = nyquist if upper_hz is None else float(upper_hz)
     if not 0.0 <= lower_hz < upper_hz <= nyquist:
@@ -371,6 +384,8 @@ def log_mel(spectrogram, mel_matrix, eps: float = LOG_EPS) -> np.ndarray:
     float32 (..., frames, mels). ``eps`` > 0 keeps silent frames finite (log 0 = -inf)."""
     spec = np.asarray(spectrogram)
     mel = np.asarray(mel_matrix)
+    if mel.dtype.kind in "USO" or np.asarray(spectrogram).dtype.kind in "USO":
+        raise TypeError("spectrogram and mel_matrix must hold numbers, got strings or objects.")
     if not np.issubdtype(spec.dtype, np.floating) or spec.ndim < 2:
         raise ValueError(f"spectrogram: expected a real float array (..., frames, bins), got shape "
                          f"{spec.shape} and dtype {spec.dtype} (complex STFT? take np.abs(...) ** 2).")
@@ -411,7 +426,7 @@ def add_noise(signal, snr_db: float, rng=None) -> np.ndarray:
     Generator or an int seed (None: fresh entropy).
     """
     x = validate_waveform(signal, "signal")
-    snr_db = require_float(snr_db, "snr_db")
+    snr_db = require_float(snr_db, "snr_db", -300.0, 300.0)  # beyond: 10**(snr / 10) overflows or vanishes
     power = float(np.mean(np.square(x, dtype=np.float64)))
     if power == 0.0:
         raise ValueError("signal is silent (all zeros): a signal-to-noise ratio is undefined.")
@@ -455,6 +470,7 @@ def pad_waveforms(waveforms: Sequence, length: int | None = None) -> tuple[np.nd
         raise ValueError("waveforms: expected at least one waveform, got an empty sequence.")
     arrays = [validate_waveform(w, f"waveforms[{i}]", min_length=0) for i, w in enumerate(waveforms)]
     length = max(a.size for a in arrays) if length is None else positive_int(length, "length")
+    require_array_budget((len(arrays), length), 5, "length")
     batch = np.zeros((len(arrays), length), np.float32)
     mask = np.zeros((len(arrays), length), bool)
     for i, a in enumerate(arrays):
@@ -487,6 +503,7 @@ def segment_tones(signal, sample_rate: int = COURSE_SAMPLE_RATE, threshold: floa
     x = validate_waveform(signal, "signal", min_length=0)
     sample_rate = positive_int(sample_rate, "sample_rate")
     threshold = require_float(threshold, "threshold", 0.0, 1.0, low_open=True, high_open=True)
+    min_gap_s = require_float(min_gap_s, "min_gap_s", low=0.0)
     loud = np.flatnonzero(np.abs(x) > threshold)
     if loud.size == 0:
         return []

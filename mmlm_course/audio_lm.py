@@ -40,7 +40,8 @@ from keras import ops
 from mmlm_course import audio, encoders, generation, instructions, preprocessing, shapeworld
 from mmlm_course import language_model as lm
 from mmlm_course.mllm import ImageTokenProjector
-from mmlm_course.validation import positive_int, require_int, require_rank
+from mmlm_course.validation import (as_array, positive_int, require_array_budget, require_float, require_int,
+                                    require_int_dtype, require_rank, require_scene)
 
 __all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "SoundData", "generate", "sound_features",
            "note_labels", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode", "AudioFrontEnd",
@@ -82,7 +83,7 @@ class SoundData:
 def note_labels(scene: shapeworld.Scene) -> list[int]:
     """What the sound plays, as CTC labels: for each object from left to right its size,
     colour and shape word, each as ``1 + NOTE_WORDS.index(word)`` (0 is CTC's blank)."""
-    ordered = sorted(scene.objects, key=lambda o: o.x)
+    ordered = sorted(require_scene(scene).objects, key=lambda o: o.x)
     return [1 + NOTE_WORDS.index(word) for o in ordered for word in (o.size, o.color, o.shape)]
 
 
@@ -96,8 +97,13 @@ def sound_features(waveforms, snr_db=None, max_shift: int = 0, seed: int = 0) ->
     every clip). The noise covers the delayed sound, not the silence that then pads the
     clip to 1.6 s.
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(require_int(seed, "seed", 0))
     max_shift = require_int(max_shift, "max_shift", 0, MAX_SHIFT)
+    if snr_db is not None:  # one number, or a (low, high) range
+        pair = (snr_db,) * 2 if np.isscalar(snr_db) else tuple(snr_db) if hasattr(snr_db, "__len__") else ()
+        low, high = (require_float(v, "snr_db", -300, 300) for v in pair) if len(pair) == 2 else (1, 0)
+        if low > high:
+            raise ValueError(f"snr_db: expected None, a number or a (low, high) pair with low <= high, got {snr_db!r}.")
     clips = []
     for wave in waveforms:
         if len(wave) + max_shift > CLIP_SAMPLES:
@@ -132,6 +138,7 @@ def caption_is_true_of_sound(caption: str, scene: shapeworld.Scene) -> bool:
     """The verifier for what a sound can tell: the caption parses, states no relation
     outside `SOUND_RELATIONS` ("above" cannot be heard), and is true of the scene
     (`shapeworld.caption_is_true`)."""
+    require_scene(scene)
     try:
         statements = shapeworld.parse_caption(caption)
     except shapeworld.CaptionParseError:
@@ -150,12 +157,13 @@ def stack_frames(frames, k: int):
     multiple of k the last token is completed with zeros. Qwen-Audio pools and SALMONN
     windows its encoder frames the same way, so the language model reads fewer tokens.
     """
-    k = positive_int(k, "k")
+    k, frames = positive_int(k, "k"), as_array(frames, "frames")
     shape = require_rank(frames, (3,), "frames", "(batch, time, features)")
     time, width = shape[1], shape[2]
     if time is None or width is None:
         raise ValueError(f"stack_frames needs a known number of frames and features, got shape {shape}.")
     tokens = -(-time // k)
+    require_array_budget((shape[0] or 1, tokens * k, width), 4, "frames and k")
     frames = ops.pad(frames, [[0, 0], [0, tokens * k - time], [0, 0]])          # (B, tokens * k, D)
     return ops.reshape(frames, (-1, tokens, k * width))                          # (B, tokens, k * D)
 
@@ -164,7 +172,11 @@ def ctc_greedy_decode(frame_ids, blank: int = 0) -> list[int]:
     """Best-path CTC decoding of one clip: the argmax label of every frame, int (T,) ->
     the labels it spells: merge runs of the same label, then drop the blanks
     (``[0, 3, 3, 0, 3, 5, 5] -> [3, 3, 5]``: a blank between two 3s keeps both)."""
+    frame_ids, blank = as_array(frame_ids, "frame_ids"), require_int(blank, "blank", 0)
+    require_int_dtype(frame_ids, "frame_ids", "integer labels (the arg-max of each frame)")
     frame_ids = np.asarray(frame_ids)
+    if frame_ids.size and frame_ids.min() < 0:
+        raise ValueError(f"frame_ids: labels are ids >= 0, got {frame_ids.min()}.")
     if frame_ids.ndim != 1:
         raise ValueError(f"frame_ids: expected the labels of one clip, shape (T,), got shape {frame_ids.shape}; "
                          "decode a batch row by row.")
@@ -277,6 +289,7 @@ def transcribe(transcriber: CTCTranscriber, log_mels, batch_size: int = 256) -> 
 
 def notes_text(labels) -> str:
     """CTC labels (1..11; 0, the blank or padding, is skipped) -> the words, e.g. "small red circle"."""
+    labels = [require_int(int(i) if isinstance(i, np.integer) else i, "labels[i]", 0, len(NOTE_WORDS)) for i in labels]
     return " ".join(NOTE_WORDS[int(i) - 1] for i in labels if i)
 
 

@@ -40,7 +40,8 @@ import numpy as np
 from mmlm_course import env, shapeworld
 from mmlm_course.checkpoints import CheckpointStore
 from mmlm_course.run_data import evaluate_photos, load_run_data
-from mmlm_course.validation import require_choice
+from mmlm_course.datasets import parse_data_spec
+from mmlm_course.validation import require_choice, require_float, require_int, require_str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,15 @@ class RunConfig:
     model: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        require_choice(require_str(self.preset, "preset"), tuple(PRESETS) + tuple(AUDIO_PRESETS), "preset")
+        parse_data_spec(self.data)
+        require_choice(self.modality, ("image", "audio"), "modality")
+        for name, low in (("train_examples", 1), ("eval_examples", 1), ("batch_size", 1), ("detector_examples", 0),
+                          ("detector_epochs", 0), ("ctc_steps", 0), ("pretrain_epochs", 0), ("checkpoint_every", 1),
+                          ("seed", 0)):
+            require_int(getattr(self, name), name, low, 10**7)
+        for name in ("learning_rate", "stage1_learning_rate"):
+            require_float(getattr(self, name), name, 0.0, 10.0, low_open=True)
         for name in ("stage1_steps", "stage2_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
                 raise ValueError(f"{name} must be a whole number of at least 2 (a stage's warmup-cosine learning rate "

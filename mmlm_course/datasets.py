@@ -270,6 +270,8 @@ def parse_data_spec(spec: str) -> tuple[str, list[str]]:
     Known kinds: shapeworld (no path), flickr8k:ROOT, coco:CAPTIONS_JSON,IMAGE_DIR,
     vqa:QUESTIONS_JSON,ANNOTATIONS_JSON,IMAGE_DIR.
     """
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a str such as 'shapeworld' or 'flickr8k:ROOT', got {type(spec).__name__}.")
     kind, _, rest = spec.partition(":")
     expected = {"shapeworld": 0, "flickr8k": 1, "coco": 2, "vqa": 3}
     if kind not in expected:

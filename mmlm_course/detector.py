@@ -39,7 +39,7 @@ import numpy as np
 from keras import ops
 
 from mmlm_course import encoders, preprocessing, shapeworld
-from mmlm_course.validation import positive_int, require_choice, require_float
+from mmlm_course.validation import positive_int, require_choice, require_float, require_int
 
 __all__ = [
     "ObjectImageEncoder", "load_detector", "build_object_encoder", "pretrain_object_encoder", "attribute_accuracy",
@@ -213,7 +213,7 @@ def object_grid_targets(scenes: Sequence[shapeworld.Scene], grid: int = GRID) ->
       neighbouring cells agree on where an object is; ``offset_weight`` float32 (N, G)
       marks those cells.
     """
-    grid = positive_int(grid, "grid")
+    grid = require_int(grid, "grid", 1, 1024)
     if isinstance(scenes, shapeworld.ShapeWorldData):
         scenes = scenes.scenes
     n, cells = len(scenes), grid * grid
@@ -333,7 +333,7 @@ class ObjectTokens(keras.layers.Layer):
                  **kwargs):
         super().__init__(**kwargs)
         self.num_objects = positive_int(num_objects, "num_objects")
-        self.grid = positive_int(grid, "grid")
+        self.grid = require_int(grid, "grid", 1, 1024)
         if self.num_objects > self.grid ** 2:
             raise ValueError(f"num_objects={num_objects} is more than the {self.grid ** 2} grid cells.")
         self.nms_radius = require_float(nms_radius, "nms_radius", 0.0, 1.0, high_open=True)

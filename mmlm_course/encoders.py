@@ -33,7 +33,8 @@ from keras import ops
 
 from mmlm_course import attention
 from mmlm_course.validation import (as_array, dtype_name, int_tuple, is_int, positive_int, require_bool_mask,
-                                    require_choice, require_float_dtype, require_rank, require_rate, same_dim)
+                                    require_choice, require_float_dtype, require_int, require_rank, require_rate,
+                                    same_dim)
 
 __all__ = [
     "masked_mean_pool", "patchify", "conv2d_param_count", "shape_trace", "PositionEmbedding",
@@ -451,7 +452,7 @@ class TransformerTextEncoder(keras.layers.Layer):
         self.embed_dim = positive_int(embed_dim, "embed_dim")
         self.num_heads = positive_int(num_heads, "num_heads")
         self.mlp_dim = positive_int(mlp_dim, "mlp_dim")
-        self.num_layers = positive_int(num_layers, "num_layers")
+        self.num_layers = require_int(num_layers, "num_layers (blocks are built at once)", 1, 256)
         self.dropout = require_rate(dropout)
         self.pooling = require_choice(pooling, ("mean", None), "pooling")
         policy = self.dtype_policy

@@ -62,6 +62,9 @@ def require_same_batch(first: tuple, second: tuple, first_name: str, second_name
     Fusion pairs every image with its own question; a batch size that differs between
     the two sides is the commonest fusion bug, so the message names both sides.
     """
+    for shape, name in ((first, first_name), (second, second_name)):
+        if not isinstance(shape, tuple) or not shape:
+            raise ValueError(f"{name}: expected a static shape with a batch axis, e.g. (batch, ...), got {shape!r}.")
     if not same_dim(first[0], second[0]):
         raise ValueError(f"mismatched batch sizes: {first_name} has {first[0]} examples but {second_name} has "
                          f"{second[0]} (shapes {first} and {second}); pair every image with its own question, "
@@ -71,6 +74,8 @@ def require_same_batch(first: tuple, second: tuple, first_name: str, second_name
 def require_token_mask(mask, tokens_shape: tuple, name: str, of: str):
     """``mask`` as a boolean (batch, length) array matching ``tokens_shape[:2]``, the
     shape of the (batch, length, features) tokens ``of`` names."""
+    if not isinstance(tokens_shape, tuple) or len(tokens_shape) < 2:
+        raise ValueError(f"tokens_shape: expected the (batch, length, ...) shape of {of}, got {tokens_shape!r}.")
     mask = as_array(mask, name)
     require_bool_mask(mask, name)
     m_shape = static_shape(mask)
@@ -183,7 +188,7 @@ def late_fusion(image_logits, text_logits, image_weight=0.5):
     if not same_dim(i_shape[-1], t_shape[-1]):
         raise ValueError(f"both models must score the same answers, got {i_shape[-1]} image and {t_shape[-1]} "
                          "text answer logits.")
-    if isinstance(image_weight, (int, float)):
+    if isinstance(image_weight, (int, float)) or not hasattr(image_weight, "shape"):
         image_weight = require_float(image_weight, "image_weight", 0.0, 1.0)
     return (image_weight * ops.log_softmax(image_logits, axis=-1)
             + (1.0 - image_weight) * ops.log_softmax(text_logits, axis=-1))

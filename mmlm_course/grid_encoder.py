@@ -24,7 +24,7 @@ import numpy as np
 from keras import ops
 
 from mmlm_course.encoders import ConvImageEncoder, PositionEmbedding, patchify
-from mmlm_course.validation import int_tuple, positive_int, require_int
+from mmlm_course.validation import int_tuple, positive_int, require_array_budget, require_int
 
 __all__ = ["GridImageEncoder", "GridCoordinates", "grid_coordinate_features"]
 
@@ -109,7 +109,8 @@ class GridImageEncoder(keras.layers.Layer):
 def grid_coordinate_features(grid_size: int) -> np.ndarray:
     """float32 (grid_size**2, 6): for each cell in reading order its column x and row y
     in [-1, 1], then sin(pi x), sin(pi y), cos(pi x), cos(pi y)."""
-    steps = np.linspace(-1.0, 1.0, positive_int(grid_size, "grid_size"))
+    require_array_budget((positive_int(grid_size, "grid_size"),) * 2, 64, "grid_size")
+    steps = np.linspace(-1.0, 1.0, grid_size)
     rows, columns = np.meshgrid(steps, steps, indexing="ij")
     xy = np.stack([columns.ravel(), rows.ravel()], axis=1)
     return np.concatenate([xy, np.sin(np.pi * xy), np.cos(np.pi * xy)], axis=1).astype(np.float32)

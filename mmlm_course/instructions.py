@@ -39,7 +39,7 @@ import numpy as np
 
 from mmlm_course import language_model as lm
 from mmlm_course import preprocessing, shapeworld
-from mmlm_course.validation import require_choice, require_int
+from mmlm_course.validation import require_choice, require_int, require_str
 
 __all__ = ["CAPTION", "QUESTION", "ANSWER", "TASK_TOKENS", "TASKS", "prompt_ids", "answer_only_targets",
            "instruction_rows", "make_examples_from_texts", "make_examples", "instruction_texts", "require_task_tokens",
@@ -90,6 +90,7 @@ def prompt_ids(prompt: str, tokenizer: preprocessing.Tokenizer) -> list[int]:
     ``<bos> <question> question words <answer>``. Returns a list of int ids."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str ('' for a caption, else the question), got {type(prompt).__name__}.")
+    require_task_tokens(tokenizer)
     ids = tokenizer.token_to_id
     if not prompt.strip():
         return [tokenizer.bos_id, ids[CAPTION]]
@@ -106,8 +107,9 @@ def answer_only_targets(token_ids, prompt_lengths, pad_id: int = 0) -> tuple[np.
     Target ``t`` is token ``t + 1``, so row b keeps targets ``t >= prompt_lengths[b] - 1``:
     the last prompt position predicts the first answer token.
     """
-    ids = np.asarray(token_ids)
-    lengths = np.asarray(prompt_lengths)
+    ids, lengths, pad_id = np.asarray(token_ids), np.asarray(prompt_lengths), require_int(pad_id, "pad_id", 0)
+    if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
+        raise ValueError(f"token_ids: ids are >= 0, got {ids.min()}.")
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"token_ids: expected int (batch, length), got shape {ids.shape} dtype {ids.dtype}.")
     if ids.shape[1] < 2:
@@ -202,6 +204,9 @@ def instruction_texts(captions: Sequence[str] | None = None,
     if captions is None and qa is None:
         raise ValueError("give captions, qa or both: there is no text to format.")
     columns = [list(c) for c in (captions, qa) if c is not None]
+    for i, caption in enumerate(captions or ()):
+        if caption is not None:
+            require_str(caption, f"captions[{i}]", allow_empty=True)  # "" or None: no caption
     if len({len(c) for c in columns}) > 1:
         raise ValueError(f"captions and qa must have one entry per image, got {len(columns[0])} captions and "
                          f"{len(columns[1])} qa pairs.")

@@ -33,9 +33,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course import attention, preprocessing
+from mmlm_course import attention, preprocessing, shapeworld
 from mmlm_course.losses import masked_sequence_loss
-from mmlm_course.validation import concrete_values, dtype_name, is_float, is_int, require_int, static_shape
+from mmlm_course.validation import (as_array, concrete_values, dtype_name, is_float, is_int, require_float,
+                                    require_instance, require_int, static_shape)
 
 TASK_TOKENS = ("<caption>", "<question>")
 CAPTION, QUESTION = TASK_TOKENS
@@ -63,7 +64,7 @@ class DecoderLM(keras.Model):
         self.vocab_size = require_int(vocab_size, "vocab_size", 2)
         self.max_length = require_int(max_length, "max_length", 2)
         self.dim = require_int(dim, "dim", 1)
-        self.num_layers = require_int(num_layers, "num_layers", 1)
+        self.num_layers = require_int(num_layers, "num_layers (blocks are built at once)", 1, 256)
         self.num_heads = require_int(num_heads, "num_heads", 1)
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (each head gets dim // num_heads).")
@@ -194,6 +195,8 @@ def check_token_ids(token_ids, name: str = "token_ids", vocab_size: int | None =
         raise TypeError(f"{name}: expected integer token ids, got dtype {array.dtype}.")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{name}: expected at least one sequence of at least one token, got shape {array.shape}.")
+    if array.min() < 0:
+        raise ValueError(f"{name}: ids are >= 0, got {array.min()}.")
     if vocab_size is not None and (array.min() < 0 or array.max() >= vocab_size):
         raise ValueError(f"{name}: ids must lie in [0, {vocab_size}) (the model's vocab_size), "
                          f"got values in [{array.min()}, {array.max()}].")
@@ -202,8 +205,7 @@ def check_token_ids(token_ids, name: str = "token_ids", vocab_size: int | None =
 
 def _as_logits(logits, name: str = "logits"):
     """Check that ``logits`` is a float (B, V) array / tensor and return it as a tensor."""
-    if not hasattr(logits, "shape"):
-        logits = np.asarray(logits)
+    logits = as_array(logits, name)
     if len(logits.shape) != 2:
         raise ValueError(f"{name}: expected shape (batch, vocab_size), got shape {static_shape(logits)} "
                          f"(take the last position first: logits[:, -1, :]).")
@@ -234,6 +236,7 @@ def shapeworld_texts(data, kinds: Sequence[str] = ("caption", "question")) -> li
     """Language-model texts from a `shapeworld.ShapeWorldData`: for every example,
     ``"<caption> CAPTION"`` and ``"<question> QUESTION ANSWER"`` (as chosen by ``kinds``).
     The task token tells the model (and the sampler) which kind of text follows."""
+    require_instance(data, shapeworld.ShapeWorldData, "data", "make it with shapeworld.generate(...)")
     unknown = set(kinds) - {"caption", "question"}
     if unknown or not kinds:
         raise ValueError(f"kinds must be a non-empty subset of ('caption', 'question'), got {tuple(kinds)}.")
@@ -266,6 +269,9 @@ def next_token_loss(targets, logits):
     targets int (B, T) (pad id 0 is ignored), logits float (B, T, V). It is lesson 05's
     `masked_sequence_loss` with ``mask = targets != 0``. Returns a float32 scalar.
     """
+    targets = as_array(targets, "targets")
+    if not (is_int(targets) or is_float(targets)):
+        raise TypeError(f"targets: expected integer token ids, got dtype {dtype_name(targets)}.")
     targets = ops.cast(targets, "int32")  # Keras hands y_true to a loss as float; the ids are exact
     return masked_sequence_loss(targets, logits, ops.not_equal(targets, preprocessing.Tokenizer.pad_id))
 
@@ -303,6 +309,8 @@ def unigram_perplexity(train_ids, test_ids, vocab_size: int, pad_id: int = 0) ->
     """Baseline: the perplexity of a model that ignores the context and predicts every
     token with its training frequency (add-one smoothed). Both id arrays: int (N, T)
     starting with ``<bos>``; as in `perplexity`, every non-pad token after the first counts."""
+    vocab_size = require_int(vocab_size, "vocab_size", 2, 10**7)
+    pad_id = require_int(pad_id, "pad_id", 0, vocab_size - 1)
     train = check_token_ids(train_ids, "train_ids", vocab_size)[:, 1:]
     test = check_token_ids(test_ids, "test_ids", vocab_size)[:, 1:]
     counts = np.bincount(train[train != pad_id], minlength=vocab_size).astype(np.float64) + 1.0
@@ -321,6 +329,8 @@ def temperature_probabilities(logits, temperature: float):
     (towards uniform). It must be applied to the logits, *before* the softmax.
     """
     logits = _as_logits(logits)
+    if isinstance(temperature, (int, float)) or not hasattr(temperature, "shape"):
+        temperature = require_float(temperature, "temperature")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (use temperature=0 in sample_next_token "
                          "for greedy decoding).")
@@ -347,6 +357,13 @@ def sample_next_token(logits, temperature: float = 1.0, top_k: int | None = None
     ``seed`` is an int or a `keras.random.SeedGenerator` (reproducible draws).
     """
     logits = ops.cast(_as_logits(logits), "float32")
+    values = concrete_values(logits)
+    if values is not None and (np.isnan(values).any() or np.isposinf(values).any()):
+        raise ValueError("logits contain NaN or +inf (a diverged model?); no token can be sampled from them.")
+    if isinstance(temperature, (int, float)) or not hasattr(temperature, "shape"):
+        temperature = require_float(temperature, "temperature (0 = greedy)")
+    if seed is not None and not isinstance(seed, keras.random.SeedGenerator):
+        seed = require_int(seed, "seed", 0)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     if temperature == 0:

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course.validation import (as_array, concrete_values, dtype_name, is_float, is_int, require_choice,
+from mmlm_course.validation import (as_array, concrete_values, dtype_name, is_float, is_int, require_choice, require_int,
                                     require_float, require_float_dtype, require_int_dtype, same_dim, same_shape,
                                     static_shape)
 
@@ -87,6 +87,8 @@ def check_mask(mask, shape: tuple, name: str = "mask"):
     Returned as a tensor of its own dtype. ValueError for a wrong shape or (when the
     values are known now) a negative or NaN weight; TypeError for other dtypes.
     """
+    if isinstance(mask, np.ndarray) and mask.dtype.kind in "USO":
+        raise TypeError(f"{name}: expected a bool mask (or 0/1 numbers), got dtype {mask.dtype}.")
     mask = ops.convert_to_tensor(as_array(mask, name))
     if not same_shape(static_shape(mask), shape):
         raise ValueError(f"{name}: expected shape {shape} (one entry per token, True on real tokens), "
@@ -105,6 +107,11 @@ def check_mask(mask, shape: tuple, name: str = "mask"):
 # --------------------------------------------------------------------------- classification
 
 
+def _check_axis(axis, x, where: str) -> int:
+    rank = len(static_shape(x))
+    return require_int(axis, f"{where}: axis (for a rank-{rank} input)", -rank, rank - 1)
+
+
 def log_softmax(logits, axis: int = -1):
     """Stable ``log(softmax(logits))`` along ``axis``.
 
@@ -116,6 +123,10 @@ def log_softmax(logits, axis: int = -1):
     logits = float_tensor(logits, "log_softmax: logits")
     if len(static_shape(logits)) == 0:
         raise ValueError("log_softmax: expected logits with a class axis, e.g. shape (B, C), got a scalar.")
+    axis = _check_axis(axis, logits, "log_softmax")
+    if 0 in static_shape(logits):
+        raise ValueError(f"log_softmax: logits are empty (shape {static_shape(logits)}); expected at least one row "
+                         "and one class.")
     m = ops.stop_gradient(ops.max(logits, axis=axis, keepdims=True))
     shifted = logits - m
     return shifted - ops.log(ops.sum(ops.exp(shifted), axis=axis, keepdims=True))
@@ -225,6 +236,8 @@ def masked_sequence_loss(labels, logits, mask=None, label_smoothing: float = 0.0
 def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
     """``x / max(||x||, epsilon)`` along ``axis`` (an all-zero vector stays zero, no NaN)."""
     x = float_tensor(x, "l2_normalize: x", "values")
+    axis = _check_axis(axis, x, "l2_normalize")
+    epsilon = require_float(epsilon, "epsilon", 0.0, 1.0, low_open=True)
     norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
     return x / ops.maximum(norm, ops.cast(epsilon, x.dtype))
 

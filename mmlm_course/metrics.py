@@ -194,7 +194,7 @@ def corpus_bleu_details(references: Sequence, hypotheses: Sequence, max_order: i
     length (ties go to the shorter reference); an empty corpus of candidates (c = 0) scores 0.
     BLEU = ``BP * exp(mean_n log p_n)``.
     """
-    max_order = positive_int(max_order, "max_order")
+    max_order = require_int(max_order, "max_order", 1, 100)  # the longest n-gram (4 for BLEU-4)
     require_choice(smoothing, SMOOTHING, "smoothing")
     if isinstance(hypotheses, str) or isinstance(references, str):
         raise TypeError("corpus_bleu expects lists: references (one entry per hypothesis) and hypotheses; "

@@ -45,7 +45,7 @@ from mmlm_course import attention, detector, instructions, preprocessing, shapew
 from mmlm_course import language_model as lm
 from mmlm_course.grid_encoder import GridImageEncoder
 from mmlm_course.relation_head import RelationHead
-from mmlm_course.validation import (int_tuple, positive_int, require_choice, require_float,
+from mmlm_course.validation import (as_array, int_tuple, positive_int, require_choice, require_float,
                                     require_float_dtype, require_int, require_int_dtype, require_rank,
                                     require_rate, same_dim, static_shape)
 
@@ -164,6 +164,16 @@ def project_tokens(features, w1, b1, w2, b2):
     features float (B, N, D_in), w1 (D_in, H), b1 (H,), w2 (H, D), b2 (D,). Returns float
     (B, N, D): each image token is mapped on its own (no mixing across tokens).
     """
+    names, layouts = ("features", "w1", "b1", "w2", "b2"), ("(B, N, D_in)", "(D_in, H)", "(H,)", "(H, D)", "(D,)")
+    features, w1, b1, w2, b2 = arrays = [as_array(v, n) for v, n in zip((features, w1, b1, w2, b2), names)]
+    shapes = [require_rank(v, (rank,), n, lay) for v, n, lay, rank in zip(arrays, names, layouts, (3, 2, 1, 2, 1))]
+    for v, n in zip(arrays, names):
+        require_float_dtype(v, n)
+    pairs = ((shapes[0][-1], shapes[1][0]), (shapes[1][1], shapes[2][0]), (shapes[2][0], shapes[3][0]),
+             (shapes[3][1], shapes[4][0]))
+    if not all(same_dim(a, b) for a, b in pairs):
+        raise ValueError(f"project_tokens: the sizes do not chain: features {shapes[0]}, w1 {shapes[1]}, b1 "
+                         f"{shapes[2]}, w2 {shapes[3]}, b2 {shapes[4]}; expected (B, N, D_in), (D_in, H), (H,), (H, D), (D,).")
     hidden = keras.activations.gelu(ops.matmul(features, w1) + b1)
     return ops.matmul(hidden, w2) + b2
 
@@ -175,6 +185,9 @@ def prepend_image_tokens(image_tokens, text_embeddings, position_table):
     (L, D) with L >= P + T. Returns float (B, P + T, D): ``concat([image, text], axis=1)
     + position_table[:P + T]``, so the text starts at position P.
     """
+    for value, name in ((image_tokens, "image_tokens"), (text_embeddings, "text_embeddings"),
+                        (position_table, "position_table")):
+        require_float_dtype(as_array(value, name), name)
     image_tokens, text_embeddings = ops.convert_to_tensor(image_tokens), ops.convert_to_tensor(text_embeddings)
     table = ops.convert_to_tensor(position_table)
     image_shape = require_rank(image_tokens, (3,), "image_tokens", "(batch, P, D)")

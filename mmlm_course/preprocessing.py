@@ -21,7 +21,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mmlm_course.validation import positive_int, require_choice, require_int
+from mmlm_course.validation import (int_tuple, positive_int, require_array_budget, require_choice, require_int,
+                                    require_str)
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3, as in Keras TextVectorization (0 pad, 1 unk)
@@ -52,6 +53,8 @@ def validate_image(image, name: str = "image") -> np.ndarray:
         hint = {4: " (RGBA? drop alpha with image[..., :3] or PIL's .convert('RGB'))",
                 1: " (grayscale? repeat it to 3 channels)"}.get(channels, " (channels must be last)")
         raise ValueError(f"{name}: expected 3 colour channels (RGB) in the last axis, got {channels}{hint}.")
+    if 0 in array.shape[-3:-1]:
+        raise ValueError(f"{name}: expected an image at least 1 pixel high and wide, got shape {array.shape}.")
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating):
@@ -85,6 +88,9 @@ def standardize_image(image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray
             raise ValueError(f"{name}: expected 3 finite numbers, one per channel (e.g. preprocessing.IMAGENET_"
                              f"{name.upper()}), got {value!r}.")
         stats[name] = array
+    if ((stats["mean"] < 0) | (stats["mean"] > 1)).any():
+        raise ValueError(f"mean: expected channel means in [0, 1] (images are scaled to [0, 1] first), got {mean!r}; "
+                         "means of 0-255 pixels? divide them by 255.")
     if (stats["std"] <= 0).any():
         raise ValueError(f"std: every channel's standard deviation must be > 0, got {std!r}.")
     return (to_float_image(image) - stats["mean"]) / stats["std"]
@@ -97,7 +103,10 @@ def resize_image(image, size: int | tuple[int, int]) -> np.ndarray:
     array = validate_image(image)
     if array.ndim != 3 or array.dtype != np.uint8:
         raise ValueError(f"resize_image expects one uint8 image (H, W, 3), got shape {array.shape} dtype {array.dtype}.")
-    height, width = (size, size) if isinstance(size, int) else size
+    size = int_tuple(size, "size")
+    if len(size) > 2 or max(size) > 16384:
+        raise ValueError(f"size: expected an int or (height, width), each in [1, 16384], got {size}.")
+    height, width = size * 2 if len(size) == 1 else size
     return np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
 
 
@@ -196,6 +205,13 @@ class Tokenizer:
     pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
 
     def __init__(self, words: Iterable[str], extra_special: Sequence[str] = (), unknown: str = "error"):
+        if isinstance(words, str) or isinstance(extra_special, str):
+            raise TypeError("words and extra_special must be lists of strings, got one str; wrap it in a list.")
+        words, extra_special = list(words), list(extra_special)
+        for i, token in enumerate(extra_special + words):
+            require_str(token, f"extra_special[{i}]" if i < len(extra_special) else f"words[{i - len(extra_special)}]")
+        if not words:
+            raise ValueError("words is empty: a tokenizer needs at least one word (from_texts: lower min_count).")
         tokens = list(SPECIAL_TOKENS) + [t for t in extra_special if t not in SPECIAL_TOKENS]
         tokens += [w for w in words if w not in tokens]
         self.id_to_token: list[str] = tokens
@@ -218,6 +234,9 @@ class Tokenizer:
         min_count = require_int(min_count, "min_count", low=1)
         counts = Counter(word for text in texts for word in split_words(text))
         ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        if not ranked:
+            raise ValueError(f"no word occurs at least min_count={min_count} times in the {len(texts)} texts; "
+                             "lower min_count (or check that the texts are not empty).")
         return cls(ranked, extra_special, unknown)
 
     @classmethod
@@ -334,6 +353,8 @@ def pad_sequences(sequences: Sequence[Sequence[int]], max_length: int | None = N
     if min(lengths) == 0:
         raise ValueError(f"sequence {lengths.index(0)} is empty; every sequence needs at least one token.")
     length = max(lengths) if max_length is None else positive_int(max_length, "max_length")
+    pad_id = require_int(pad_id, "pad_id")
+    require_array_budget((len(sequences), length), 5, "sequences and max_length")
     ids = np.full((len(sequences), length), pad_id, np.int32)
     mask = np.zeros((len(sequences), length), bool)
     for row, seq in enumerate(sequences):

@@ -36,7 +36,8 @@ from mmlm_course import detector, encoders, shapeworld
 from mmlm_course.fusion import (ConcatFusion, CrossAttentionFusion, FiLM, LateFusion, ProductFusion, RelationFusion,
                                 TileConcat)
 from mmlm_course.preprocessing import Tokenizer, split_words
-from mmlm_course.validation import dtype_name, is_float, positive_int, require_choice, require_int
+from mmlm_course.validation import (dtype_name, is_float, positive_int, require_choice, require_instance, require_int,
+                                    require_str)
 
 __all__ = [
     "build_qa_model", "QuestionEncoder", "qa_arrays", "shapeworld_qa_arrays", "inputs_for", "fit_qa_model",
@@ -300,7 +301,11 @@ def qa_arrays(images, questions: Sequence[str], answers: Sequence[str], question
     for name, values in (("questions", questions), ("answers", answers), ("question_types", question_types)):
         if len(values) != count:
             raise ValueError(f"{name}: expected one per image ({count}), got {len(values)}.")
-    tokenizer = Tokenizer.for_shapeworld() if tokenizer is None else tokenizer
+    tokenizer = Tokenizer.for_shapeworld() if tokenizer is None else require_instance(tokenizer, Tokenizer, "tokenizer")
+    if images.dtype.kind in "USO":
+        raise TypeError(f"images: expected uint8 or float pixels, got dtype {images.dtype}.")
+    for i, kind in enumerate(question_types):
+        require_str(kind, f"question_types[{i}]")
     max_length = positive_int(max_length, "max_length")
     longest = max((len(split_words(q)) for q in questions), default=0)
     if longest > max_length:
@@ -432,6 +437,12 @@ def accuracy_by_type(predicted, answers, question_types, types: Sequence[str] | 
                          f"{len(answers)} and {len(kinds)}.")
     if len(answers) == 0:
         raise ValueError("no examples to score.")
+    for i, kind in enumerate(kinds.tolist()):
+        require_str(kind, f"question_types[{i}]")
+    for values, name in ((predicted, "predicted"), (answers, "answers")):
+        if values.dtype.kind not in "iu" or values.min() < 0:
+            raise TypeError(f"{name}: expected answer indices (ints >= 0), got dtype {values.dtype} with values "
+                            f"{values[:5].tolist()}; take argmax(-1) of logits first.")
     present = list(dict.fromkeys(kinds.tolist()))  # in order of first appearance
     if types is None:
         order = [t for t in shapeworld.QUESTION_TYPES if t in present] + [

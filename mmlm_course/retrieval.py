@@ -42,7 +42,8 @@ from mmlm_course.encoders import (BagOfEmbeddings, ConvImageEncoder, RecurrentTe
                                   TransformerTextEncoder)
 from mmlm_course.losses import LearnedTemperature, info_nce_from_logits, l2_normalize, log_softmax
 from mmlm_course.preprocessing import SHAPEWORLD_MEAN, SHAPEWORLD_STD, Tokenizer, validate_image
-from mmlm_course.validation import (as_array, concrete_values, dtype_name, int_tuple, positive_int, require_choice,
+from mmlm_course.validation import (as_array, concrete_values, dtype_name, int_tuple, positive_int, require_array_budget,
+                                    require_choice,
                                     require_float, require_float_dtype, require_int, require_int_dtype, require_rank,
                                     same_dim)
 
@@ -280,6 +281,8 @@ def spatial_moments(tokens, side: int):
     If feature f fires on one object, the second block holds that object's x position
     along f: a linear read-out of *where* each kind of thing is, which relations need.
     """
+    tokens, side = as_array(tokens, "tokens"), positive_int(side, "side")
+    require_float_dtype(tokens, "tokens")
     shape = tuple(tokens.shape)
     if len(shape) != 3 or shape[1] != side * side:
         raise ValueError(f"tokens: expected shape (batch, {side * side}, features), got {shape}.")
@@ -298,6 +301,8 @@ def add_coordinate_channels(images):
     it finds a red circle anywhere but cannot tell *where*; with the coordinates as input
     its features can say "red, and on the left", which spatial relations need.
     """
+    images = as_array(images, "images")
+    require_float_dtype(images, "images")
     shape = tuple(images.shape)
     if len(shape) != 4 or None in shape[1:]:
         raise ValueError(f"images: expected (batch, H, W, C) with known H, W, C, got {shape}.")
@@ -472,6 +477,11 @@ def zero_shot_predict(image_embeddings, prompt_embeddings, prompt_classes=None):
     images, prompts = as_array(image_embeddings, "image_embeddings"), as_array(prompt_embeddings, "prompt_embeddings")
     require_rank(images, (2,), "image_embeddings", "(B, D)")
     require_rank(prompts, (2,), "prompt_embeddings", "(P, D): one embedding per prompt")
+    if prompts.shape[0] == 0:
+        raise ValueError("prompt_embeddings: expected at least one prompt, got shape (0, D).")
+    for values, name in ((concrete_values(images), "image_embeddings"), (concrete_values(prompts), "prompt_embeddings")):
+        if values is not None and not np.isfinite(values).all():
+            raise ValueError(f"{name}: contains NaN or inf (a diverged encoder?); no prompt can be chosen.")
     best = ops.cast(ops.argmax(similarity_scores(images, prompts), axis=1), "int32")  # (B,) prompt index
     if prompt_classes is None:
         return best
@@ -480,6 +490,9 @@ def zero_shot_predict(image_embeddings, prompt_embeddings, prompt_classes=None):
     if tuple(classes.shape) != (prompts.shape[0],):
         raise ValueError(f"prompt_classes: expected shape ({prompts.shape[0]},) (one class per prompt), got "
                          f"{tuple(classes.shape)}.")
+    values = concrete_values(classes)
+    if values is not None and values.size and values.min() < 0:
+        raise ValueError(f"prompt_classes: class ids are >= 0, got {values.min()}.")
     return ops.take(ops.cast(classes, "int32"), best)
 
 
@@ -510,7 +523,9 @@ def single_object_data(num_examples: int, split: str = "test", seed: int = 0,
     Deterministic from ``(split, seed)``; the compositional split gives held-out
     colour-shape pairs only."""
     num_examples = positive_int(num_examples, "num_examples")
-    split = require_choice(split, shapeworld.SPLITS, "split")
+    split, seed = require_choice(split, shapeworld.SPLITS, "split"), require_int(seed, "seed", 0)
+    image_size = require_int(image_size, "image_size", 1)
+    require_array_budget((num_examples, image_size, image_size, 3), 40, "num_examples and image_size")
     rng = np.random.default_rng([shapeworld.SPLITS.index(split), seed, 6])
     scenes = [shapeworld.sample_scene(rng, split, num_objects=1) for _ in range(num_examples)]
     images = np.stack([shapeworld.render_image(scene, image_size, rng) for scene in scenes])

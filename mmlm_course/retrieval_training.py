@@ -30,7 +30,8 @@ from mmlm_course import shapeworld
 from mmlm_course.preprocessing import Tokenizer, flip_caption
 from mmlm_course.retrieval import DualEncoder, embed_images, embed_texts
 from mmlm_course.training import WarmupCosineDecay
-from mmlm_course.validation import positive_int, require_float, require_int
+from mmlm_course.validation import (positive_int, require_float, require_instance, require_int, require_rng,
+                                    require_scene, require_str)
 
 __all__ = ["train_dual_encoder", "batch_positives", "perturb_caption", "reverse_relation", "swapped_twins",
            "swap_negative", "twin_accuracy", "caption_training_set", "mirror_scene", "counterfactual_twin"]
@@ -118,6 +119,8 @@ def batch_positives(captions: Sequence[str], scenes: Sequence[shapeworld.Scene],
     each batch gets its (B, B) or (B, 2B) matrix of positives.
     """
     batch_size = positive_int(batch_size, "batch_size")
+    for i, caption in enumerate(captions):
+        require_str(caption, f"captions[{i}]")
     if len(captions) != len(scenes) or (negatives is not None and len(negatives) != len(captions)):
         raise ValueError(f"expected one caption (and one negative) per scene, got {len(captions)} captions, "
                          f"{len(scenes)} scenes and {None if negatives is None else len(negatives)} negatives.")
@@ -153,6 +156,7 @@ def perturb_caption(caption: str, rng: np.random.Generator, relation_probability
     shape_positions = [i for i, w in enumerate(words) if w in shapeworld.SHAPES]
     if not shape_positions:
         raise ValueError(f"perturb_caption: {caption!r} names no shape; expected a ShapeWorld caption.")
+    require_rng(rng), require_float(relation_probability, "relation_probability", 0.0, 1.0)
     if reverse_relation(caption) != caption and rng.random() < relation_probability:
         return reverse_relation(caption)
     for _ in range(20):
@@ -236,6 +240,7 @@ def swap_negative(caption: str, rng: np.random.Generator, swap_probability: floa
     ``avoid``), otherwise, and for captions without such a twin, `perturb_caption`'s
     one-word change. A ``make_negative`` for `train_dual_encoder`."""
     swap_probability = require_float(swap_probability, "swap_probability", low=0.0, high=1.0)
+    require_rng(rng)
     twins = [twin for twin in swapped_twins(caption).values()
              if not any(pair in avoid for pair in zip(twin.split(), twin.split()[1:]))]
     if twins and rng.random() < swap_probability:
@@ -284,6 +289,7 @@ def caption_training_set(data: shapeworld.ShapeWorldData, rng: np.random.Generat
     half of the images is mirrored left-right, its caption has *left* and *right* swapped
     (lesson 01's caption-preserving flip) and its scene is mirrored (`mirror_scene`).
     """
+    require_instance(data, shapeworld.ShapeWorldData, "data", "make it with shapeworld.generate(...)")
     captions = [shapeworld.make_caption(scene, rng) for scene in data.scenes]
     images, scenes = data.images, list(data.scenes)
     if flip:
@@ -297,7 +303,7 @@ def caption_training_set(data: shapeworld.ShapeWorldData, rng: np.random.Generat
 
 def mirror_scene(scene: shapeworld.Scene) -> shapeworld.Scene:
     """The scene a left-right flip of its image shows: every x becomes 1 - x."""
-    return shapeworld.Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4)) for o in scene.objects))
+    return shapeworld.Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4)) for o in require_scene(scene).objects))
 
 
 def counterfactual_twin(image: np.ndarray, caption: str, scene: shapeworld.Scene, rng: np.random.Generator):
@@ -314,7 +320,11 @@ def counterfactual_twin(image: np.ndarray, caption: str, scene: shapeworld.Scene
     original caption is (almost always) false of the twin and vice versa, and everything
     but the relation is shared: the cleanest signal there is for learning relations.
     """
-    words = caption.split()
+    words, scene = require_str(caption, "caption").split(), require_scene(scene)
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
+        raise TypeError(f"image: expected one uint8 image (H, W, 3), got {type(image).__name__} "
+                        f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}.")
+    require_rng(rng, optional=True)
     if "above" in words or "below" in words:
         flipped = shapeworld.Scene(tuple(dataclasses.replace(o, y=round(1.0 - o.y, 4)) for o in scene.objects))
         return shapeworld.render_image(flipped, image.shape[0], rng), reverse_relation(caption), flipped

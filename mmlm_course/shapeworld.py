@@ -25,7 +25,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from mmlm_course.validation import require_int
+from mmlm_course.validation import (require_array_budget, require_choice, require_finite, require_float,
+                                    require_instance, require_int, require_relations, require_rng, require_scene,
+                                    require_str)
 
 SHAPES = ("circle", "square", "triangle")
 COLORS = {
@@ -106,7 +108,7 @@ def _allowed_for_split(split: str) -> Callable[[str, str], bool]:
 def sample_scene(rng: np.random.Generator, split: str = "train",
                  num_objects: int | None = None) -> Scene:
     """Sample a random scene of 1-4 non-overlapping objects valid for ``split``."""
-    _check_split(split)
+    _check_split(split), require_rng(rng)
     if num_objects is not None:                 # more would not fit without overlap: the loop would never end
         num_objects = require_int(num_objects, "num_objects", 1, MAX_OBJECTS)
     allowed = _allowed_for_split(split)
@@ -151,10 +153,8 @@ def rotate_scene_180(scene: Scene) -> Scene:
     kept as they are: a rotated image shows its triangles upside down, the re-rendered
     rotated scene draws them upright.) Rotating twice gives the scene back.
     """
-    if not isinstance(scene, Scene):
-        raise TypeError(f"scene: expected a shapeworld.Scene, got {type(scene).__name__}; "
-                        "take one from shapeworld.generate(...).scenes.")
-    return Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4), y=round(1.0 - o.y, 4)) for o in scene.objects))
+    return Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4), y=round(1.0 - o.y, 4))
+                       for o in require_scene(scene).objects))
 
 
 # --------------------------------------------------------------------------- images
@@ -165,6 +165,8 @@ def render_image(scene: Scene, image_size: int = 64, rng: np.random.Generator | 
 
     With ``rng`` given, uniform pixel noise in [-NOISE, NOISE] is added.
     """
+    require_scene(scene)
+    image_size, rng = require_int(image_size, "image_size", 1, 4096), require_rng(rng, optional=True)
     canvas = np.full((image_size, image_size, 3), BACKGROUND, dtype=np.int16)
     for obj in scene.objects:
         _draw(canvas, obj)
@@ -195,18 +197,16 @@ def _draw(canvas: np.ndarray, obj: ShapeObject) -> None:
 
 def render_sound(scene: Scene, sample_rate: int = SOUND_SAMPLE_RATE) -> np.ndarray:
     """The scene as sound: float32 array of shape (num_samples,), values in [-1, 1].
-
-    Objects play one after the other from left to right. Colour sets the pitch
-    (`TONE_HZ`), shape the timbre (circle: pure sine; square: odd harmonics; triangle:
-    all harmonics), size the duration (small 0.15 s, large 0.3 s). 50 ms of silence
-    separates the tones.
+    Objects play one after the other from left to right. Colour sets the pitch (`TONE_HZ`), shape
+    the timbre (circle: pure sine; square: odd harmonics; triangle: all harmonics), size the
+    duration (small 0.15 s, large 0.3 s). 50 ms of silence separates the tones.
     """
-    if sample_rate < 2 * max(TONE_HZ.values()) * 6:
+    if require_float(sample_rate, "sample_rate", high=384_000) < 2 * max(TONE_HZ.values()) * 6:
         raise ValueError(f"sample_rate must be at least {2 * max(TONE_HZ.values()) * 6} Hz so the "
                          f"highest harmonic stays below Nyquist; got {sample_rate}.")
     gap = np.zeros(int(0.05 * sample_rate), np.float32)
     pieces = [gap]
-    for obj in sorted(scene.objects, key=lambda o: o.x):
+    for obj in sorted(require_scene(scene).objects, key=lambda o: o.x):
         pieces += [_tone(obj, sample_rate), gap]
     return np.concatenate(pieces)
 
@@ -234,7 +234,7 @@ def _tone(obj: ShapeObject, sample_rate: int) -> np.ndarray:
 
 def with_article(phrase: str) -> str:
     """Prefix 'a' or 'an': 'red circle' -> 'a red circle', 'orange square' -> 'an orange square'."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+    return ("an " if require_str(phrase, "phrase")[0] in "aeiou" else "a ") + phrase
 
 
 def relation_holds(relation: str, a_x, a_y, b_x, b_y, margin: float = 0.0):
@@ -244,6 +244,12 @@ def relation_holds(relation: str, a_x, a_y, b_x, b_y, margin: float = 0.0):
     downwards), which must differ by more than ``margin``. Works on floats (-> bool) and,
     elementwise with broadcasting, on NumPy arrays (-> bool array).
     """
+    for value, name in ((a_x, "a_x"), (a_y, "a_y"), (b_x, "b_x"), (b_y, "b_y")):
+        require_finite(value, name)
+    return _relation_holds(relation, a_x, a_y, b_x, b_y, require_float(margin, "margin", low=0.0))
+
+
+def _relation_holds(relation, a_x, a_y, b_x, b_y, margin):
     if relation == "to the left of":
         return a_x < b_x - margin
     if relation == "to the right of":
@@ -257,13 +263,16 @@ def relation_holds(relation: str, a_x, a_y, b_x, b_y, margin: float = 0.0):
 
 def relations_between(a: ShapeObject, b: ShapeObject, margin: float = 0.0) -> list[str]:
     """The relations ``a REL b`` that hold, with centres more than ``margin`` apart."""
-    return [relation for relation in RELATIONS if relation_holds(relation, a.x, a.y, b.x, b.y, margin)]
+    a, b = (require_instance(o, ShapeObject, n, "take one from scene.objects") for o, n in ((a, "a"), (b, "b")))
+    margin = require_float(margin, "margin", low=0.0)
+    return [relation for relation in RELATIONS if _relation_holds(relation, a.x, a.y, b.x, b.y, margin)]
 
 
 def make_caption(scene: Scene, rng: np.random.Generator, relations: Sequence[str] = RELATIONS) -> str:
     """One true caption: a spatial relation (one of ``relations``) between two objects when
     the scene allows a clear one, otherwise an existence statement. Example:
     ``"a large red circle is to the left of a small blue square"``."""
+    require_scene(scene), require_rng(rng), require_relations(relations)
     pairs = [(a, b) for a in scene.objects for b in scene.objects if a is not b]
     clear = [(a, b, rel) for a, b in pairs for rel in relations_between(a, b, RELATION_MARGIN) if rel in relations]
     if clear and rng.random() < 0.75:
@@ -279,10 +288,11 @@ def _matches(obj: ShapeObject, attributes: dict) -> bool:
 
 def count_objects(scene: Scene, **attributes) -> int:
     """How many objects match every given attribute, e.g. ``count_objects(scene, color="red")``."""
-    unknown = set(attributes) - {"shape", "color", "size"}
-    if unknown:
+    if unknown := set(attributes) - {"shape", "color", "size"}:
         raise ValueError(f"count_objects: unknown attribute(s) {sorted(unknown)}; use shape, color or size.")
-    return sum(_matches(o, attributes) for o in scene.objects)
+    for key, value in attributes.items():
+        require_choice(value, ATTRIBUTES[key], key)
+    return sum(_matches(o, attributes) for o in require_scene(scene).objects)
 
 
 def _unique_reference(scene: Scene, obj: ShapeObject, keys_options: Iterable[tuple[str, ...]]) -> str | None:
@@ -301,6 +311,7 @@ def make_question(scene: Scene, qtype: str, rng: np.random.Generator,
     """A (question, answer) pair of type ``qtype`` about ``scene`` (relation questions ask
     only about ``relations``), or None if the scene cannot support that type (e.g. a
     relation question needs two objects)."""
+    require_scene(scene), require_rng(rng), require_relations(relations)
     objects = list(scene.objects)
     order = rng.permutation(len(objects))
     if qtype == "count":
@@ -355,12 +366,9 @@ def _parse_noun_phrase(words: list[str], start: int) -> tuple[dict, int]:
     if start >= len(words) or words[start] not in ("a", "an"):
         raise CaptionParseError(f"expected 'a' or 'an' at word {start}, got {words[start:start + 1]}")
     i, attributes = start + 1, {}
-    if i < len(words) and words[i] in SIZES:
-        attributes["size"] = words[i]
-        i += 1
-    if i < len(words) and words[i] in COLORS:
-        attributes["color"] = words[i]
-        i += 1
+    for key, options in (("size", SIZES), ("color", COLORS)):
+        if i < len(words) and words[i] in options:
+            attributes[key], i = words[i], i + 1
     if i >= len(words) or words[i] not in SHAPES:
         raise CaptionParseError(f"expected a shape {SHAPES} at word {i}, got {words[i:i + 1]}")
     attributes["shape"] = words[i]
@@ -381,9 +389,7 @@ def parse_caption(caption: str) -> list[tuple]:
     Returns a list of ``("exists", attrs)``, ``("relation", attrs_a, relation, attrs_b)``
     or ``("count", n)`` tuples. Raises `CaptionParseError` for anything else.
     """
-    if not isinstance(caption, str):
-        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
-    words = caption.lower().strip().rstrip(".").split()
+    words = require_str(caption, "caption", allow_empty=True).lower().strip().rstrip(".").split()
     if not words:
         raise CaptionParseError("empty caption")
     statements, i = [], 0
@@ -436,7 +442,7 @@ def caption_is_true(caption: str, scene: Scene) -> bool:
         statements = parse_caption(caption)
     except CaptionParseError:
         return False
-    return all(_holds(statement, scene) for statement in statements)
+    return all(_holds(statement, require_scene(scene)) for statement in statements)
 
 
 def _holds(statement: tuple, scene: Scene) -> bool:
@@ -453,11 +459,10 @@ def _holds(statement: tuple, scene: Scene) -> bool:
 
 def caption_truth_matrix(captions: Sequence[str], scenes: Sequence[Scene]) -> np.ndarray:
     """``truth[i, j] = caption_is_true(captions[i], scenes[j])`` for every pair: bool (Q, N).
-
-    The same answers as a double loop over `caption_is_true`, hundreds of times faster:
-    each distinct caption is parsed once and each of its statements is tested on all N
-    scenes at once, with the scenes' objects laid out as NumPy arrays (N, M), padded to
-    the largest scene's M objects. A caption that does not parse is false everywhere.
+    The same answers as a double loop over `caption_is_true`, hundreds of times faster: each distinct
+    caption is parsed once and each of its statements is tested on all N scenes at once, with the scenes'
+    objects laid out as NumPy arrays (N, M), padded to the largest scene's M objects. A caption that does
+    not parse is false everywhere.
     """
     if isinstance(captions, str):
         raise TypeError("captions: expected a list of caption strings, got one str; wrap it: [caption].")
@@ -466,12 +471,9 @@ def caption_truth_matrix(captions: Sequence[str], scenes: Sequence[Scene]) -> np
         raise ValueError(f"expected at least one caption and one scene, got {len(captions)} captions and "
                          f"{len(scenes)} scenes.")
     for i, caption in enumerate(captions):
-        if not isinstance(caption, str):
-            raise TypeError(f"captions[{i}]: expected a str, got {type(caption).__name__}.")
+        require_str(caption, f"captions[{i}]", allow_empty=True)
     for i, scene in enumerate(scenes):
-        if not isinstance(scene, Scene):
-            raise TypeError(f"scenes[{i}]: expected a shapeworld.Scene (data.scenes), got {type(scene).__name__}; "
-                            "the verifier needs the scene, not the image.")
+        require_scene(scene, f"scenes[{i}] (the verifier needs the scene, not the image)")
     count = np.array([len(scene.objects) for scene in scenes])  # (N,)
     slots = max(1, int(count.max()))
     padded = [list(scene.objects) + [None] * (slots - len(scene.objects)) for scene in scenes]
@@ -493,7 +495,7 @@ def caption_truth_matrix(captions: Sequence[str], scenes: Sequence[Scene]) -> np
         if statement[0] == "count":
             return count == statement[1]
         _, first, relation, second = statement  # pairs [n, a, b]: object a REL object b
-        related = relation_holds(relation, x[:, :, None], y[:, :, None], x[:, None, :], y[:, None, :])
+        related = _relation_holds(relation, x[:, :, None], y[:, :, None], x[:, None, :], y[:, None, :], 0.0)
         return (matching(first)[:, :, None] & matching(second)[:, None, :] & related & distinct).any(axis=(1, 2))
 
     rows: dict[str, np.ndarray] = {}
@@ -557,16 +559,14 @@ def generate(num_examples: int, split: str = "train", seed: int = 0, image_size:
              relations: Sequence[str] = RELATIONS) -> ShapeWorldData:
     """Generate ``num_examples`` examples of ``split``; same arguments, same data.
     Captions and questions state only ``relations`` (lesson 09's sounds carry left and right).
-
     Question types cycle through `QUESTION_TYPES`, so every type gets the same share.
-    Different splits use different random streams, so they never share a sequence of
-    scenes.
+    Different splits use different random streams, so they never share a sequence of scenes.
     """
     _check_split(split)
     num_examples = require_int(num_examples, "num_examples", 0)
     image_size = require_int(image_size, "image_size (>= 16 so shapes stay recognisable)", 16)
-    if isinstance(relations, str) or not set(relations) <= set(RELATIONS):
-        raise ValueError(f"relations must be a list of some of {RELATIONS}, got {relations!r}.")
+    require_array_budget((num_examples, image_size, image_size, 3), 3, "num_examples and image_size")
+    require_relations(relations), require_int(seed, "seed", 0)
     rng = np.random.default_rng([SPLITS.index(split), seed])
     allowed = _allowed_for_split(split)
     scenes, captions, questions, answers, qtypes = [], [], [], [], []

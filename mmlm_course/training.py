@@ -26,7 +26,7 @@ import numpy as np
 from keras import ops
 
 from mmlm_course import shapeworld
-from mmlm_course.validation import positive_int, require_choice, require_float, require_int
+from mmlm_course.validation import positive_int, require_array_budget, require_choice, require_float, require_int
 
 
 @keras.saving.register_keras_serializable(package="mmlm_course")
@@ -90,6 +90,10 @@ def schedule_values(schedule, steps) -> np.ndarray:
     step) at each of ``steps``; returns float64 (len(steps),)."""
     if not callable(schedule):
         raise TypeError(f"schedule must be a LearningRateSchedule or a callable of the step, got {schedule!r}.")
+    steps = np.asarray(steps)
+    if steps.dtype.kind not in "iuf" or (steps.size and steps.min() < 0):
+        raise TypeError(f"steps: expected step numbers (ints >= 0), got dtype {steps.dtype} with values "
+                        f"{steps.ravel()[:5].tolist()}; e.g. np.arange(total_steps).")
     return np.array([float(schedule(int(step))) for step in steps], np.float64)
 
 
@@ -105,6 +109,7 @@ def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.nd
     what lets a resumed run continue at the exact batch it had reached.
     """
     num_rows, batch_size = positive_int(num_rows, "num_rows"), positive_int(batch_size, "batch_size")
+    require_array_budget((num_rows,), 16, "num_rows (each epoch permutes every row)")
     steps_per_epoch = num_rows // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={batch_size} is larger than the {num_rows} training rows: lower it.")
@@ -206,6 +211,8 @@ def color_classification_data(num_examples: int, split: str = "train", seed: int
     """
     num_examples = positive_int(num_examples, "num_examples")
     require_choice(split, shapeworld.SPLITS, "split")
+    image_size, seed = require_int(image_size, "image_size", 1), require_int(seed, "seed", 0)
+    require_array_budget((num_examples, image_size, image_size, 3), 40, "num_examples and image_size")
     rng = np.random.default_rng([shapeworld.SPLITS.index(split), seed, 5])
     images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
     labels = np.empty(num_examples, np.int32)

@@ -23,6 +23,9 @@ def dtype_name(x) -> str:
 
 def static_shape(x) -> tuple:
     """The static shape as a tuple (entries may be None for symbolic tensors)."""
+    if not hasattr(x, "shape"):
+        raise TypeError(f"expected an array or tensor, got {type(x).__name__} {x!r:.60}; "
+                        "convert it with np.asarray(...) first.")
     return tuple(x.shape)
 
 
@@ -106,6 +109,79 @@ def int_tuple(values, name: str) -> tuple[int, ...]:
     return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(values))
 
 
+def require_str(value, name: str, allow_empty: bool = False) -> str:
+    """``value`` if it is a str (non-empty unless ``allow_empty``): TypeError / ValueError otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {value!r:.60}.")
+    if not value and not allow_empty:
+        raise ValueError(f"{name} must be a non-empty string, got ''.")
+    return value
+
+
+def require_instance(value, types, name: str, fix: str = ""):
+    """``value`` if it is an instance of ``types`` (a class or a tuple of them); TypeError
+    naming the expected class(es), what was received and ``fix`` (how to make one) otherwise."""
+    if not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise TypeError(f"{name} must be a {names}, got {type(value).__name__} {value!r:.60}"
+                        + (f"; {fix}" if fix else "") + ".")
+    return value
+
+
+def require_rng(rng, name: str = "rng", optional: bool = False) -> np.random.Generator | None:
+    """``rng`` if it is a NumPy Generator (or None with ``optional``); TypeError otherwise."""
+    if rng is None and optional:
+        return None
+    return require_instance(rng, np.random.Generator, name, "pass np.random.default_rng(seed)")
+
+
+def require_finite(value, name: str) -> None:
+    """TypeError unless ``value`` is a number or an array of numbers; ValueError for NaN / inf.
+    The value itself is left as it is (so a float stays a float and an array an array)."""
+    try:
+        array = None if value is None or isinstance(value, (str, bytes)) else np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None:
+        raise TypeError(f"{name} must be a number (or an array of numbers), got {type(value).__name__} {value!r:.60}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got {value!r:.60} (NaN or inf).")
+
+
+def require_scene(scene, name: str = "scene"):
+    """``scene`` if it is a `shapeworld.Scene` (TypeError saying where to get one otherwise)."""
+    from mmlm_course.shapeworld import Scene  # imported here: shapeworld itself imports this module
+
+    if not isinstance(scene, Scene):
+        raise TypeError(f"{name}: expected a shapeworld.Scene, got {type(scene).__name__}; take one from "
+                        "shapeworld.generate(...).scenes or make one with shapeworld.sample_scene(rng).")
+    return scene
+
+
+def require_relations(relations, name: str = "relations") -> None:
+    """ValueError unless ``relations`` is a list of some of `shapeworld.RELATIONS`."""
+    from mmlm_course.shapeworld import RELATIONS
+
+    try:
+        known = not isinstance(relations, str) and set(relations) <= set(RELATIONS)
+    except TypeError:  # not iterable, or unhashable items
+        known = False
+    if not known:
+        raise ValueError(f"{name} must be a list of some of {RELATIONS}, got {relations!r:.80}.")
+
+
+MAX_ARRAY_BYTES = 4 * 2**30  # far above anything the course makes; beyond it a request is a typo
+
+
+def require_array_budget(shape: Sequence[int], itemsize: int, name: str) -> None:
+    """ValueError when an array of ``shape`` (``itemsize`` bytes per value) would exceed
+    `MAX_ARRAY_BYTES`, before any time or memory is spent on it; ``name`` names the arguments."""
+    nbytes = math.prod(int(n) for n in shape) * itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise ValueError(f"{name}: the result would be an array of shape {tuple(shape)}, {nbytes / 2**30:.3g} GiB, "
+                         f"more than the {MAX_ARRAY_BYTES // 2**30} GiB allowed; use smaller values.")
+
+
 # --------------------------------------------------------------------------- arrays and tensors
 
 
@@ -129,6 +205,9 @@ def as_array(x, name: str):
                             "rows to one length first (preprocessing.pad_sequences).")
         if x.dtype == np.float64:
             x = x.astype(keras.backend.floatx())
+    if isinstance(x, np.ndarray) and x.dtype.kind in "USO":
+        raise TypeError(f"{name}: expected numbers, got an array of {'strings' if x.dtype.kind != 'O' else 'objects'} "
+                        f"(dtype {x.dtype}); encode text with a Tokenizer first, or convert with np.asarray(x, float).")
     return x
 
 

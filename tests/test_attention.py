@@ -296,3 +296,22 @@ def test_mixed_precision_block_with_padding_stays_finite():
     assert np.isfinite(np.asarray(y, np.float32)).all()
     assert all(keras.backend.standardize_dtype(layer.compute_dtype) == "float16"
                for layer in (block.attention, block.norm1, block.mlp_in, block.dropout1))
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: A.MultiHeadAttention(2, 4, seed="3"), TypeError, "seed"),
+    (lambda: A.MultiHeadAttention(2, 4, seed=-1), ValueError, "seed"),
+    (lambda: A.TransformerBlock(8, 2, 16, seed=2.5), TypeError, "seed"),
+    (lambda: A.causal_mask(3, 10**9), ValueError, "GiB"),
+    (lambda: A.causal_mask(3, 5, offset=None), TypeError, "offset"),
+    (lambda: A.causal_mask(3, 5, offset=1.5), TypeError, "offset"),
+    (lambda: A.update_cache(None, np.zeros((2, 1, 4), np.float32), 0), TypeError, "cache"),
+    (lambda: A.update_cache(np.zeros((2, 6, 4), np.float32), np.zeros((2, 1, 4), np.float32), "1"), TypeError,
+     "position"),
+    (lambda: A.scaled_dot_product_attention(np.zeros((2, 3, 4)).astype(str), np.zeros((2, 5, 4), np.float32),
+                                            np.zeros((2, 5, 4), np.float32)), TypeError, "strings"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

@@ -439,3 +439,28 @@ def test_plots_run(scene_sound):
     with pytest.raises(ValueError, match=r"\(frames, bins\)"):
         audio.plot_spectrogram(np.zeros(5, np.float32))
     plt.close(fig)
+
+
+# Issue #16: sizes that would take minutes or gigabytes are refused up front; snr_db is bounded.
+_WAVE = np.sin(np.arange(800) / 5.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: audio.hann_window(10**10), ValueError, "GiB"),
+    (lambda: audio.stft(_WAVE, 100, 50, fft_length=10**9), ValueError, "fft_length"),
+    (lambda: audio.fft_frequencies(10**10), ValueError, "GiB"),
+    (lambda: audio.mel_filterbank(10**9, 65, 8000), ValueError, "GiB"),
+    (lambda: audio.pad_waveforms([_WAVE], length=10**10), ValueError, "length"),
+    (lambda: audio.lowpass_fir(1000.0, 8000, num_taps=10**9 + 1), ValueError, "num_taps"),
+    (lambda: audio.frequency_response(np.ones(5) / 5, 8000, num_points=10**9), ValueError, "num_points"),
+    (lambda: audio.resample(_WAVE, 8000, 10**9), ValueError, "rates"),
+    (lambda: audio.add_noise(_WAVE, 1e9), ValueError, "snr_db"),
+])
+def test_huge_or_absurd_arguments_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
+
+
+def test_frequency_response_needs_a_positive_sample_rate():
+    with pytest.raises(ValueError, match="sample_rate"):
+        audio.frequency_response(np.ones(5) / 5, 0)

@@ -153,3 +153,23 @@ def test_audio_llava_trains_in_lesson_08s_two_stages_with_its_encoder_frozen(dat
 def test_ctc_greedy_decode_refuses_a_batch():
     with pytest.raises(ValueError, match="one clip"):
         audio_lm.ctc_greedy_decode(np.zeros((2, 5), np.int64))
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: audio_lm.note_labels(None), TypeError, "shapeworld.Scene"),
+    (lambda: audio_lm.sound_features([np.zeros(100, np.float32)], seed=-1), ValueError, "seed"),
+    (lambda: audio_lm.sound_features([np.zeros(100, np.float32)], snr_db="x"), TypeError, "snr_db"),
+    (lambda: audio_lm.sound_features([np.zeros(100, np.float32)], snr_db=(20, 10)), ValueError, "low <= high"),
+    (lambda: audio_lm.sound_features([np.zeros(100, np.float32)], snr_db=float("nan")), ValueError, "snr_db"),
+    (lambda: audio_lm.caption_is_true_of_sound("there is a red circle", "x"), TypeError, "shapeworld.Scene"),
+    (lambda: audio_lm.stack_frames(None, 2), TypeError, "frames"),
+    (lambda: audio_lm.stack_frames(np.zeros((2, 8, 4), np.float32), 10**9), ValueError, "GiB"),
+    (lambda: audio_lm.ctc_greedy_decode(np.array(["a", "b"])), TypeError, "frame_ids"),
+    (lambda: audio_lm.ctc_greedy_decode(np.array([0, -3])), ValueError, ">= 0"),
+    (lambda: audio_lm.ctc_greedy_decode(np.array([0, 3]), blank=None), TypeError, "blank"),
+    (lambda: audio_lm.notes_text([1, -2]), ValueError, "labels"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

@@ -83,3 +83,26 @@ def test_vqa_data_has_questions_and_no_captions(tmp_path):
     data = capstone.load_run_data(capstone.resolve_config("tiny", data=spec))
     assert len(data.y) == 2 and data.tokenizer.decode(data.y[1]) == "blue"
     assert data.texts[0] == "<question> what animal is it? <answer> dog"
+
+
+# Issue #16: a RunConfig with a bad field is refused when it is made, not mid-run.
+@pytest.mark.parametrize("change,error,word", [
+    ({"preset": None}, TypeError, "preset"),
+    ({"data": 5}, TypeError, "spec"),
+    ({"data": "nonsense"}, ValueError, "data kind"),
+    ({"modality": "smell"}, ValueError, "modality"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"train_examples": "100"}, TypeError, "train_examples"),
+    ({"train_examples": 10**9}, ValueError, "train_examples"),
+    ({"learning_rate": float("nan")}, ValueError, "learning_rate"),
+])
+def test_run_config_bad_fields(change, error, word):
+    from mmlm_course.capstone import RunConfig
+    with pytest.raises(error, match=word):
+        RunConfig(**{"preset": "cpu", **change})
+
+
+def test_run_config_unknown_preset():
+    from mmlm_course.capstone import RunConfig
+    with pytest.raises(ValueError, match="preset"):
+        RunConfig(preset="no-such-preset")

@@ -189,3 +189,10 @@ def test_safe_extract_merges_into_an_existing_folder_and_names_a_broken_archive(
     with pytest.raises(ValueError, match="cut.zip"):
         datasets.safe_extract(tmp_path / "cut.zip", tmp_path / "out2")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]     # no staging folder left
+
+
+# Issue #16: a spec that is not a str raises a TypeError naming the expected form.
+@pytest.mark.parametrize("spec", [None, 5])
+def test_parse_data_spec_needs_a_str(spec):
+    with pytest.raises(TypeError, match="spec"):
+        datasets.parse_data_spec(spec)

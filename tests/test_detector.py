@@ -186,3 +186,13 @@ def test_recolour_keeps_the_layout_and_shows_only_the_allowed_pairs():
         for old, new in zip(data.scenes, narrow.scenes):
             assert [(o.shape, o.size, o.x, o.y) for o in old.objects] == [(o.shape, o.size, o.x, o.y) for o in new.objects]
             assert all(o.color in colours[o.shape] for o in new.objects)
+
+
+# Issue #16: a huge grid used to try to allocate exabytes.
+@pytest.mark.parametrize("call", [
+    lambda: detector.object_grid_targets(shapeworld.generate(2).scenes, grid=10**9),
+    lambda: detector.ObjectTokens(grid=10**9),
+])
+def test_huge_grid_raises_a_clear_error(call):
+    with pytest.raises(ValueError, match="grid"):
+        call()

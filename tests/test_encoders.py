@@ -221,3 +221,13 @@ def test_audio_encoder_round_trip(tmp_path):
     mask = np.arange(20)[None].repeat(2, 0) < np.array([[20], [11]])
     loaded = round_trip(model, [normal(2, 20, 8), mask], tmp_path)
     assert loaded.layers[-1].get_config()["strides"] == [1, 2]
+
+
+# Issue #16: a layer count that would build for minutes is refused; string arrays are refused.
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: E.TransformerTextEncoder(20, 8, num_layers=10**9), ValueError, "num_layers"),
+    (lambda: E.masked_mean_pool(np.zeros((2, 5, 4)).astype(str)), TypeError, "strings"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

@@ -307,3 +307,21 @@ def test_fusion_layers_forward_their_dtype_policy():
     relation = fusion.RelationFusion(units=8, key_dim=4, dtype="mixed_float16")
     objects, tokens, question, mask, objectness = _relation_inputs()
     assert keras.backend.standardize_dtype(relation(objects, tokens, question, mask, objectness).dtype) == "float16"
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+_F = np.zeros((2, 5), np.float32)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: fusion.require_same_batch((), (2, 3), "a", "b"), ValueError, "batch axis"),
+    (lambda: fusion.require_token_mask(np.ones((2, 5), bool), (), "mask", "tokens"), ValueError, "tokens_shape"),
+    (lambda: fusion.late_fusion(_F, _F, image_weight=None), TypeError, "image_weight"),
+    (lambda: fusion.late_fusion(_F, _F, image_weight="x"), TypeError, "image_weight"),
+    (lambda: fusion.product_fusion(_F.astype(str), _F), TypeError, "strings"),
+    (lambda: fusion.cross_attention(np.zeros((2, 3, 4), np.float32), np.zeros((2, 5, 4), np.float32),
+                                    context_mask="x"), TypeError, "context_mask"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

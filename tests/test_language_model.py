@@ -297,3 +297,36 @@ def test_time_generation_reports_both_paths(model):
     figures = lm.time_generation(model, _ids(2, 2), max_new_tokens=4, repeats=1)
     assert set(figures) == {"cached_s", "uncached_s", "speedup"}
     assert figures["speedup"] == pytest.approx(figures["uncached_s"] / figures["cached_s"])
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+_IDS = np.array([[1, 5, 6, 2, 0], [1, 7, 8, 9, 2]], np.int32)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: lm.DecoderLM(20, num_layers=10**9), ValueError, "num_layers"),
+    (lambda: lm.shapeworld_texts(None), TypeError, "ShapeWorldData"),
+    (lambda: lm.next_token_loss(None, np.zeros((2, 4, 20), np.float32)), TypeError, "targets"),
+    (lambda: lm.next_token_loss(np.zeros((2, 4)).astype(str), np.zeros((2, 4, 20), np.float32)), TypeError,
+     "targets"),
+    (lambda: lm.unigram_perplexity(_IDS, _IDS, 10**9), ValueError, "vocab_size"),
+    (lambda: lm.unigram_perplexity(_IDS, _IDS, 20, pad_id="0"), TypeError, "pad_id"),
+    (lambda: lm.unigram_perplexity(_IDS, _IDS, 20, pad_id=-1), ValueError, "pad_id"),
+    (lambda: lm.sample_next_token(np.full((2, 5), np.nan, np.float32)), ValueError, "NaN"),
+    (lambda: lm.sample_next_token(np.zeros((2, 5), np.float32), temperature=float("inf")), ValueError,
+     "temperature"),
+    (lambda: lm.sample_next_token(np.zeros((2, 5), np.float32), seed=2.5), TypeError, "seed"),
+    (lambda: lm.sample_next_token(np.zeros((2, 5), np.float32), seed=-1), ValueError, "seed"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: lm.next_token_pairs(np.array([[1, -5, 2]])), ValueError, ">= 0"),
+    (lambda: lm.temperature_probabilities(np.zeros((2, 5), np.float32), float("inf")), ValueError, "temperature"),
+])
+def test_negative_ids_and_infinite_temperature_are_refused(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

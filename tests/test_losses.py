@@ -315,3 +315,21 @@ def test_shared_input_checks_keep_float64_and_name_the_problem():
     assert np_(losses.check_mask([[1.0, 0.0]], (1, 2))).tolist() == [[1.0, 0.0]]
     with pytest.raises(TypeError, match="bool mask"):
         losses.check_mask(np.array([["a", "b"]]), (1, 2))
+
+
+# Issue #16: bad axis / epsilon arguments raise clear errors instead of TensorFlow's.
+_Z = np.zeros((2, 3), np.float32)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: losses.log_softmax(_Z, axis=5), ValueError, "axis"),
+    (lambda: losses.log_softmax(_Z, axis="1"), TypeError, "axis"),
+    (lambda: losses.log_softmax(np.zeros((2, 0), np.float32)), ValueError, "empty"),
+    (lambda: losses.l2_normalize(_Z, axis=2.5), TypeError, "axis"),
+    (lambda: losses.l2_normalize(_Z, epsilon=None), TypeError, "epsilon"),
+    (lambda: losses.l2_normalize(_Z, epsilon=-1.0), ValueError, "epsilon"),
+    (lambda: losses.check_labels(np.array([0, 1]), None), TypeError, "array or tensor"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

@@ -198,3 +198,10 @@ def test_bleu_errors():
         metrics.corpus_bleu(["a"], ["a"], max_order=2.0)
     with pytest.raises(ValueError, match="max_order must be >= 1"):
         metrics.corpus_bleu(["a"], ["a"], max_order=0)
+
+
+# Issue #16: a huge max_order used to loop for minutes.
+@pytest.mark.parametrize("max_order,error", [(10**9, ValueError), ("4", TypeError), (0, ValueError)])
+def test_bleu_max_order_is_bounded(max_order, error):
+    with pytest.raises(error, match="max_order"):
+        metrics.sentence_bleu("a red circle".split(), "a red square".split(), max_order=max_order)

@@ -665,3 +665,32 @@ def test_object_hallucination_counts_mentions_of_absent_objects():
 def test_object_hallucination_rejects_bad_input(captions, scenes, error, word):
     with pytest.raises(error, match=word):
         generation.object_hallucination(captions, scenes)
+
+
+# Issue #16: project_tokens / prepend_image_tokens check their inputs before TensorFlow does;
+# the instruction helpers check the tokenizer and the pad id.
+def _f(*shape):
+    return np.ones(shape, np.float32)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: mllm.project_tokens(None, _f(6, 8), _f(8), _f(8, 5), _f(5)), TypeError, "features"),
+    (lambda: mllm.project_tokens(_f(2, 4, 6), _f(6, 8), _f(8), _f(8, 5), _f(4)), ValueError, "do not chain"),
+    (lambda: mllm.project_tokens(_f(2, 4, 6), _f(6, 8), _f(8, 1), _f(8, 5), _f(5)), ValueError, "b1"),
+    (lambda: mllm.project_tokens(_f(2, 4, 6), _f(6, 8).astype(str), _f(8), _f(8, 5), _f(5)), TypeError, "w1"),
+    (lambda: mllm.prepend_image_tokens(None, _f(2, 5, 4), _f(10, 4)), TypeError, "image_tokens"),
+    (lambda: mllm.prepend_image_tokens(_f(2, 3, 4), _f(2, 5, 4).astype(str), _f(10, 4)), TypeError, "strings"),
+    (lambda: instructions.prompt_ids("what color is the circle ?", None), TypeError, "Tokenizer"),
+    (lambda: instructions.answer_only_targets(np.array([[1, 5, 6]]), np.array([1]), pad_id="0"), TypeError,
+     "pad_id"),
+    (lambda: instructions.answer_only_targets(np.array([[1, -5, 6]]), np.array([1])), ValueError, ">= 0"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
+
+
+@pytest.mark.parametrize("captions,error", [([5], TypeError), ([b"a dog"], TypeError)])
+def test_instruction_texts_checks_each_caption(captions, error):
+    with pytest.raises(error, match="captions"):
+        instructions.instruction_texts(captions)

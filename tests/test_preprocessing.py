@@ -287,3 +287,27 @@ def test_bpe_segment_rejects_bad_input_with_a_clear_message():
         pp.bpe_segment("low est", merges)
     with pytest.raises(TypeError, match=r"merges\[1\]: expected a pair of str"):
         pp.bpe_segment("lowest", [("e", "s"), "est"])
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+_IMG = np.zeros((8, 8, 3), np.uint8)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: pp.validate_image(np.zeros((0, 8, 3), np.uint8)), ValueError, "1 pixel"),
+    (lambda: pp.standardize_image(_IMG, mean=(123.7, 116.3, 103.5)), ValueError, "255"),
+    (lambda: pp.resize_image(_IMG, 0), ValueError, "size"),
+    (lambda: pp.resize_image(_IMG, 10**9), ValueError, "size"),
+    (lambda: pp.resize_image(_IMG, "16"), TypeError, "size"),
+    (lambda: pp.Tokenizer([]), ValueError, "empty"),
+    (lambda: pp.Tokenizer([5, 6]), TypeError, "words"),
+    (lambda: pp.Tokenizer(["a", ""]), ValueError, "non-empty"),
+    (lambda: pp.Tokenizer(["a"], extra_special=[5]), TypeError, "extra_special"),
+    (lambda: pp.Tokenizer.from_texts(["a red circle"], min_count=10**9), ValueError, "min_count"),
+    (lambda: pp.Tokenizer.for_shapeworld().encode_batch(["a red circle"], max_length=10**9), ValueError, "GiB"),
+    (lambda: pp.pad_sequences([[1, 2]], pad_id=None), TypeError, "pad_id"),
+    (lambda: pp.pad_sequences([[1, 2]], pad_id="0"), TypeError, "pad_id"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

@@ -193,3 +193,29 @@ def test_question_encoder_checks_its_input_and_forwards_its_dtype_policy():
         qa.QuestionEncoder(20, max_length=6, width=8)(np.zeros((1, 6, 2), np.int32))
     with pytest.raises(ValueError, match="even"):
         qa.QuestionEncoder(20, width=7, kind="gru")
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+@pytest.mark.parametrize("change,error,word", [
+    ({"tokenizer": 5}, TypeError, "Tokenizer"),
+    ({"images": np.zeros((2, 64, 64, 3)).astype(str)}, TypeError, "images"),
+    ({"question_types": [5, 5]}, TypeError, "question_types"),
+])
+def test_qa_arrays_bad_inputs(change, error, word):
+    data = shapeworld.generate(2, seed=0)
+    args = dict(images=data.images, questions=data.questions, answers=data.answers,
+                question_types=data.question_types)
+    args.update(change)
+    with pytest.raises(error, match=word):
+        qa.qa_arrays(**args)
+
+
+def test_accuracy_by_type_needs_string_types():
+    with pytest.raises(TypeError, match="question_types"):
+        qa.accuracy_by_type(np.array([0, 1]), np.array([0, 1]), [1, 2])
+
+
+@pytest.mark.parametrize("predicted", [np.array(["red", "blue"]), np.array([0, -1]), np.array([0.0, 1.0])])
+def test_accuracy_by_type_needs_answer_indices(predicted):
+    with pytest.raises(TypeError, match="predicted"):
+        qa.accuracy_by_type(predicted, np.array([0, 1]), ["color", "count"])

@@ -443,3 +443,32 @@ def test_training_takes_any_negative_maker(data, tokenizer):
         RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8, make_negative="swap")
     with pytest.raises(TypeError, match="must return one caption"):
         RT.train_dual_encoder(model, tokenizer, data, epochs=1, batch_size=8, make_negative=lambda c, rng: RT.swapped_twins(c))
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+_DATA = shapeworld.generate(2, seed=0)
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: R.spatial_moments(None, 4), TypeError, "tokens"),
+    (lambda: R.add_coordinate_channels("x"), TypeError, "images"),
+    (lambda: R.single_object_data(2, seed=-1), ValueError, "seed"),
+    (lambda: R.single_object_data(10**9), ValueError, "GiB"),
+    (lambda: RT.perturb_caption(_DATA.captions[0], None), TypeError, "Generator"),
+    (lambda: RT.perturb_caption(_DATA.captions[0], np.random.default_rng(0), relation_probability=2.0), ValueError,
+     "relation_probability"),
+    (lambda: RT.caption_training_set(None, np.random.default_rng(0)), TypeError, "ShapeWorldData"),
+    (lambda: RT.mirror_scene(None), TypeError, "shapeworld.Scene"),
+    (lambda: RT.counterfactual_twin(None, _DATA.captions[0], _DATA.scenes[0], None), TypeError, "image"),
+    (lambda: RT.counterfactual_twin(_DATA.images[0], None, _DATA.scenes[0], None), TypeError, "caption"),
+    (lambda: RT.counterfactual_twin(_DATA.images[0], _DATA.captions[0], 5, None), TypeError, "shapeworld.Scene"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
+
+
+@pytest.mark.parametrize("captions,error", [(["", ""], ValueError), ([5, 6], TypeError)])
+def test_batch_positives_checks_each_caption(captions, error):
+    with pytest.raises(error, match="captions"):
+        RT.batch_positives(captions, _DATA.scenes, 2)

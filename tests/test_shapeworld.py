@@ -205,3 +205,36 @@ def test_rotate_scene_180_is_the_image_turned_by_180_degrees():
     turned_image = sw.render_image(scene)[::-1, ::-1]
     assert np.mean(sw.render_image(sw.rotate_scene_180(scene)) == turned_image) > 0.99
     assert np.mean(sw.render_image(scene) == turned_image) < 0.95
+
+
+# Issue #16: bad input to the public functions raises a clear TypeError / ValueError.
+_SCENE = Scene((ShapeObject("circle", "red", "large", 0.2, 0.3), ShapeObject("square", "blue", "small", 0.8, 0.7)))
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: sw.sample_scene(None), TypeError, "Generator"),
+    (lambda: sw.render_image(None), TypeError, "shapeworld.Scene"),
+    (lambda: sw.render_image(_SCENE, image_size=0), ValueError, "image_size"),
+    (lambda: sw.render_image(_SCENE, image_size=10**9), ValueError, "image_size"),
+    (lambda: sw.render_image(_SCENE, rng="x"), TypeError, "Generator"),
+    (lambda: sw.render_sound("x"), TypeError, "shapeworld.Scene"),
+    (lambda: sw.render_sound(_SCENE, sample_rate=10**9), ValueError, "sample_rate"),
+    (lambda: sw.with_article(""), ValueError, "non-empty"),
+    (lambda: sw.with_article(None), TypeError, "str"),
+    (lambda: sw.relation_holds("above", None, 0.2, 0.5, 0.5), TypeError, "a_x"),
+    (lambda: sw.relation_holds("above", 0.1, float("nan"), 0.5, 0.5), ValueError, "finite"),
+    (lambda: sw.relation_holds("above", 0.1, 0.2, 0.5, 0.5, margin=-1.0), ValueError, "margin"),
+    (lambda: sw.relations_between(None, _SCENE.objects[0]), TypeError, "ShapeObject"),
+    (lambda: sw.make_caption(_SCENE, None), TypeError, "Generator"),
+    (lambda: sw.make_caption(_SCENE, np.random.default_rng(0), relations=[5]), ValueError, "relations"),
+    (lambda: sw.count_objects(_SCENE, color="no-such-colour"), ValueError, "color"),
+    (lambda: sw.count_objects(None, color="red"), TypeError, "shapeworld.Scene"),
+    (lambda: sw.make_question(5, "count", np.random.default_rng(0)), TypeError, "shapeworld.Scene"),
+    (lambda: sw.caption_is_true("there is a red circle", None), TypeError, "shapeworld.Scene"),
+    (lambda: sw.generate(10**9), ValueError, "GiB"),
+    (lambda: sw.generate(2, seed=-1), ValueError, "seed"),
+    (lambda: sw.generate(2, seed="x"), TypeError, "seed"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

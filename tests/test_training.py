@@ -159,3 +159,15 @@ def test_train_steps_checks_its_arguments():
         training.train_steps(model, x, np.zeros((10, 1), np.float32), 2, batch_size=5.0)
     log = training.train_steps(model, x, np.zeros((10, 1), np.float32), 3, batch_size=5, start_step=3)
     assert log["steps"] == [] and int(model.optimizer.iterations) == 0          # nothing left to train
+
+
+# Issue #16: huge sizes and bad seeds raise clear errors (no multi-minute permutation or allocation).
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: training.batch_indices(10**10, 4, 0, 0), ValueError, "num_rows"),
+    (lambda: training.color_classification_data(10**9), ValueError, "GiB"),
+    (lambda: training.color_classification_data(4, seed=None), TypeError, "seed"),
+    (lambda: training.color_classification_data(4, seed=-1), ValueError, "seed"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()

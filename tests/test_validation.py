@@ -76,3 +76,31 @@ IMAGE = np.zeros((2, 2, 3), np.uint8)
 def test_bad_inputs_that_used_to_pass_silently_are_refused(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+# Issue #16: the helpers added for the bad-input sweep.
+from mmlm_course import validation as V  # noqa: E402
+
+
+@pytest.mark.parametrize("call,error,word", [
+    (lambda: V.require_str(None, "caption"), TypeError, "caption"),
+    (lambda: V.require_str("", "caption"), ValueError, "non-empty"),
+    (lambda: V.require_instance(5, dict, "config", "pass a dict"), TypeError, "pass a dict"),
+    (lambda: V.require_rng("x"), TypeError, "default_rng"),
+    (lambda: V.require_finite(None, "x"), TypeError, "number"),
+    (lambda: V.require_finite([1.0, float("nan")], "x"), ValueError, "finite"),
+    (lambda: V.require_array_budget((10**9, 10**9), 1, "size"), ValueError, "GiB"),
+    (lambda: V.require_scene("scene"), TypeError, "shapeworld.Scene"),
+    (lambda: V.require_relations(["sideways"]), ValueError, "relations"),
+    (lambda: V.as_array(np.array(["a", "b"]), "ids"), TypeError, "strings"),
+    (lambda: V.static_shape(None), TypeError, "array or tensor"),
+])
+def test_sweep_helpers_raise_clear_errors(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
+
+
+def test_sweep_helpers_pass_valid_values_through():
+    assert V.require_str("a", "x") == "a" and V.require_str("", "x", allow_empty=True) == ""
+    assert V.require_rng(None, optional=True) is None
+    V.require_finite(np.arange(3.0), "x"), V.require_array_budget((64, 64, 3), 1, "x")
