@@ -15,7 +15,7 @@ lesson 09's audio LLaVA) as a real job.
 - logs every step to ``history.jsonl`` and TensorBoard (when the ``tensorboard`` package
   is installed);
 - evaluates caption truth and question-answering exact match on the test and
-  compositional splits (ShapeWorld), or BLEU-4 and exact match on the held-out photos of
+  compositional splits (ShapeWorld), or BLEU-4, CIDEr-D and exact match on the held-out photos of
   a real dataset, and writes ``metrics.json`` and ``samples.png`` (and ``skipped.txt``,
   the images a real dataset could not read).
 

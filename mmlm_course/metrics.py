@@ -8,6 +8,8 @@
   candidate the same score has rank N, not 1. A NaN score also counts against it.
 - `corpus_bleu`, `sentence_bleu`, `corpus_bleu_details`: BLEU-4 with the brevity
   penalty (Papineni et al., 2002), on token lists, in plain Python (lesson 08).
+- `corpus_cider`: CIDEr-D (Vedantam et al., 2015), TF-IDF-weighted n-gram similarity, the
+  captioning metric papers report beside BLEU-4 (the capstone's photo runs).
 
 Metrics return float32 scalar tensors (`accuracy`, `recall_at_k`) or Python floats (BLEU);
 ``float(...)`` turns a tensor into a number for printing.
@@ -252,3 +254,54 @@ def sentence_bleu(reference, hypothesis, max_order: int = 4, smoothing: str = "a
             and not isinstance(reference[0], (list, tuple, np.ndarray)):
         reference = [reference]  # a single token list
     return corpus_bleu([reference], [hypothesis], max_order, smoothing)
+
+
+def corpus_cider(references: Sequence, hypotheses: Sequence, sigma: float = 6.0) -> float:
+    """CIDEr-D (Vedantam et al., 2015), the captioning metric of the COCO evaluation server.
+
+    Each caption becomes, for n = 1..4, a vector of its n-gram counts weighted by TF-IDF:
+    an n-gram found in the references of many images (``"a"``, ``"of the"``) weighs little,
+    one that is specific to few images weighs a lot. The score of a hypothesis is the cosine
+    similarity of its vector with each reference's, averaged over its references and over
+    n, times 10. The "-D" variant, the one papers report, clips each hypothesis count by
+    the reference's (repeating a word earns nothing) and multiplies by a Gaussian penalty
+    ``exp(-(len(hyp) - len(ref))**2 / (2 sigma**2))`` on the length difference. The document
+    frequencies come from the references of this corpus, so the score depends on the
+    corpus: compare systems on the same references. Returns the mean over hypotheses; a
+    perfect match of all references scores about 10 at most, good COCO models about 1.
+
+    references / hypotheses: as `corpus_bleu` (one entry of references per hypothesis).
+    """
+    if isinstance(hypotheses, str) or isinstance(references, str):
+        raise TypeError("corpus_cider expects lists: references (one entry per hypothesis) and hypotheses.")
+    if len(references) != len(hypotheses):
+        raise ValueError(f"references and hypotheses must have the same length (one entry of references per "
+                         f"hypothesis), got {len(references)} references and {len(hypotheses)} hypotheses.")
+    if len(hypotheses) == 0:
+        raise ValueError("corpus_cider got no hypotheses; expected at least one.")
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 or math.isinf(sigma):
+        raise ValueError(f"sigma must be a positive number (the length penalty's width, 6 in CIDEr-D), got {sigma!r}.")
+    hyps = [_tokens(h, f"hypotheses[{i}]") for i, h in enumerate(hypotheses)]
+    refs = [_references(r, isinstance(h, str), i) for i, (r, h) in enumerate(zip(references, hypotheses))]
+    orders = range(1, 5)
+    document_frequency = Counter(gram for rs in refs for n in orders
+                                 for gram in set().union(*(_ngrams(r, n) for r in rs)))
+    log_images = math.log(len(refs))
+
+    def vectors(tokens):       # per order: {n-gram: tf-idf weight}, and the vector's norm
+        weighted = [{g: c * (log_images - math.log(max(1.0, document_frequency[g]))) for g, c in _ngrams(tokens, n).items()}
+                    for n in orders]
+        return weighted, [math.sqrt(sum(w * w for w in v.values())) for v in weighted]
+
+    scores = []
+    for hyp, rs in zip(hyps, refs):
+        hyp_vectors, hyp_norms = vectors(hyp)
+        total = 0.0
+        for ref in rs:
+            ref_vectors, ref_norms = vectors(ref)
+            penalty = math.exp(-((len(hyp) - len(ref)) ** 2) / (2 * sigma ** 2))
+            for hv, rv, hn, rn in zip(hyp_vectors, ref_vectors, hyp_norms, ref_norms):
+                if hn and rn:
+                    total += penalty * sum(min(w, rv.get(g, 0.0)) * rv.get(g, 0.0) for g, w in hv.items()) / (hn * rn)
+        scores.append(10.0 * total / (len(orders) * len(rs)))
+    return float(np.mean(scores))

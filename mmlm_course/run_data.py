@@ -4,7 +4,7 @@ image-text dataset, turned into training rows, evaluation sets and texts for pre
 - `load_run_data`: ShapeWorld (lesson 08's instruction rows; with ``modality="audio"``
   lesson 09's sounds), or Flickr8k / COCO / VQA folders (`datasets`), every caption and
   question-answer pair a row, a seeded `HELD_OUT_SHARE` of the images kept for evaluation;
-- `evaluate_photos`: BLEU-4 and exact match on those held-out photos.
+- `evaluate_photos`: BLEU-4, CIDEr-D and exact match on those held-out photos.
 """
 
 from __future__ import annotations
@@ -103,18 +103,19 @@ def load_run_data(config) -> RunData:
 
 def evaluate_photos(model, tokenizer, held_out) -> dict:
     """Score a model on held-out photos (`datasets.LoadedImages`): corpus BLEU-4 (add-one
-    smoothing, lesson 05) of the generated captions against every reference caption of
-    their image, and the exact match of the generated answers (VQA). Returns
-    ``{"images": N, "bleu4": float, "qa_exact_match": float}``, the last two only where the
-    data has captions or questions."""
+    smoothing, lesson 05) and CIDEr-D of the generated captions against every reference
+    caption of their image, and the exact match of the generated answers (VQA). Returns
+    ``{"images": N, "bleu4": float, "cider": float, "qa_exact_match": float}``, the scores
+    only where the data has captions or questions."""
     from mmlm_course import generation, instructions, metrics, preprocessing
 
     figures = {"images": len(held_out.records)}
     captioned = [i for i, r in enumerate(held_out.records) if r.captions]
     if captioned:
         generated = generation.generate_texts(model, tokenizer, held_out.images[captioned], [""] * len(captioned))
-        figures["bleu4"] = metrics.corpus_bleu([held_out.records[i].captions for i in captioned], generated,
-                                               smoothing="add1")
+        references = [held_out.records[i].captions for i in captioned]
+        figures["bleu4"] = metrics.corpus_bleu(references, generated, smoothing="add1")
+        figures["cider"] = metrics.corpus_cider(references, generated)
     # questions whose prompt leaves no room for an answer cannot be asked (training cut them too)
     asked = [(i, pair) for i, r in enumerate(held_out.records) for pair in r.qa
              if len(instructions.prompt_ids(pair[0], tokenizer)) < model.config.max_text_length]

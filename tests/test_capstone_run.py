@@ -211,7 +211,8 @@ def test_photo_runs_train_on_every_caption_and_hold_out_a_tenth_of_the_images(tm
 
     metrics = capstone.train(dataclasses.replace(config, batch_size=8, stage1_steps=2, stage2_steps=2, checkpoint_every=4),
                              tmp_path / "run", progress=False, log=lambda line: None)
-    assert set(metrics["held_out"]) == {"images", "bleu4"} and 0.0 <= metrics["held_out"]["bleu4"] <= 1.0
+    assert set(metrics["held_out"]) == {"images", "bleu4", "cider"} and 0.0 <= metrics["held_out"]["bleu4"] <= 1.0
+    assert 0.0 <= metrics["held_out"]["cider"] <= 10.0
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
     assert "broken.jpg" in (tmp_path / "run" / "skipped.txt").read_text()
 

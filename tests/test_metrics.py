@@ -1,6 +1,7 @@
 """Metrics of lesson 05 against float64 NumPy / plain-Python references written here."""
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -205,3 +206,79 @@ def test_bleu_errors():
 def test_bleu_max_order_is_bounded(max_order, error):
     with pytest.raises(error, match="max_order"):
         metrics.sentence_bleu("a red circle".split(), "a red square".split(), max_order=max_order)
+
+
+def ref_cider(references, hypotheses, n=4, sigma=6.0):
+    """CIDEr-D as the COCO caption evaluation code (pycocoevalcap's cider_scorer) computes it."""
+    from collections import defaultdict
+    import math
+
+    def counts(words):
+        return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+
+    crefs = [[counts(r.split()) for r in refs] for refs in references]
+    ctest = [counts(h.split()) for h in hypotheses]
+    df = defaultdict(float)
+    for refs in crefs:
+        for gram in set(g for ref in refs for g in ref):
+            df[gram] += 1
+    ref_len = math.log(len(crefs))
+
+    def vec(cnts):
+        v, norm, length = [defaultdict(float) for _ in range(n)], [0.0] * n, 0
+        for gram, tf in cnts.items():
+            k = len(gram) - 1
+            v[k][gram] = tf * (ref_len - math.log(max(1.0, df[gram])))
+            norm[k] += v[k][gram] ** 2
+            if k == 1:
+                length += tf
+        return v, [math.sqrt(x) for x in norm], length
+
+    scores = []
+    for test, refs in zip(ctest, crefs):
+        v, norm, length = vec(test)
+        total = np.zeros(n)
+        for ref in refs:
+            vr, normr, lengthr = vec(ref)
+            for k in range(n):
+                val = sum(min(v[k][g], vr[k][g]) * vr[k][g] for g in v[k])
+                if norm[k] and normr[k]:
+                    val /= norm[k] * normr[k]
+                total[k] += val * math.exp(-((length - lengthr) ** 2) / (2 * sigma ** 2))
+        scores.append(total.mean() / len(refs) * 10.0)
+    return float(np.mean(scores))
+
+
+CIDER_REFERENCES = [["a red circle is to the left of a blue square", "a blue square and a red circle"],
+                    ["there are two green triangles", "two triangles , both green"],
+                    ["a small red circle", "a red circle"]]
+CIDER_HYPOTHESES = ["a red circle left of a square", "two green triangles", "a red red red circle"]
+
+
+def test_corpus_cider_matches_the_coco_evaluation_code():
+    score = metrics.corpus_cider(CIDER_REFERENCES, CIDER_HYPOTHESES)
+    assert score == pytest.approx(ref_cider(CIDER_REFERENCES, CIDER_HYPOTHESES), rel=1e-12)
+    assert 0.0 < score < 10.0
+
+
+def test_corpus_cider_rewards_specific_words_and_clips_repeats():
+    captions = [["red circle left"], ["blue square right"], ["green triangle up"]]
+    assert metrics.corpus_cider(captions, [c[0] for c in captions]) == pytest.approx(7.5)   # no 4-grams: 3 of 4 orders
+    common = [["a red circle"], ["a blue square"], ["a green triangle"]]         # "a" is in every image's references
+    assert metrics.corpus_cider(common, ["a", "a", "a"]) == 0.0                    # a word every image has weighs 0
+    assert metrics.corpus_cider(common, ["red", "blue", "green"]) > 0.0             # a word of one image does not
+    once = metrics.corpus_cider(captions, ["red circle", "blue square", "green triangle"])
+    repeated = metrics.corpus_cider(captions, ["red red circle circle", "blue blue square square", "green green triangle triangle"])
+    assert repeated < once                                                         # repeating a word earns nothing
+
+
+@pytest.mark.parametrize("references, hypotheses, sigma, error, word", [
+    (["a b"], ["a b", "c"], 6.0, ValueError, "same length"),
+    ([], [], 6.0, ValueError, "no hypotheses"),
+    ("a b", "a b", 6.0, TypeError, "lists"),
+    ([["a b"]], ["a b"], 0.0, ValueError, "sigma"),
+    ([["a b"]], [None], 6.0, TypeError, "hypotheses[0]"),
+])
+def test_corpus_cider_rejects_bad_input(references, hypotheses, sigma, error, word):
+    with pytest.raises(error, match=re.escape(word)):
+        metrics.corpus_cider(references, hypotheses, sigma=sigma)
