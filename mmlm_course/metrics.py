@@ -27,7 +27,7 @@ from keras import ops
 
 from mmlm_course.losses import check_labels, check_mask, float_tensor, masked_mean
 from mmlm_course.preprocessing import split_words
-from mmlm_course.validation import (as_array, concrete_values, positive_int, require_choice, require_int,
+from mmlm_course.validation import (as_array, concrete_values, positive_int, require_choice, require_float, require_int,
                                     require_int_dtype, static_shape)
 
 # --------------------------------------------------------------------------- classification
@@ -279,8 +279,7 @@ def corpus_cider(references: Sequence, hypotheses: Sequence, sigma: float = 6.0)
                          f"hypothesis), got {len(references)} references and {len(hypotheses)} hypotheses.")
     if len(hypotheses) == 0:
         raise ValueError("corpus_cider got no hypotheses; expected at least one.")
-    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 or math.isinf(sigma):
-        raise ValueError(f"sigma must be a positive number (the length penalty's width, 6 in CIDEr-D), got {sigma!r}.")
+    sigma = require_float(sigma, "sigma (the length penalty's width, 6 in CIDEr-D)", low=0, low_open=True)
     hyps = [_tokens(h, f"hypotheses[{i}]") for i, h in enumerate(hypotheses)]
     refs = [_references(r, isinstance(h, str), i) for i, (r, h) in enumerate(zip(references, hypotheses))]
     orders = range(1, 5)

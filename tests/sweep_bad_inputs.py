@@ -311,6 +311,7 @@ VALID_BAD = {
     ("training.schedule_values", "steps", "empty"): "no steps: no values",
     ("metrics.sentence_bleu", "hypothesis", "empty"): "an empty hypothesis scores 0",
     ("metrics.corpus_bleu", "hypotheses", "empty_item"): "an empty hypothesis scores 0",
+    ("metrics.corpus_cider", "sigma", "huge"): "a huge sigma turns the length penalty off",
 }
 
 NUMERIC_SKIP_KEYS = {"name", "title", "what", "of", "first_name", "second_name"}  # message labels, not data
@@ -513,6 +514,7 @@ def build_cases():
     case("metrics.corpus_bleu_details", m.corpus_bleu_details,
          lambda: dict(references=refs, hypotheses=hyps, max_order=2, smoothing="none"))
     case("metrics.corpus_bleu", m.corpus_bleu, lambda: dict(references=refs, hypotheses=hyps, max_order=2))
+    case("metrics.corpus_cider", m.corpus_cider, lambda: dict(references=refs, hypotheses=hyps, sigma=6.0))
     case("metrics.sentence_bleu", m.sentence_bleu,
          lambda: dict(reference="a red circle".split(), hypothesis="a red square".split(), max_order=2))
 

@@ -277,6 +277,7 @@ def test_corpus_cider_rewards_specific_words_and_clips_repeats():
     ([], [], 6.0, ValueError, "no hypotheses"),
     ("a b", "a b", 6.0, TypeError, "lists"),
     ([["a b"]], ["a b"], 0.0, ValueError, "sigma"),
+    ([["a b"]], ["a b"], "6", TypeError, "sigma"),
     ([["a b"]], [None], 6.0, TypeError, "hypotheses[0]"),
 ])
 def test_corpus_cider_rejects_bad_input(references, hypotheses, sigma, error, word):
