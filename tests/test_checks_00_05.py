@@ -15,10 +15,7 @@ from keras import ops
 
 from mmlm_course import audio, losses, preprocessing, shapeworld
 from mmlm_course.exercises import CheckFailed, run_check
-
-
-def _passes(exercise_id, answer):
-    assert run_check(exercise_id, answer)
+from check_helpers import passes
 
 
 # --------------------------------------------------------------------------- 00
@@ -38,7 +35,7 @@ def _describe_percent(obj):
     lambda obj: shapeworld.with_article(f"{obj.size} {obj.color} {obj.shape}"),
 ], ids=["join", "percent", "describe", "with_article"])
 def test_00_describe_object_alternatives_pass(answer):
-    _passes("00.describe_object", answer)
+    passes("00.describe_object", answer)
 
 
 def _count_loop(scene, color):
@@ -57,7 +54,7 @@ def _count_loop(scene, color):
     lambda scene, color: shapeworld.count_objects(scene, color=color),
 ], ids=["loop", "len", "list_count", "np_sum", "count_objects"])
 def test_00_count_color_alternatives_pass(answer):
-    _passes("00.count_color", answer)
+    passes("00.count_color", answer)
 
 
 @pytest.mark.parametrize("got, word", [
@@ -92,7 +89,7 @@ def test_00_describe_object_ignores_a_patched_noun_phrase(monkeypatch):
     lambda image: ops.cast(image, "float32") / 255.0,
 ], ids=["divide_then_cast", "np_divide", "multiply", "keras_ops"])
 def test_01_to_float_image_alternatives_pass(answer):
-    _passes("01.to_float_image", answer)
+    passes("01.to_float_image", answer)
 
 
 def _flip_regex(image, caption):
@@ -123,7 +120,7 @@ def _flip_keras(image, caption):
 @pytest.mark.parametrize("answer", [_flip_regex, _flip_placeholder, _flip_loop, _flip_keras],
                          ids=lambda f: f.__name__)
 def test_01_hflip_with_caption_alternatives_pass(answer):
-    _passes("01.hflip_with_caption", answer)
+    passes("01.hflip_with_caption", answer)
 
 
 def test_01_hflip_with_caption_ignores_a_changed_flip_words(monkeypatch):
@@ -152,7 +149,7 @@ def _encode_loop(text, token_to_id):
     lambda text, vocab: tuple(map(lambda w: vocab.get(w, vocab["<unk>"]), preprocessing.split_words(text))),
 ], ids=["loop", "array", "tuple_map"])
 def test_01_encode_alternatives_pass(answer):
-    _passes("01.encode", answer)
+    passes("01.encode", answer)
 
 
 def _pad_list_comprehension(sequences):
@@ -177,7 +174,7 @@ def _pad_keras(sequences):
 @pytest.mark.parametrize("answer", [_pad_list_comprehension, _pad_with_lengths, _pad_keras,
                                     preprocessing.pad_sequences], ids=lambda f: f.__name__)
 def test_01_pad_with_mask_alternatives_pass(answer):
-    _passes("01.pad_with_mask", answer)
+    passes("01.pad_with_mask", answer)
 
 
 def test_01_pad_with_mask_reports_the_position_of_a_mask_mismatch():
@@ -208,7 +205,7 @@ def _alias_loop(frequency_hz, sample_rate):
     lambda f, sr: float(np.abs((f + sr / 2) % sr - sr / 2)),
 ], ids=["loop", "modulo_min", "np_round", "shifted_modulo"])
 def test_02_alias_frequency_alternatives_pass(answer):
-    _passes("02.alias_frequency", answer)
+    passes("02.alias_frequency", answer)
 
 
 def test_02_alias_frequency_asks_for_a_float():
@@ -233,7 +230,7 @@ def _frames_tf(signal, frame_length, hop_length):
 
 @pytest.mark.parametrize("answer", [_frames_loop, _frames_strided, _frames_tf], ids=lambda f: f.__name__)
 def test_02_frame_signal_alternatives_pass(answer):
-    _passes("02.frame_signal", answer)
+    passes("02.frame_signal", answer)
 
 
 def _stft_scipy_window(signal, frame_length, hop_length, fft_length):
@@ -256,7 +253,7 @@ def _stft_tf(signal, frame_length, hop_length, fft_length):
 @pytest.mark.parametrize("answer", [_stft_scipy_window, _stft_dft_matrix, _stft_tf],
                          ids=lambda f: f.__name__)
 def test_02_stft_magnitude_alternatives_pass(answer):
-    _passes("02.stft_magnitude", answer)
+    passes("02.stft_magnitude", answer)
 
 
 def _mel_loop(num_mel_bins, num_spectrogram_bins, sample_rate, lower_hz, upper_hz):
@@ -280,7 +277,7 @@ def _mel_tf(num_mel_bins, num_spectrogram_bins, sample_rate, lower_hz, upper_hz)
 
 @pytest.mark.parametrize("answer", [_mel_loop, _mel_tf], ids=lambda f: f.__name__)
 def test_02_mel_filterbank_alternatives_pass(answer):
-    _passes("02.mel_filterbank", answer)
+    passes("02.mel_filterbank", answer)
 
 
 @pytest.mark.parametrize("answer", [
@@ -290,7 +287,7 @@ def test_02_mel_filterbank_alternatives_pass(answer):
     lambda spec, mel, eps: np.log(np.tensordot(spec, mel, axes=1) + np.float32(eps)),
 ], ids=["matmul", "keras_ops", "float64_inside", "tensordot"])
 def test_02_log_mel_alternatives_pass(answer):
-    _passes("02.log_mel", answer)
+    passes("02.log_mel", answer)
 
 
 def test_02_checks_ignore_a_patched_audio_module(monkeypatch):
@@ -325,7 +322,7 @@ def _log_softmax_scipy(logits):
     lambda z: z - np.logaddexp.reduce(z.astype(np.float64), axis=-1, keepdims=True),
 ], ids=["rows", "scipy", "keras_ops", "numpy", "logaddexp_float64"])
 def test_05_log_softmax_alternatives_pass(answer):
-    _passes("05.log_softmax", answer)
+    passes("05.log_softmax", answer)
 
 
 def _masked_mean_keras(values, mask):
@@ -340,7 +337,7 @@ def _masked_mean_keras(values, mask):
     lambda values, mask: float(np.ma.masked_array(values, ~mask).mean()) if mask.any() else 0.0,
 ], ids=["sum_over_count", "mean_or_zero", "keras_ops", "masked_array"])
 def test_05_masked_mean_alternatives_pass(answer):
-    _passes("05.masked_mean", answer)
+    passes("05.masked_mean", answer)
 
 
 def _info_nce_notebook(image_emb, text_emb, temperature):
@@ -373,7 +370,7 @@ def _info_nce_scipy(image_emb, text_emb, temperature):
 @pytest.mark.parametrize("answer", [_info_nce_notebook, _info_nce_cross_entropy, _info_nce_scipy],
                          ids=lambda f: f.__name__)
 def test_05_symmetric_info_nce_alternatives_pass(answer):
-    _passes("05.symmetric_info_nce", answer)
+    passes("05.symmetric_info_nce", answer)
 
 
 def _recall_loop(scores, targets, k):
@@ -401,7 +398,7 @@ def _recall_keras(scores, targets, k):
 
 @pytest.mark.parametrize("answer", [_recall_loop, _recall_next_score, _recall_keras], ids=lambda f: f.__name__)
 def test_05_recall_at_k_alternatives_pass(answer):
-    _passes("05.recall_at_k", answer)
+    passes("05.recall_at_k", answer)
 
 
 def test_05_recall_at_k_hint_for_ignored_targets_is_not_about_ties():
@@ -432,4 +429,4 @@ def _adam_in_place_tuple(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, b
 
 @pytest.mark.parametrize("answer", [_adam_float64, _adam_in_place_tuple], ids=lambda f: f.__name__)
 def test_05_adam_step_alternatives_pass(answer):
-    _passes("05.adam_step", answer)
+    passes("05.adam_step", answer)

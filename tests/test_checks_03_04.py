@@ -9,14 +9,7 @@ from keras import ops
 
 from mmlm_course import attention
 from mmlm_course.exercises import CheckFailed, run_check
-
-
-def _ids(answer):
-    return answer.__name__
-
-
-def _passes(exercise_id, answer):
-    assert run_check(exercise_id, answer)
+from check_helpers import by_name, passes
 
 
 # --------------------------------------------------------------------------- 03.conv2d_param_count
@@ -35,9 +28,9 @@ def _conv_params_from_keras(kernel_size, in_channels, filters):
     return layer.count_params()
 
 
-@pytest.mark.parametrize("answer", [_conv_params_factored, _conv_params_numpy_int, _conv_params_from_keras], ids=_ids)
+@by_name([_conv_params_factored, _conv_params_numpy_int, _conv_params_from_keras])
 def test_03_other_correct_conv2d_param_counts_pass(answer):
-    _passes("03.conv2d_param_count", answer)
+    passes("03.conv2d_param_count", answer)
 
 
 # --------------------------------------------------------------------------- 03.patchify
@@ -64,9 +57,9 @@ def _patchify_keras_ops(images, patch_size):
     return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (b, -1, p * p * c))
 
 
-@pytest.mark.parametrize("answer", [_patchify_loop, _patchify_windows, _patchify_keras_ops], ids=_ids)
+@by_name([_patchify_loop, _patchify_windows, _patchify_keras_ops])
 def test_03_other_correct_patchify_pass(answer):
-    _passes("03.patchify", answer)
+    passes("03.patchify", answer)
 
 
 # --------------------------------------------------------------------------- 03.masked_mean
@@ -96,10 +89,10 @@ def _masked_mean_keras_ops(x, mask):
     return ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
 
 
-@pytest.mark.parametrize("answer", [_masked_mean_loop, _masked_mean_nan_to_num, _masked_mean_divide_where,
-                                    _masked_mean_keras_ops], ids=_ids)
+@by_name([_masked_mean_loop, _masked_mean_nan_to_num, _masked_mean_divide_where,
+          _masked_mean_keras_ops])
 def test_03_other_correct_masked_means_pass(answer):
-    _passes("03.masked_mean", answer)
+    passes("03.masked_mean", answer)
 
 
 # --------------------------------------------------------------------------- 03.scaled_dot_product_attention
@@ -142,10 +135,10 @@ def _attention_additive_mask(query, key, value, mask=None):
     return np.einsum("...qk,...kv->...qv", weights, value), weights
 
 
-@pytest.mark.parametrize("answer", [_attention_scipy, _attention_keras_ops, _attention_float64_loop,
-                                    _attention_additive_mask], ids=_ids)
+@by_name([_attention_scipy, _attention_keras_ops, _attention_float64_loop,
+          _attention_additive_mask])
 def test_03_other_correct_attention_pass(answer):
-    _passes("03.scaled_dot_product_attention", answer)
+    passes("03.scaled_dot_product_attention", answer)
 
 
 # --------------------------------------------------------------------------- 03.transformer_block
@@ -196,7 +189,7 @@ _BLOCKS = {
 
 @pytest.mark.parametrize("name", sorted(_BLOCKS))
 def test_03_other_correct_transformer_blocks_pass(name):
-    _passes("03.transformer_block", _BLOCKS[name])
+    passes("03.transformer_block", _BLOCKS[name])
 
 
 def test_03_block_with_a_layer_the_check_cannot_rebuild_fails_clearly():
@@ -220,9 +213,9 @@ def _concat_loop_float64(image_tokens, text_tokens, text_mask):
     return np.array(rows)
 
 
-@pytest.mark.parametrize("answer", [_concat_keras_ops, _concat_loop_float64], ids=_ids)
+@by_name([_concat_keras_ops, _concat_loop_float64])
 def test_04_other_correct_concat_fusions_pass(answer):
-    _passes("04.concat_fusion", answer)
+    passes("04.concat_fusion", answer)
 
 
 # --------------------------------------------------------------------------- 04.fusion_model
@@ -268,10 +261,10 @@ def _fusion_model_gelu_lambda_dropout(num_objects, num_features, question_length
     return keras.Model({"objects": objects, "token_ids": token_ids}, logits)
 
 
-@pytest.mark.parametrize("answer", [FusionModelAnswer, _fusion_model_sum_over_count,
-                                    _fusion_model_gelu_lambda_dropout], ids=_ids)
+@by_name([FusionModelAnswer, _fusion_model_sum_over_count,
+          _fusion_model_gelu_lambda_dropout])
 def test_04_other_correct_fusion_models_pass(answer):
-    _passes("04.fusion_model", answer)
+    passes("04.fusion_model", answer)
 
 
 # --------------------------------------------------------------------------- 04.film
@@ -296,9 +289,9 @@ def _film_reshape(features, gamma, beta):
     return gamma.reshape(len(gamma), 1, -1) * features + beta.reshape(len(beta), 1, -1)
 
 
-@pytest.mark.parametrize("answer", [_film_einsum, _film_keras_ops, _film_loop, _film_reshape], ids=_ids)
+@by_name([_film_einsum, _film_keras_ops, _film_loop, _film_reshape])
 def test_04_other_correct_films_pass(answer):
-    _passes("04.film", answer)
+    passes("04.film", answer)
 
 
 # --------------------------------------------------------------------------- 04.cross_attention
@@ -325,10 +318,10 @@ def _cross_attention_penalty(queries, context, context_mask):
     return weights @ context, weights
 
 
-@pytest.mark.parametrize("answer", [_cross_attention_keras_ops_list, _cross_attention_scipy_inf,
-                                    _cross_attention_penalty], ids=_ids)
+@by_name([_cross_attention_keras_ops_list, _cross_attention_scipy_inf,
+          _cross_attention_penalty])
 def test_04_other_correct_cross_attentions_pass(answer):
-    _passes("04.cross_attention", answer)
+    passes("04.cross_attention", answer)
 
 
 # --------------------------------------------------------------------------- 04.object_pairs
@@ -356,6 +349,6 @@ def _pairs_repeat_tile_keras(objects):
     return ops.concatenate([first, second], axis=-1)
 
 
-@pytest.mark.parametrize("answer", [_pairs_broadcast, _pairs_loop, _pairs_repeat_tile_keras], ids=_ids)
+@by_name([_pairs_broadcast, _pairs_loop, _pairs_repeat_tile_keras])
 def test_04_other_correct_object_pairs_pass(answer):
-    _passes("04.object_pairs", answer)
+    passes("04.object_pairs", answer)

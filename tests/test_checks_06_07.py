@@ -10,18 +10,8 @@ import pytest
 from keras import ops
 
 from mmlm_course import attention, encoders, shapeworld
-from mmlm_course.exercises import plain, run_check
-
-
-def _passes(exercise_id, answer):
-    """The check passes on ``answer``, and again when replayed from the record of that run."""
-    tape = []
-    assert run_check(exercise_id, answer, tape=tape)
-    assert run_check(exercise_id, None, replay=plain.loads(plain.dumps(tape)))
-
-
-def _by_name(answers):
-    return pytest.mark.parametrize("answer", answers, ids=lambda f: f.__name__)
+from mmlm_course.exercises import run_check
+from check_helpers import by_name, passes
 
 
 # --------------------------------------------------------------------------- 06.similarity_logits
@@ -52,9 +42,9 @@ def similarity_with_einsum_in_float64(image_embeddings, text_embeddings, tempera
     return np.einsum("id,jd->ij", u, v) * (1.0 / temperature)
 
 
-@_by_name([similarity_with_keras_ops, similarity_with_loops, similarity_with_einsum_in_float64])
+@by_name([similarity_with_keras_ops, similarity_with_loops, similarity_with_einsum_in_float64])
 def test_06_similarity_logits_other_correct_answers_pass(answer):
-    _passes("06.similarity_logits", answer)
+    passes("06.similarity_logits", answer)
 
 
 # --------------------------------------------------------------------------- 06.caption_hits
@@ -79,9 +69,9 @@ def hits_from_the_package(captions, scenes):
     return shapeworld.caption_truth_matrix(captions, scenes)
 
 
-@_by_name([hits_by_comprehension, hits_as_nested_lists, hits_cached_per_distinct_caption, hits_from_the_package])
+@by_name([hits_by_comprehension, hits_as_nested_lists, hits_cached_per_distinct_caption, hits_from_the_package])
 def test_06_caption_hits_other_correct_answers_pass(answer):
-    _passes("06.caption_hits", answer)
+    passes("06.caption_hits", answer)
 
 
 # --------------------------------------------------------------------------- 06.recall_with_hits
@@ -112,9 +102,9 @@ def recall_with_keras_ops(scores, hits, k):
     return ops.mean(ops.cast(rank <= k, "float32"))               # a 0-d tensor
 
 
-@_by_name([recall_with_loops, recall_by_sorting_wrong_candidates_first, recall_with_keras_ops])
+@by_name([recall_with_loops, recall_by_sorting_wrong_candidates_first, recall_with_keras_ops])
 def test_06_recall_with_hits_other_correct_answers_pass(answer):
-    _passes("06.recall_with_hits", answer)
+    passes("06.recall_with_hits", answer)
 
 
 # --------------------------------------------------------------------------- 06.zero_shot_predict
@@ -139,9 +129,9 @@ def zero_shot_as_a_list(image_embeddings, prompt_embeddings, prompt_classes):
     return labels
 
 
-@_by_name([zero_shot_normalising_only_the_prompts, zero_shot_with_keras_ops, zero_shot_as_a_list])
+@by_name([zero_shot_normalising_only_the_prompts, zero_shot_with_keras_ops, zero_shot_as_a_list])
 def test_06_zero_shot_predict_other_correct_answers_pass(answer):
-    _passes("06.zero_shot_predict", answer)
+    passes("06.zero_shot_predict", answer)
 
 
 # --------------------------------------------------------------------------- 06.swapped_twins
@@ -232,9 +222,9 @@ def twins_with_a_placeholder_replace(caption):
     return {kind: twin for kind, twin in twins.items() if twin != caption}
 
 
-@_by_name([twins_with_a_regex, twins_by_splitting_on_is, twins_from_the_parser, twins_with_a_placeholder_replace])
+@by_name([twins_with_a_regex, twins_by_splitting_on_is, twins_from_the_parser, twins_with_a_placeholder_replace])
 def test_06_swapped_twins_other_correct_answers_pass(answer):
-    _passes("06.swapped_twins", answer)
+    passes("06.swapped_twins", answer)
 
 
 # --------------------------------------------------------------------------- 06.text_tower
@@ -284,7 +274,7 @@ def tower_with_a_greater_than_mask_and_ops_norm(self, token_ids, training=False)
                                     _tower(tower_with_a_greater_than_mask_and_ops_norm)],
                          ids=["float_weights", "masking_embedding", "greater_than_mask"])
 def test_06_text_tower_other_correct_answers_pass(answer):
-    _passes("06.text_tower", answer)
+    passes("06.text_tower", answer)
 
 
 def test_06_text_tower_refuses_an_instance_and_a_foreign_layer():
@@ -321,9 +311,9 @@ def mask_as_nested_lists(length):
     return [[j <= i for j in range(length)] for i in range(length)]
 
 
-@_by_name([mask_from_np_tri, mask_as_a_tensor, mask_as_nested_lists])
+@by_name([mask_from_np_tri, mask_as_a_tensor, mask_as_nested_lists])
 def test_07_causal_mask_other_correct_answers_pass(answer):
-    _passes("07.causal_mask", answer)
+    passes("07.causal_mask", answer)
 
 
 # --------------------------------------------------------------------------- 07.top_k_filter
@@ -353,9 +343,9 @@ def top_k_as_nested_lists(logits, k):
     return rows
 
 
-@_by_name([top_k_with_partition, top_k_in_place_per_row, top_k_with_keras_ops, top_k_as_nested_lists])
+@by_name([top_k_with_partition, top_k_in_place_per_row, top_k_with_keras_ops, top_k_as_nested_lists])
 def test_07_top_k_filter_other_correct_answers_pass(answer):
-    _passes("07.top_k_filter", answer)
+    passes("07.top_k_filter", answer)
 
 
 # --------------------------------------------------------------------------- 07.temperature_probabilities
@@ -381,10 +371,10 @@ def temperature_with_activations_softmax(logits, temperature):
     return keras.activations.softmax(ops.convert_to_tensor(logits / temperature), axis=-1)
 
 
-@_by_name([temperature_with_keras_softmax, temperature_shifting_before_dividing, temperature_with_logsumexp,
+@by_name([temperature_with_keras_softmax, temperature_shifting_before_dividing, temperature_with_logsumexp,
            temperature_with_activations_softmax])
 def test_07_temperature_probabilities_other_correct_answers_pass(answer):
-    _passes("07.temperature_probabilities", answer)
+    passes("07.temperature_probabilities", answer)
 
 
 # --------------------------------------------------------------------------- 07.update_cache
@@ -415,10 +405,10 @@ def cache_by_padding_and_where(cache, new, position):
     return ops.where(inside, padded, cache)
 
 
-@_by_name([cache_by_slice_assignment, cache_by_concatenating_three_pieces, cache_with_keras_concatenate,
+@by_name([cache_by_slice_assignment, cache_by_concatenating_three_pieces, cache_with_keras_concatenate,
            cache_by_padding_and_where])
 def test_07_update_cache_other_correct_answers_pass(answer):
-    _passes("07.update_cache", answer)
+    passes("07.update_cache", answer)
 
 
 # --------------------------------------------------------------------------- 07.decoder_lm
@@ -456,4 +446,4 @@ def _decoder(blocks="list", positions="embedding", epsilon=1e-5, mlp=4):
                                     _decoder(blocks="sequential", positions="layer")],
                          ids=["sequential_blocks", "position_embedding_layer", "both"])
 def test_07_decoder_lm_other_correct_answers_pass(answer):
-    _passes("07.decoder_lm", answer)
+    passes("07.decoder_lm", answer)

@@ -11,27 +11,17 @@ import pytest
 from keras import ops
 
 from mmlm_course import audio_lm, shapeworld
-from mmlm_course.exercises import CheckFailed, ExerciseNotAttempted, plain, registry, run_check
+from mmlm_course.exercises import CheckFailed, ExerciseNotAttempted, registry, run_check
+from check_helpers import by_name, passes
 
 IDS = ("09.stack_frames", "09.ctc_greedy_decode", "09.caption_is_true_of_sound")
 EXERCISES = registry()
 MISTAKES = [(eid, name) for eid in IDS for name in EXERCISES[eid].mistakes]
 
 
-def _passes(exercise_id, answer):
-    """The check passes on ``answer``, and again when replayed from the record of that run."""
-    tape = []
-    assert run_check(exercise_id, answer, tape=tape)
-    assert run_check(exercise_id, None, replay=plain.loads(plain.dumps(tape)))
-
-
-def _by_name(answers):
-    return pytest.mark.parametrize("answer", answers, ids=lambda f: f.__name__)
-
-
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_09_the_reference_passes(exercise_id):
-    _passes(exercise_id, EXERCISES[exercise_id].reference)
+    passes(exercise_id, EXERCISES[exercise_id].reference)
 
 
 @pytest.mark.parametrize("exercise_id,name", MISTAKES, ids=[f"{e}-{n[:40]}" for e, n in MISTAKES])
@@ -121,11 +111,11 @@ def stack_via_the_features_first_view_and_back(frames, k):
     return np.swapaxes(x, 1, 2).reshape(batch, tokens, k * width)
 
 
-@_by_name([stack_by_slicing_with_keras_ops, stack_with_a_loop_in_float64, stack_with_np_pad,
+@by_name([stack_by_slicing_with_keras_ops, stack_with_a_loop_in_float64, stack_with_np_pad,
            stack_with_keras_ops_in_two_reshapes, stack_as_nested_lists, stack_token_by_token,
            stack_frame_by_frame_into_a_buffer, stack_via_the_features_first_view_and_back])
 def test_09_stack_frames_other_correct_answers_pass(answer):
-    _passes("09.stack_frames", answer)
+    passes("09.stack_frames", answer)
 
 
 def test_09_stack_frames_refuses_an_answer_that_pads_its_input_in_place():
@@ -214,10 +204,10 @@ def decode_keeping_numpy_ints(frame_ids, blank=0):
     return [ids[t] for t in range(len(ids)) if (t == 0 or ids[t] != ids[t - 1]) and ids[t] != blank]
 
 
-@_by_name([decode_with_groupby, decode_with_zip, decode_to_a_tuple, decode_to_a_numpy_array, decode_run_by_run,
+@by_name([decode_with_groupby, decode_with_zip, decode_to_a_tuple, decode_to_a_numpy_array, decode_run_by_run,
            decode_in_two_passes, decode_with_np_diff, decode_with_keras_ops, decode_keeping_numpy_ints])
 def test_09_ctc_greedy_decode_other_correct_answers_pass(answer):
-    _passes("09.ctc_greedy_decode", answer)
+    passes("09.ctc_greedy_decode", answer)
 
 
 def test_09_ctc_greedy_decode_gives_the_frames_as_an_array_not_a_list():
@@ -290,10 +280,10 @@ def verify_truth_first(caption, scene):
     return np.bool_(relations <= set(audio_lm.SOUND_RELATIONS))
 
 
-@_by_name([verify_with_a_regex, verify_with_the_truth_matrix, verify_by_words, verify_statement_by_statement,
+@by_name([verify_with_a_regex, verify_with_the_truth_matrix, verify_by_words, verify_statement_by_statement,
            verify_truth_first])
 def test_09_caption_is_true_of_sound_other_correct_answers_pass(answer):
-    _passes("09.caption_is_true_of_sound", answer)
+    passes("09.caption_is_true_of_sound", answer)
 
 
 def test_09_caption_check_ignores_a_patched_verifier(monkeypatch):

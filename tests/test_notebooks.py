@@ -1,9 +1,11 @@
 """The exercise machinery: lessons/ is generated from solutions/, an untouched lesson runs to its
 last cell with every check showing ⏳, and nbval still fails on it."""
 
+import collections
+import configparser
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,9 +79,68 @@ def test_build_lessons_check_names_stale_and_orphaned_notebooks(tmp_path, capsys
     assert cli.main(args) == 0 and cli.main(args + ["--check"]) == 1  # the orphan is reported, never deleted
 
 
+# What strict nbval compares (nbval's defaults with tests/nbval_sanitize.cfg): the text of
+# every output, per kind, after the sanitizing patterns; images and metadata are not compared.
+_SANITIZE = configparser.ConfigParser(interpolation=None)
+_SANITIZE.read(ROOT / "tests" / "nbval_sanitize.cfg", encoding="utf-8")
+_PATTERNS = [(re.compile(section["regex"]), section["replace"]) for section in _SANITIZE.values() if "regex" in section]
+_NOT_COMPARED = {"image/png", "image/jpeg", "application/vnd.jupyter.widget-view+json"}
+
+
+def _sanitize(text):
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _compared(outputs) -> dict:
+    """A cell's outputs as strict nbval compares them: {kind: [sanitized text, ...]}."""
+    kinds = collections.defaultdict(list)
+    streams = collections.defaultdict(str)
+    for out in outputs:
+        if out["output_type"] == "stream":
+            streams[out["name"]] += out["text"]
+        elif out["output_type"] == "error":
+            kinds["error"].append(f"{out['ename']}: {out['evalue']}")
+        else:
+            for kind, value in out.get("data", {}).items():
+                if kind not in _NOT_COMPARED:
+                    kinds[kind].append(_sanitize(value if isinstance(value, str) else json.dumps(value)))
+    for name, text in streams.items():
+        kinds[name].append(_sanitize(text))
+    return dict(kinds)
+
+
+def _differences_from_the_stored_solution(lesson_run, solution) -> list[str]:
+    """Code cells of an executed lesson whose outputs differ from the solution's stored ones.
+
+    Compared: every code cell the learner does not write and that prints no check result,
+    as strict nbval compares them; not compared: the exercise cells (the stub differs from
+    the answer), the check cells (⏳ against ✅) and the cells tagged nbval-ignore-output
+    (timings, progress). The lesson is generated from the solution, so cell i is cell i.
+    """
+    differences = []
+    for index, (ran, stored) in enumerate(zip(lesson_run.cells, solution.cells)):
+        if (stored.cell_type != "code" or ran.source != stored.source or notebooks.CHECK_CALL.search(stored.source)
+                or "nbval-ignore-output" in stored.metadata.get("tags", [])):
+            continue
+        got, want = _compared(ran.get("outputs", [])), _compared(stored.get("outputs", []))
+        if got != want:
+            kind = next(k for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k))
+            differences.append(f"cell {index} ({stored.source.splitlines()[0][:60]!r}), {kind}:\n"
+                               f"  stored: {str(want.get(kind))[:300]}\n  lesson: {str(got.get(kind))[:300]}")
+    return differences
+
+
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_untouched_lesson_runs_to_the_end(path):
-    """Run All on an untouched lesson, as in JupyterLab: no cell raises, every check shows ⏳."""
+    """Run All on an untouched lesson, as in JupyterLab: no cell raises, every check shows ⏳,
+    and every other cell prints what the solution's stored run printed.
+
+    This one run per lesson is also the suite's check of the stored solutions (it replaces
+    strict nbval of solutions/, which executed every notebook a second time): a solution
+    edited without `mmlm-course execute`, or code whose output drifted, fails here.
+    """
     execution = notebooks.execute_notebook(path)
     ids = notebooks.exercise_ids(execution.notebook)
     assert ids, "every lesson has exercises"
@@ -89,6 +150,52 @@ def test_untouched_lesson_runs_to_the_end(path):
     shown = [out.get("text", "") for cell in execution.notebook.cells if cell.cell_type == "code"
              and notebooks.CHECK_CALL.search(cell.source) for out in cell.get("outputs", [])]
     assert sum(text.startswith("⏳") for text in shown) == len(ids)
+    solution = nbformat.read(ROOT / "solutions" / path.name, 4)
+    differences = _differences_from_the_stored_solution(execution.notebook, solution)
+    assert not differences, "\n".join(differences)
+
+
+def test_the_comparison_with_the_stored_solution_finds_what_nbval_would():
+    """What the untouched-lesson test relies on: a changed output of a compared cell is found;
+    what strict nbval ignores (timings, addresses, images, tagged cells, checks) is not."""
+    stored = nbformat.read(ROOT / "solutions" / "00_welcome.ipynb", 4)
+    assert _differences_from_the_stored_solution(stored, stored) == []
+    compared = [i for i, c in enumerate(stored.cells) if c.cell_type == "code" and c.get("outputs")
+                and not notebooks.CHECK_CALL.search(c.source) and "nbval-ignore-output" not in c.metadata.get("tags", [])
+                and notebooks.BEGIN not in c.source]
+    assert compared, "lesson 00 has cells whose outputs are compared"
+    index = compared[0]
+
+    def run_with(change):
+        ran = nbformat.from_dict(json.loads(json.dumps(stored)))
+        change(ran.cells[index].outputs)
+        return _differences_from_the_stored_solution(ran, stored)
+
+    def edit_text(outputs):
+        out = next(o for o in outputs if o["output_type"] == "stream" or "text/plain" in o.get("data", {}))
+        if out["output_type"] == "stream":
+            out["text"] = out["text"] + "drifted\n"
+        else:
+            out["data"]["text/plain"] = out["data"]["text/plain"] + " drifted"
+
+    assert len(run_with(edit_text)) == 1
+    assert len(run_with(lambda outputs: outputs.clear())) == 1
+    assert run_with(lambda outputs: outputs.append(nbformat.v4.new_output(
+        "stream", name="stdout", text="layer at 0x7f3a2c 12.5 ms/step\n"))) != []
+    assert run_with(lambda outputs: outputs.append(nbformat.v4.new_output(
+        "display_data", data={"image/png": "iVBORw0KGgo="}))) == []      # images are not compared
+    assert _sanitize("at 0x7f3a2c, 12.5 ms/step, /tmp/abc/run") == "at 0xADDRESS, DURATION, TMPPATH"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_every_check_of_a_stored_solution_passed(path):
+    """The stored run of a solution shows ✅ at every check: the answers in solutions/ pass."""
+    nb = nbformat.read(path, 4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and notebooks.CHECK_CALL.search(cell.source):
+            text = "".join(out.get("text", "") for out in cell.get("outputs", []))
+            for exercise_id in notebooks.CHECK_CALL.findall(cell.source):
+                assert f"\N{WHITE HEAVY CHECK MARK} {exercise_id}: passed" in text, (path.name, exercise_id, text[:300])
 
 
 def _lesson_00_answered(tmp_path, body: str) -> Path:

@@ -147,7 +147,8 @@ def _type_names(error_type: type) -> list[str]:
     return [f"{cls.__module__}.{cls.__qualname__}" for cls in error_type.__mro__]
 
 
-def _message(error: BaseException) -> str:
+def error_message(error: BaseException) -> str:
+    """An exception's message on one line, shortened; never raises (checks quote it in their hints)."""
     try:
         return _one_line(error)
     except Exception:                          # an exception whose __str__ itself fails
@@ -209,12 +210,12 @@ class Checker:
             except plain.NotPlain as error:
                 return {"status": "not plain", "type": str(error)}
             except Exception as error:         # the learner's own bug: reported in one line
-                return {"status": "raised", "types": _type_names(type(error)), "message": _message(error)}
+                return {"status": "raised", "types": _type_names(type(error)), "message": error_message(error)}
 
         try:
             outcome = self._runner(live)
         except Exception as error:             # the runner's own limit (the grader's timeout)
-            outcome = {"status": "raised", "types": _type_names(type(error)), "message": _message(error)}
+            outcome = {"status": "raised", "types": _type_names(type(error)), "message": error_message(error)}
         if after is not None:
             outcome.update(after())
         if self.tape is not None:
@@ -452,7 +453,7 @@ def _run(exercise: Exercise, checker: Checker, candidate) -> list[str]:
         raise
     except Exception as error:                 # the answer broke the comparison itself: one line, no traceback
         raise CheckFailed(f"{exercise_id}: your answer could not be checked ({type(error).__name__}: "
-                          f"{_message(error)}). Hint: return what the exercise asks for (type, shape, dtype).") from None
+                          f"{error_message(error)}). Hint: return what the exercise asks for (type, shape, dtype).") from None
     if not checker.passed:
         raise CheckFailed(f"{exercise_id}: no comparison ran, so nothing was checked. Hint: run the lesson's "
                           "cells in order, and do not change the course's modules from your code.")

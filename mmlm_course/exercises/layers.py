@@ -19,7 +19,7 @@ from keras import ops
 
 from mmlm_course import attention, encoders
 from mmlm_course.exercises import plain
-from mmlm_course.exercises.checker import Checker, _message
+from mmlm_course.exercises.checker import Checker, error_message
 
 
 def _class_name(cls) -> str:
@@ -149,7 +149,7 @@ def rebuild_layer(c: Checker, what: str, snapshot, hint: str = "create it as the
     except Exception as error:
         reading = f" to read {reads} features" if reads else ""
         c.fail(what, f"could not be rebuilt from its settings and weights{reading} ({type(error).__name__}: "
-               f"{_message(error)[:150]})", hint)
+               f"{error_message(error)[:150]})", hint)
     return layer
 
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from mmlm_course.exercises import Checker, exercise
-from mmlm_course.exercises.checker import _message
+from mmlm_course.exercises.checker import error_message
 
 
 # --------------------------------------------------------------------------- 04.fusion_model
@@ -116,7 +116,7 @@ def _fusion_steps(train: bool):
         except NotImplementedError:
             raise
         except Exception as error:                        # the learner's model: its error, in one line
-            report["error"] = (stage, f"{type(error).__name__}: {_message(error)}")
+            report["error"] = (stage, f"{type(error).__name__}: {error_message(error)}")
         return report
     return steps
 

@@ -18,7 +18,7 @@ from keras import ops
 
 from mmlm_course import attention, encoders, losses
 from mmlm_course.exercises import Checker, exercise
-from mmlm_course.exercises.checker import _message
+from mmlm_course.exercises.checker import error_message
 from mmlm_course.exercises.layers import (add_positions, expect_layer_class, instantiate, layer_output,
                                           layer_snapshot, output_data, randomise_weights, rebuild_layer)
 
@@ -189,7 +189,7 @@ def _symbolic_error(error: Exception) -> str:
         lines = [line.strip() for line in cause.splitlines() if line.strip()]
         if lines:
             return lines[0][:300]
-    return f"{type(error).__name__}: {_message(error)}"
+    return f"{type(error).__name__}: {error_message(error)}"
 
 
 def _compare_tower(c: Checker, result: dict) -> None:
