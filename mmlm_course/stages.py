@@ -122,7 +122,8 @@ def cache_image_features(model, x: dict, batch_size: int = 256) -> dict:
     the model and `training.train_steps` accept instead of ``x``. The detector never learns
     (`set_stage_trainable` keeps it frozen in both stages) and runs in inference mode, so
     its tokens for an image are the same at every step: computing them once gives the
-    same logits, and every training step skips the detector.
+    same logits, and every training step skips the detector. An image that several rows
+    share (a caption row and a question row) is encoded once.
     """
     require_model(model)
     if model.config.vision != "objects":
@@ -133,9 +134,14 @@ def cache_image_features(model, x: dict, batch_size: int = 256) -> dict:
                          f"{sorted(x) if isinstance(x, dict) else type(x).__name__}.")
     images = instructions.require_images(x["images"], size=model.config.image_size)
     batch_size = positive_int(batch_size, "batch_size")
-    features = [ops.convert_to_numpy(model.image_features(ops.convert_to_tensor(images[i:i + batch_size])))
-                for i in range(0, len(images), batch_size)]
-    return {"image_features": np.concatenate(features).astype(np.float32), "token_ids": x["token_ids"]}
+    index_of, row_image = {}, np.empty(len(images), np.int64)     # an image's bytes -> its index among the unique
+    for row, image in enumerate(images):
+        row_image[row] = index_of.setdefault(image.tobytes(), len(index_of))
+    unique = images[np.unique(row_image, return_index=True)[1]]     # (U, H, W, 3): the first row of each image
+    features = [ops.convert_to_numpy(model.image_features(ops.convert_to_tensor(unique[i:i + batch_size])))
+                for i in range(0, len(unique), batch_size)]
+    features = np.concatenate(features).astype(np.float32)                      # (U, P, D_v)
+    return {"image_features": features[row_image], "token_ids": x["token_ids"]}
 
 
 def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessing.Tokenizer, epochs: int = 1,

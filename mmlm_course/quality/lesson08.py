@@ -1,14 +1,16 @@
-"""Quality task of lesson 08: the ablation behind §4b (which part supplies what?).
+"""Quality task of lesson 08: the ablation behind §4b, and the comparison of connectors in §9.
 
 Lesson 08's model trained with the notebook's recipe (4,000 scenes, batch 32, 50 stage-1 and
-1,200 stage-2 steps, Adam at 8e-3 with warmup-cosine) in three variants, each run by lesson
+1,200 stage-2 steps, Adam at 8e-3 with warmup-cosine) in four variants, each run by lesson
 10's `capstone.train` and evaluated once on the 200-scene test split:
 
 - ``objects_head``: the object detector (pretrained, frozen) and the relation head, as the
   notebook trains it;
 - ``objects_no_head``: the same without the relation head;
 - ``grid_no_head``: a grid encoder learned with the rest instead of the detector (the photo
-  model of lesson 10). A relation head needs object tokens, so there is no grid + head row.
+  model of lesson 10). A relation head needs object tokens, so there is no grid + head row;
+- ``cross_attention``: the first row's parts connected the other way (§9): gated
+  cross-attention from the text to the image tokens instead of the image tokens in front.
 
 It reports caption truth, QA exact match and the exact match of every question type, per
 variant. The job differs from the notebook only in its stage 0: it pretrains the language
@@ -29,11 +31,12 @@ VARIANTS = {
     "objects_head": dict(vision="objects", relation_head=True),
     "objects_no_head": dict(vision="objects", relation_head=False),
     "grid_no_head": dict(vision="grid", relation_head=False),
+    "cross_attention": dict(vision="objects", relation_head=True, architecture="cross_attention"),
 }
 
 
 def lesson08_ablation() -> dict:
-    """Train the three variants; return caption truth, QA and relation accuracy of each."""
+    """Train the four variants; return caption truth, QA and the accuracy of every question type of each."""
     from mmlm_course import capstone
 
     figures, start = {}, time.perf_counter()
