@@ -39,11 +39,11 @@ def pytest_xdist_make_scheduler(config, log):
     return FileScheduling(config, log)
 
 
-# Seconds per unit on the 2-core machine (`mmlm-course benchmark` for the notebooks,
-# `pytest --durations` for the test files); only the order matters, not the values.
-NOTEBOOK_SECONDS = {"10": 150, "08": 96, "09": 85, "04": 88, "06": 60, "07": 28, "05": 22, "03": 16, "01": 9, "02": 8, "00": 7}
-FILE_SECONDS = {"tests/test_grading.py": 400, "tests/test_backends.py": 200, "tests/test_mllm.py": 150,
-                "tests/test_capstone_run.py": 120, "tests/test_retrieval.py": 60, "tests/test_checks.py": 40}
+# Seconds per unit in a `pytest -n auto --durations=0` run on the 2-core machine (2026-12-06);
+# only the order matters, not the values.
+NOTEBOOK_SECONDS = {"10": 300, "08": 150, "09": 145, "04": 145, "06": 130, "07": 35, "05": 25, "03": 17, "01": 11, "02": 11, "00": 9}
+FILE_SECONDS = {"tests/test_grading.py": 320, "tests/test_backends.py": 245, "tests/test_capstone_run.py": 220,
+                "tests/test_mllm.py": 130, "tests/test_cli.py": 60, "tests/test_check_replay.py": 50}
 
 
 def _unit_seconds(item) -> float:
