@@ -1,6 +1,8 @@
 """The exercise machinery: lessons/ is generated from solutions/, an untouched lesson runs to its
-last cell with every check showing ⏳, and nbval still fails on it."""
+last cell with every check showing ⏳ and every other cell printing what the solution's stored
+run printed, the solution's answers pass their checks, and nbval still fails on a lesson."""
 
+import ast
 import collections
 import configparser
 import json
@@ -14,6 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mmlm_course.exercises import run_check
 from mmlm_course.tools import cli, notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +188,38 @@ def test_the_comparison_with_the_stored_solution_finds_what_nbval_would():
     assert run_with(lambda outputs: outputs.append(nbformat.v4.new_output(
         "display_data", data={"image/png": "iVBORw0KGgo="}))) == []      # images are not compared
     assert _sanitize("at 0x7f3a2c, 12.5 ms/step, /tmp/abc/run") == "at 0xADDRESS, DURATION, TMPPATH"
+
+
+CHECK_ARGUMENTS = re.compile(r"""check\(\s*["']([\w.]+)["']\s*,\s*(\w+)\s*\)""")
+
+
+def _imports_of(nb) -> str:
+    """Every top-level import statement of a notebook's code cells, as one program."""
+    statements = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            tree = ast.parse(cell.source)
+            statements += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "\n".join(statements)
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_the_answers_of_a_solution_pass_their_checks(path):
+    """Each answer cell of the solution, run beside the notebook's imports, passes the check of
+    the cell after it. The suite executes the lessons (stubs in place of answers), so this is
+    where the answers written in solutions/ run."""
+    nb = nbformat.read(path, 4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    namespace = {}
+    exec(_imports_of(nb), namespace)
+    checked = []
+    for cell, after in zip(code, code[1:]):
+        if notebooks.BEGIN in cell.source:
+            exec(compile(cell.source, f"{path.name} answer cell", "exec"), namespace)
+            (exercise_id, name), = CHECK_ARGUMENTS.findall(after.source)
+            assert run_check(exercise_id, namespace[name]), exercise_id
+            checked.append(exercise_id)
+    assert checked == notebooks.exercise_ids(nb)
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
