@@ -36,6 +36,7 @@ if LoadScopeScheduling is not None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
+    config.option.loadscopereorder = False   # xdist >= 3.7 would put the units with most tests first
     return FileScheduling(config, log)
 
 
