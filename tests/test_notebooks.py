@@ -159,34 +159,36 @@ def test_untouched_lesson_runs_to_the_end(path):
 
 
 def test_the_comparison_with_the_stored_solution_finds_what_nbval_would():
-    """What the untouched-lesson test relies on: a changed output of a compared cell is found;
-    what strict nbval ignores (timings, addresses, images, tagged cells, checks) is not."""
+    """What the untouched-lesson test relies on: a changed or missing output of a compared cell
+    is found; what strict nbval ignores (addresses and timings after sanitizing, images, cells
+    tagged nbval-ignore-output, the check cells) is not."""
     stored = nbformat.read(ROOT / "solutions" / "00_welcome.ipynb", 4)
     assert _differences_from_the_stored_solution(stored, stored) == []
-    compared = [i for i, c in enumerate(stored.cells) if c.cell_type == "code" and c.get("outputs")
-                and not notebooks.CHECK_CALL.search(c.source) and "nbval-ignore-output" not in c.metadata.get("tags", [])
-                and notebooks.BEGIN not in c.source]
-    assert compared, "lesson 00 has cells whose outputs are compared"
-    index = compared[0]
+    code = [i for i, c in enumerate(stored.cells) if c.cell_type == "code" and c.get("outputs")]
+    compared = [i for i in code if not notebooks.CHECK_CALL.search(stored.cells[i].source)
+                and "nbval-ignore-output" not in stored.cells[i].metadata.get("tags", [])
+                and notebooks.BEGIN not in stored.cells[i].source]
+    tagged = [i for i in code if "nbval-ignore-output" in stored.cells[i].metadata.get("tags", [])]
+    checks = [i for i in code if notebooks.CHECK_CALL.search(stored.cells[i].source)]
+    assert compared and tagged and checks, "lesson 00 has cells of each kind"
 
-    def run_with(change):
-        ran = nbformat.from_dict(json.loads(json.dumps(stored)))
-        change(ran.cells[index].outputs)
-        return _differences_from_the_stored_solution(ran, stored)
+    def differences(index, change_ran, change_stored=lambda outputs: None):
+        ran, want = (nbformat.from_dict(json.loads(json.dumps(stored))) for _ in range(2))
+        change_ran(ran.cells[index].outputs)
+        change_stored(want.cells[index].outputs)
+        return _differences_from_the_stored_solution(ran, want)
 
-    def edit_text(outputs):
-        out = next(o for o in outputs if o["output_type"] == "stream" or "text/plain" in o.get("data", {}))
-        if out["output_type"] == "stream":
-            out["text"] = out["text"] + "drifted\n"
-        else:
-            out["data"]["text/plain"] = out["data"]["text/plain"] + " drifted"
+    def add_line(text):
+        return lambda outputs: outputs.append(nbformat.v4.new_output("stream", name="stdout", text=text))
 
-    assert len(run_with(edit_text)) == 1
-    assert len(run_with(lambda outputs: outputs.clear())) == 1
-    assert run_with(lambda outputs: outputs.append(nbformat.v4.new_output(
-        "stream", name="stdout", text="layer at 0x7f3a2c 12.5 ms/step\n"))) != []
-    assert run_with(lambda outputs: outputs.append(nbformat.v4.new_output(
+    assert len(differences(compared[0], add_line("drifted\n"))) == 1
+    assert len(differences(compared[0], lambda outputs: outputs.clear())) == 1
+    assert differences(compared[0], add_line("layer at 0x7f3a2c, 12.5 ms/step\n"),
+                       add_line("layer at 0x55e0b1, 9.0 ms/step\n")) == []      # sanitized alike
+    assert differences(compared[0], lambda outputs: outputs.append(nbformat.v4.new_output(
         "display_data", data={"image/png": "iVBORw0KGgo="}))) == []      # images are not compared
+    assert differences(tagged[0], add_line("a timing\n")) == []
+    assert differences(checks[0], add_line("⏳ not attempted\n")) == []
     assert _sanitize("at 0x7f3a2c, 12.5 ms/step, /tmp/abc/run") == "at 0xADDRESS, DURATION, TMPPATH"
 
 
