@@ -67,7 +67,8 @@ def test_every_row_is_what_the_submission_deserves(graded):
         got = "".join(SHORT[row[i]] for i in subs.IDS)
         if got != subs.EXPECTED[kind] or row["total"] != str(subs.EXPECTED[kind].count("P")):
             grade = next(g for g in graded["grades"] if g.learner == learner)
-            wrong[kind] = (got, subs.EXPECTED[kind], {i: r.message[:150] for i, r in grade.results.items()})
+            wrong[kind] = (got, subs.EXPECTED[kind], {i: r.message[:150] for i, r in grade.results.items()},
+                           grade.notes)
     assert not wrong, wrong
 
 
@@ -103,6 +104,72 @@ def test_no_submission_touches_the_course_another_learner_or_the_grader(graded):
     assert not any(Path(p, "zz_evil.pth").exists() for p in site.getsitepackages())
     assert "forged" not in graded["csv_after"] and "forged" not in (graded["out"] / "grades.csv").read_text()
     assert not list(Path("/tmp").glob("mmlm-grade-4*")), "a submission left folders in the grader's /tmp"
+
+
+@pytest.mark.skipif(sandbox.isolation() != "bubblewrap (nobody)", reason="children run as nobody only where "
+                    "the grader runs as root and the Python installation is readable by others")
+def test_a_child_waits_while_nobody_is_at_its_process_limit(monkeypatch):
+    """The process limit is `nobody`'s, shared by every child: a child that starts while others
+    use it up waits for them (it raised BlockingIOError, and the grader failed the row)."""
+    import functools
+    import threading
+
+    hog = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                            "[threading.Thread(target=time.sleep, args=(60,)).start() for _ in range(40)]\n"
+                            "print('up', flush=True); time.sleep(60)"],
+                           stdout=subprocess.PIPE, preexec_fn=functools.partial(sandbox._limits, True))
+    try:
+        assert hog.stdout.readline() == b"up\n"
+        monkeypatch.setattr(sandbox, "PROCESSES", 30)
+        with pytest.raises(BlockingIOError):          # what the grader met without waiting
+            subprocess.run([sys.executable, "-c", "pass"], preexec_fn=functools.partial(sandbox._limits, True))
+        threading.Timer(2, hog.kill).start()
+        start = time.perf_counter()
+        child = sandbox.start(json.dumps({"timeout": 10, "cells": []}).encode(), [])
+        waited = time.perf_counter() - start
+        try:
+            child.process.wait(timeout=120)
+            assert child.process.stdout.read().strip(), "the child started but reported nothing"
+        finally:
+            child.stop()
+        assert waited >= 1.5, f"the child started beside 41 nobody threads with a limit of 30 ({waited:.1f} s)"
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def _ancestors(pid: int) -> list[int]:
+    chain = []
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        chain.append(pid)
+    return chain
+
+
+@NEEDS_SANDBOX
+def test_grading_children_keep_small_thread_pools():
+    """A thread per core per TensorFlow pool would use up nobody's limit on a many-core machine:
+    the learner's Python sees small pools in its environment."""
+    job = {"timeout": 10, "cells": [{"index": 0, "source": "import time; time.sleep(30)", "record": []}]}
+    child = sandbox.start(json.dumps(job).encode(), [])
+    try:
+        found, deadline = {}, time.monotonic() + 60
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.5)
+            for proc in Path("/proc").iterdir():
+                try:
+                    command = (proc / "cmdline").read_bytes()
+                    if proc.name.isdigit() and command.startswith(sys.executable.encode()) \
+                            and b"grading_child" in command and child.process.pid in _ancestors(int(proc.name)):
+                        found = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0")
+                                     if b"=" in item)
+                except (OSError, ValueError):
+                    continue
+        assert found, "no grading child was found running"
+        for name in (b"TF_NUM_INTEROP_THREADS", b"TF_NUM_INTRAOP_THREADS", b"OMP_NUM_THREADS"):
+            assert found.get(name) == sandbox.THREADS.encode(), (name, found.get(name))
+    finally:
+        child.stop()
 
 
 def test_learner_ids_keep_unicode_and_collisions_are_named(tmp_path):

@@ -12,7 +12,8 @@ can create namespaces, the child gets:
   runs as root and the Python installation is readable by others (else root without
   capabilities, confined to the read-only view above);
 - resource limits: address space, CPU seconds, file size, open files, and processes when it
-  runs as ``nobody``.
+  runs as ``nobody`` (a limit on all of `nobody`'s processes and threads together, so each
+  child's TensorFlow gets small thread pools, not a thread per core per pool).
 
 Without Bubblewrap (macOS, a container that forbids namespaces) the child is an ordinary
 process with the limits, its own fresh HOME and temp folder and its own session; it can then
@@ -31,13 +32,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 MEMORY_BYTES = 6 << 30            # address space; TensorFlow alone maps about 2 GiB
 CPU_SECONDS = 1800
 FILE_BYTES = 256 << 20
 OPEN_FILES = 1024
-PROCESSES = 512                  # threads count too; applied to `nobody` only (it runs nothing else)
+PROCESSES = 512                  # threads count too; for `nobody` only, and for all children at once
+THREADS = "2"                    # TensorFlow's and OpenMP's pools, else a thread per core per pool
+START_TRIES = 30                 # a second apart: other children end and free their processes
 NOBODY = 65534
 
 
@@ -79,6 +83,13 @@ def isolation() -> str:
     """``"bubblewrap (nobody)"``, ``"bubblewrap"`` or ``"none"``: what `start` will use here."""
     if os.environ.get("MMLM_COURSE_SANDBOX") == "none" or shutil.which("bwrap") is None:
         return "none"
+    return _probe()
+
+
+@functools.cache
+def _probe() -> str:
+    """Tried once per process: a probe that fails while other children use up `nobody`'s
+    processes must not switch a grading run to a weaker sandbox half-way."""
     if os.geteuid() == 0 and _works(_bwrap_command([]), as_nobody=True):
         return "bubblewrap (nobody)"
     return "bubblewrap" if _works(_bwrap_command([]), as_nobody=False) else "none"
@@ -113,7 +124,8 @@ def start(job: bytes, hide: list[Path]) -> Child:
     course = Path(__file__).resolve().parents[2]
     keep = [course, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve()]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(course), "PYTHONHASHSEED": "0"}
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(course), "PYTHONHASHSEED": "0",
+           "TF_NUM_INTEROP_THREADS": THREADS, "TF_NUM_INTRAOP_THREADS": THREADS, "OMP_NUM_THREADS": THREADS}
     mode = isolation()
     home = None
     if mode == "none":
@@ -126,9 +138,20 @@ def start(job: bytes, hide: list[Path]) -> Child:
     argv = [*command, sys.executable, "-E", "-s", "-c",
             f"import sys; sys.path.insert(0, {str(course)!r}); "
             "from mmlm_course.tools.grading_child import main; main()"]
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               cwd=cwd, env=env, start_new_session=True,
-                               preexec_fn=functools.partial(_limits, mode == "bubblewrap (nobody)"))
+    for attempt in range(START_TRIES):
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, cwd=cwd, env=env, start_new_session=True,
+                                       preexec_fn=functools.partial(_limits, mode == "bubblewrap (nobody)"))
+            break
+        except BlockingIOError as error:         # `nobody` is at PROCESSES: wait for other children
+            if attempt == START_TRIES - 1:
+                if home is not None:
+                    shutil.rmtree(home, ignore_errors=True)
+                raise RuntimeError(f"could not start the sandboxed child for {START_TRIES} s: the processes "
+                                   f"running as nobody already use its limit of {PROCESSES} processes and "
+                                   "threads; grade with fewer --jobs") from error
+            time.sleep(1)
     try:
         process.stdin.write(job)
         process.stdin.close()
