@@ -138,8 +138,15 @@ def test_a_child_waits_while_nobody_is_at_its_process_limit(monkeypatch):
         hog.wait()
 
 
-def _ancestors(pid: int) -> list[int]:
-    chain = []
+@pytest.mark.skipif(os.environ.get("MMLM_COURSE_REQUIRE_SANDBOX") != "1", reason="only where CI requires the sandbox")
+def test_the_sandbox_is_used_where_it_is_required():
+    """CI sets MMLM_COURSE_REQUIRE_SANDBOX=1 where Bubblewrap works: the grader must then use it,
+    wherever the course and its virtual environment live (a clone under /tmp too)."""
+    assert sandbox.isolation() != "none"
+
+
+def _lineage(pid: int) -> list[int]:
+    chain = [pid]
     while pid > 1:
         pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         chain.append(pid)
@@ -160,7 +167,7 @@ def test_grading_children_keep_small_thread_pools():
                 try:
                     command = (proc / "cmdline").read_bytes()
                     if proc.name.isdigit() and command.startswith(sys.executable.encode()) \
-                            and b"grading_child" in command and child.process.pid in _ancestors(int(proc.name)):
+                            and b"grading_child" in command and child.process.pid in _lineage(int(proc.name)):
                         found = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0")
                                      if b"=" in item)
                 except (OSError, ValueError):

@@ -1,6 +1,6 @@
 """Run untrusted Python (a learner's notebook) in a child process the grader does not trust.
 
-`start` launches ``python -I -m mmlm_course.tools.grading_child`` with the job on its stdin
+`start` launches the grading child (`mmlm_course.tools.grading_child`) with the job on its stdin
 and reads what it reports on stdout. Where Bubblewrap (``bwrap``, Debian's ``bubblewrap``)
 can create namespaces, the child gets:
 
@@ -41,6 +41,7 @@ FILE_BYTES = 256 << 20
 OPEN_FILES = 1024
 PROCESSES = 512                  # threads count too; for `nobody` only, and for all children at once
 THREADS = "2"                    # TensorFlow's and OpenMP's pools, else a thread per core per pool
+COURSE = Path(__file__).resolve().parents[2]
 START_TRIES = 30                 # a second apart: other children end and free their processes
 NOBODY = 65534
 
@@ -59,11 +60,19 @@ def _limits(as_nobody: bool) -> None:
         os.setuid(NOBODY)
 
 
+def _needed() -> list[Path]:
+    """What the child must see: the course and the Python installation it runs."""
+    return [COURSE, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve()]
+
+
 def _bwrap_command(hide: list[Path]) -> list[str]:
-    command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-               "--dir", "/tmp/home", "--dir", "/tmp/work", "--chdir", "/tmp/work", "--unshare-all",
-               "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent", "--new-session",
-               "--setenv", "HOME", "/tmp/home", "--setenv", "TMPDIR", "/tmp"]
+    command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for path in _needed():                   # a course or a venv under /tmp: seen through the fresh /tmp
+        if Path("/tmp") in path.parents:
+            command += ["--ro-bind", str(path), str(path)]
+    command += ["--dir", "/tmp/home", "--dir", "/tmp/work", "--chdir", "/tmp/work", "--unshare-all",
+                "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent", "--new-session",
+                "--setenv", "HOME", "/tmp/home", "--setenv", "TMPDIR", "/tmp"]
     for path in hide:
         command += ["--tmpfs", str(path)]
     return command
@@ -121,10 +130,8 @@ def start(job: bytes, hide: list[Path]) -> Child:
     """Start the grading child on ``job`` (its stdin, then closed). Read its reports from
     ``child.process.stdout``; its stderr is discarded. ``hide``: folders the child must not see
     (the other submissions, the grader's outputs and scratch)."""
-    course = Path(__file__).resolve().parents[2]
-    keep = [course, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.executable).resolve()]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(course), "PYTHONHASHSEED": "0",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(COURSE), "PYTHONHASHSEED": "0",
            "TF_NUM_INTEROP_THREADS": THREADS, "TF_NUM_INTRAOP_THREADS": THREADS, "OMP_NUM_THREADS": THREADS}
     mode = isolation()
     home = None
@@ -133,10 +140,10 @@ def start(job: bytes, hide: list[Path]) -> Child:
         env.update(HOME=str(home), TMPDIR=str(home))
         command, cwd = [], home
     else:
-        command, cwd = _bwrap_command([p for p in hide if _hideable(Path(p), keep)]), None
+        command, cwd = _bwrap_command([p for p in hide if _hideable(Path(p), _needed())]), None
     # -I would drop PYTHONPATH; -E -s keep user site-packages and PYTHON* variables out instead
     argv = [*command, sys.executable, "-E", "-s", "-c",
-            f"import sys; sys.path.insert(0, {str(course)!r}); "
+            f"import sys; sys.path.insert(0, {str(COURSE)!r}); "
             "from mmlm_course.tools.grading_child import main; main()"]
     for attempt in range(START_TRIES):
         try:
