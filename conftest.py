@@ -40,11 +40,13 @@ def pytest_xdist_make_scheduler(config, log):
     return FileScheduling(config, log)
 
 
-# Seconds per unit in a `pytest -n auto --durations=0` run on the 2-core machine (2026-12-06);
-# only the order matters, not the values.
-NOTEBOOK_SECONDS = {"10": 300, "08": 150, "09": 145, "04": 145, "06": 130, "07": 35, "05": 25, "03": 17, "01": 11, "02": 11, "00": 9}
-FILE_SECONDS = {"tests/test_grading.py": 320, "tests/test_backends.py": 245, "tests/test_capstone_run.py": 220,
-                "tests/test_mllm.py": 130, "tests/test_cli.py": 60, "tests/test_check_replay.py": 50}
+# Seconds per unit in a `pytest -n auto --durations=80` run on the 2-core machine (2026-12-06,
+# at 3ccde66); only the order matters, not the values.
+NOTEBOOK_SECONDS = {"10": 254, "04": 110, "09": 102, "06": 100, "08": 93, "07": 31, "05": 24, "03": 16, "02": 10,
+                    "01": 9, "00": 9}
+FILE_SECONDS = {"tests/test_grading.py": 225, "tests/test_capstone_run.py": 205, "tests/test_backends.py": 200,
+                "tests/test_mllm.py": 60, "tests/test_check_replay.py": 50, "tests/test_notebooks.py": 45,
+                "tests/test_cli.py": 40}
 
 
 def _unit_seconds(item) -> float:
