@@ -78,6 +78,31 @@ def test_a_path_that_cannot_be_read_is_one_error_row(graded):
         assert [row[i] for i in subs.IDS] == ["error"] * 4 and row["total"] == "0"
 
 
+def test_a_fault_of_the_grader_is_that_row_only_and_says_so(tmp_path, monkeypatch):
+    """Where the grader itself fails on a submission (here: its sandbox cannot start), that
+    learner's row says so and asks for a new run; the other learners are graded."""
+    for learner in ("amy", "ben"):
+        (tmp_path / "in" / learner).mkdir(parents=True)
+        (tmp_path / "in" / learner / "01_images_and_text.ipynb").write_bytes(subs.build("blank"))
+    real, calls = sandbox.start, []
+
+    def start(job, hide):                               # the second child cannot start
+        calls.append(job)
+        if len(calls) == 2:
+            raise RuntimeError("could not start the sandboxed child")
+        return real(job, hide)
+
+    monkeypatch.setattr(sandbox, "start", start)
+    grades = grading.grade([tmp_path / "in"], tmp_path / "out", timeout=10, jobs=1)
+    status = {g.learner: {r.status for r in g.results.values()} for g in grades}
+    failed = [learner for learner, seen in status.items() if seen == {"error"}]
+    assert len(failed) == 1 and list(status.values()).count({"not attempted"}) == 1, status
+    message = next(g for g in grades if g.learner == failed[0]).results["01.encode"].message
+    assert "grader failed" in message and "could not start" in message and "grade it again" in message
+    feedback = (tmp_path / "out" / "feedback" / f"{failed[0]}.md").read_text(encoding="utf-8")
+    assert "grade it again" in feedback
+
+
 def test_grades_csv_has_one_column_per_exercise_and_a_total(graded):
     header = graded["csv_after"].splitlines()[0].split(",")
     assert header == ["learner", "lesson", *subs.IDS, "total"]

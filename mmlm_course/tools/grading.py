@@ -478,9 +478,12 @@ def grade(submissions: Iterable, out_dir: Path, *, timeout: int = DEFAULT_TIMEOU
             try:
                 result = grade_submission(sub, plan, timeout, hide)
             except Exception as error:             # a bug in the grader: that learner's row only
+                why = f"{type(error).__name__}: {str(error)[:300]}"
                 result = LearnerGrade(sub.learner, str(sub.path), sub.lesson,
-                                      {i: ExerciseResult("error", f"{i}: the grader failed") for i, _, _ in plan.exercises},
-                                      [f"the grader failed: {type(error).__name__}: {error}"])
+                                      {i: ExerciseResult("error", f"{i}: the grader failed on this submission, not "
+                                                                  f"because of it ({why}); grade it again")
+                                       for i, _, _ in plan.exercises},
+                                      [f"the grader failed: {why}"])
         if progress:
             with _progress_lock:
                 progress(f"{result.learner} ({result.lesson}): {result.total}/{len(result.results)} passed "
