@@ -480,8 +480,8 @@ def grade(submissions: Iterable, out_dir: Path, *, timeout: int = DEFAULT_TIMEOU
             except Exception as error:             # a bug in the grader: that learner's row only
                 why = f"{type(error).__name__}: {str(error)[:300]}"
                 result = LearnerGrade(sub.learner, str(sub.path), sub.lesson,
-                                      {i: ExerciseResult("error", f"{i}: the grader failed on this submission, not "
-                                                                  f"because of it ({why}); grade it again")
+                                      {i: ExerciseResult("error", f"{i}: the grader failed on this submission ({why}); "
+                                                                  "grade it again, and report it if it fails again")
                                        for i, _, _ in plan.exercises},
                                       [f"the grader failed: {why}"])
         if progress:
