@@ -113,16 +113,22 @@ def generate_texts(model, tokenizer: preprocessing.Tokenizer, images, prompts: S
     rows_per_call = min(positive_int(batch_size, "batch_size"), len(prompts))
 
     def decode(rows, prompt, new_tokens):
+        # Every call gets rows_per_call rows (the chunk's last row repeated), so each compiled
+        # step sees one batch size and is built once; the copies finish with that row.
+        fill = np.minimum(np.arange(rows_per_call), len(rows) - 1)          # positions in the chunk
+        chunk_images, prompt = images[np.asarray(rows)[fill]], prompt[fill]
         if isinstance(model, LLaVAModel) and model.relation_head is None:
-            prefix = model.image_tokens(ops.convert_to_tensor(images[rows]))
-            return lm.generate(model.language_model, prompt, new_tokens, prefix_embeddings=prefix,
-                               stop_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-        if model.config.vision == "objects":       # a frozen detector: its tokens are the same at every step
-            inputs = {"image_features": ops.convert_to_numpy(model.image_features(images[rows]))}
+            prefix = model.image_tokens(ops.convert_to_tensor(chunk_images))
+            tokens = lm.generate(model.language_model, prompt, new_tokens, prefix_embeddings=prefix,
+                                 stop_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
         else:
-            inputs = {"images": images[rows]}
-        return greedy_recompute(model, inputs, prompt, new_tokens, tokenizer.eos_id, rows_per_call,
-                                model.config.max_text_length)
+            if model.config.vision == "objects":   # a frozen detector: its tokens are the same at every step
+                inputs = {"image_features": ops.convert_to_numpy(model.image_features(chunk_images))}
+            else:
+                inputs = {"images": chunk_images}
+            tokens = greedy_recompute(model, inputs, prompt, new_tokens, tokenizer.eos_id, rows_per_call,
+                                      model.config.max_text_length)
+        return tokens[:len(rows)]
 
     return decode_prompts(decode, tokenizer, prompts, len(images), model.config.max_text_length, batch_size,
                           max_new_tokens)
