@@ -131,50 +131,92 @@ def test_no_submission_touches_the_course_another_learner_or_the_grader(graded):
     assert not list(Path("/tmp").glob("mmlm-grade-4*")), "a submission left folders in the grader's /tmp"
 
 
-def _nobody_threads() -> int:
+def _threads_of(uid: int) -> int:
     total = 0
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         except OSError:
             continue
-        if fields.get("Uid", "").split()[:1] == [str(sandbox.NOBODY)]:
+        if fields.get("Uid", "").split()[:1] == [str(uid)]:
             total += int(fields.get("Threads", "0"))
     return total
 
 
-@pytest.mark.skipif(sandbox.isolation() != "bubblewrap (nobody)", reason="children run as nobody only where "
-                    "the grader runs as root and the Python installation is readable by others")
-def test_a_child_waits_while_nobody_is_at_its_process_limit(monkeypatch):
-    """The process limit is `nobody`'s, shared by every child: a child that starts while others
-    use it up waits for them (it raised BlockingIOError, and the grader failed the row)."""
-    import threading
+def _wait_for_threads(uid: int, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while _threads_of(uid) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _threads_of(uid) >= count, f"the process holding {count} threads as user {uid} did not start"
 
-    hog_cell = ("import threading, time\n"
-                "[threading.Thread(target=time.sleep, args=(120,)).start() for _ in range(40)]\ntime.sleep(120)")
-    hog = sandbox.start(json.dumps({"timeout": 120, "cells": [{"index": 0, "source": hog_cell, "record": []}]}).encode(), [])
+
+HOG = ("import threading, time\n"
+       "[threading.Thread(target=time.sleep, args=(120,)).start() for _ in range(40)]\ntime.sleep(120)")
+OWN_USERS = pytest.mark.skipif(sandbox.isolation() != "bubblewrap (nobody)", reason="children have users of their "
+                               "own only where the grader runs as root and the Python installation is readable by "
+                               "others")
+
+
+def _start(cells: list, timeout: int) -> sandbox.Child:
+    return sandbox.start(json.dumps({"timeout": timeout, "cells": cells}).encode(), [])
+
+
+@OWN_USERS
+def test_a_child_at_its_process_limit_does_not_hold_back_its_neighbour(monkeypatch):
+    """Linux counts the process limit per user, and each child graded at the same time has a
+    user of its own: a notebook that starts many threads uses up its own limit, not the
+    limit of the learner graded beside it (with one user for all, the start below failed)."""
+    hog = _start([{"index": 0, "source": HOG, "record": []}], 120)
     try:
-        deadline = time.monotonic() + 60
-        while _nobody_threads() < 40 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _nobody_threads() >= 40, "the child holding 40 threads did not start"
-        monkeypatch.setattr(sandbox, "PROCESSES", 30)
-        monkeypatch.setattr(sandbox, "START_TRIES", 2)
-        with pytest.raises(RuntimeError, match="nobody"):      # it waits, then says why it gave up
-            sandbox.start(b"{}", [])
-        monkeypatch.setattr(sandbox, "START_TRIES", 30)
-        threading.Timer(2, hog.stop).start()
-        start = time.perf_counter()
-        child = sandbox.start(json.dumps({"timeout": 10, "cells": []}).encode(), [])
-        waited = time.perf_counter() - start
+        _wait_for_threads(hog.uid, 40)
+        monkeypatch.setattr(sandbox, "PROCESSES", 30)           # the neighbour holds more than this
+        monkeypatch.setattr(sandbox, "START_TRIES", 1)          # and the start below may not wait
+        child = _start([], 10)
         try:
+            assert child.uid != hog.uid
             child.process.wait(timeout=120)
             assert child.process.stdout.read().strip(), "the child started but reported nothing"
         finally:
             child.stop()
-        assert waited >= 1.5, f"a child started beside 40 nobody threads with a limit of 30 ({waited:.1f} s)"
     finally:
         hog.stop()
+
+
+@OWN_USERS
+def test_a_child_waits_while_its_user_is_at_its_process_limit(monkeypatch):
+    """A child whose user is still at its limit (the child before it still ending) waits and
+    tries again; after its tries it says why it gave up."""
+    import threading
+
+    uid = sandbox.CHILD_UIDS[-1]                      # one user only, held by a process outside the grader
+    monkeypatch.setattr(sandbox, "CHILD_UIDS", range(uid, uid + 1))
+
+    def as_child_user():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    hog = subprocess.Popen([sys.executable, "-c", HOG], preexec_fn=as_child_user)
+    try:
+        _wait_for_threads(uid, 40)
+        monkeypatch.setattr(sandbox, "PROCESSES", 30)
+        monkeypatch.setattr(sandbox, "START_TRIES", 2)
+        with pytest.raises(RuntimeError, match=f"user {uid}"):
+            _start([], 10)
+        monkeypatch.setattr(sandbox, "START_TRIES", 30)
+        threading.Timer(2, hog.kill).start()
+        start = time.perf_counter()
+        child = _start([], 10)
+        waited = time.perf_counter() - start
+        try:
+            assert child.uid == uid
+            child.process.wait(timeout=120)
+            assert child.process.stdout.read().strip(), "the child started but reported nothing"
+        finally:
+            child.stop()
+        assert waited >= 1.5, f"a child started beside 40 threads of its user with a limit of 30 ({waited:.1f} s)"
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 @pytest.mark.skipif(os.environ.get("MMLM_COURSE_REQUIRE_SANDBOX") != "1", reason="only where CI requires the sandbox")
@@ -194,7 +236,7 @@ def _lineage(pid: int) -> list[int]:
 
 @NEEDS_SANDBOX
 def test_grading_children_keep_small_thread_pools():
-    """A thread per core per TensorFlow pool would use up nobody's limit on a many-core machine:
+    """A thread per core per TensorFlow pool would use up a child's process limit on a many-core machine:
     the learner's Python sees small pools in its environment."""
     job = {"timeout": 10, "cells": [{"index": 0, "source": "import time; time.sleep(30)", "record": []}]}
     child = sandbox.start(json.dumps(job).encode(), [])
