@@ -13,8 +13,9 @@ each epoch it
   not false negatives.
 
 `twin_accuracy` measures the bag-of-words failure: does an image prefer its caption to the
-caption's `swapped_twins`, the same words in another order? `counterfactual_twin` builds
-minimal image pairs (the relation turned around) for the ``twins=True`` variant.
+caption's `swapped_twins`, the same words in another order? `two_object_subset` and
+``relational=True`` make the easy first stage of a curriculum, with `relation_negative` as
+its hard negative.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mmlm_course.validation import (positive_int, require_float, require_instanc
                                     require_scene, require_str)
 
 __all__ = ["train_dual_encoder", "batch_positives", "perturb_caption", "reverse_relation", "swapped_twins",
-           "swap_negative", "twin_accuracy", "caption_training_set", "mirror_scene", "counterfactual_twin"]
+           "swap_negative", "twin_accuracy", "caption_training_set", "mirror_scene", "two_object_subset", "relation_negative"]
 
 TWIN_KINDS = ("relation", "color", "shape", "size")
 _SWAP_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}
@@ -43,7 +44,7 @@ _SWAP_RELATION = {"left": "right", "right": "left", "above": "below", "below": "
 def train_dual_encoder(model: DualEncoder, tokenizer: Tokenizer, data: shapeworld.ShapeWorldData, epochs: int,
                        batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0,
                        make_negative: Callable[[str, np.random.Generator], str] | None = None,
-                       twins: bool = False, verbose: int = 0) -> dict[str, list[float]]:
+                       relational: bool = False, verbose: int = 0) -> dict[str, list[float]]:
     """Train ``model`` on ``data`` with Adam, a warmup + cosine schedule and in-batch negatives.
 
     Each epoch draws new captions (and flips) with `caption_training_set`, shuffles with
@@ -52,9 +53,9 @@ def train_dual_encoder(model: DualEncoder, tokenizer: Tokenizer, data: shapeworl
     `swap_negative`, or any function of that form), and runs ``model.fit`` for one epoch.
     The targets of `DualEncoder.compute_loss` come from the verifier (`batch_positives`):
     every text of the batch that is true of an image is a positive for it, a hard negative
-    that happens to be true included. With ``twins`` each batch holds half as many
-    examples, each followed by its `counterfactual_twin`. Called again on a trained model
-    it fine-tunes it (a new optimizer and schedule).
+    that happens to be true included. With ``relational`` every scene
+    that allows a clear relation gets a relational caption (no "there is ..."). Called
+    again on a trained model it fine-tunes it (a new optimizer and schedule).
 
     Returns ``{"loss": [...], "temperature": [...], "seconds": [...]}``, one entry per epoch.
     """
@@ -64,9 +65,6 @@ def train_dual_encoder(model: DualEncoder, tokenizer: Tokenizer, data: shapeworl
     if not callable(make_negative):
         raise TypeError(f"make_negative: expected a function (caption, rng) -> str, got "
                         f"{type(make_negative).__name__}.")
-    if twins and batch_size % 2:
-        raise ValueError(f"batch_size must be even with twins=True (each example and its twin share a batch), "
-                         f"got {batch_size}.")
     steps_per_epoch = len(data) // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"need at least batch_size={batch_size} examples, got {len(data)}.")
@@ -82,17 +80,9 @@ def train_dual_encoder(model: DualEncoder, tokenizer: Tokenizer, data: shapeworl
     history = {"loss": [], "temperature": [], "seconds": []}
     for epoch in range(epochs):
         start = time.perf_counter()
-        images, captions, scenes = caption_training_set(data, rng)
-        if twins:  # half the scenes, each followed by its counterfactual twin (same batch)
-            chosen = rng.permutation(len(captions))[:steps_per_epoch * batch_size // 2]
-            pairs = [counterfactual_twin(images[i], captions[i], scenes[i], rng) for i in chosen]
-            order = np.arange(len(chosen) * 2)
-            images = np.stack([im for i, twin in zip(chosen, pairs) for im in (images[i], twin[0])])
-            captions = [c for i, twin in zip(chosen, pairs) for c in (captions[i], twin[1])]
-            scenes = [sc for i, twin in zip(chosen, pairs) for sc in (scenes[i], twin[2])]
-        else:
-            order = rng.permutation(len(captions))[:steps_per_epoch * batch_size]  # whole batches only
-            captions, scenes = [captions[i] for i in order], [scenes[i] for i in order]
+        images, captions, scenes = caption_training_set(data, rng, relational=relational)
+        order = rng.permutation(len(captions))[:steps_per_epoch * batch_size]  # whole batches only
+        captions, scenes = [captions[i] for i in order], [scenes[i] for i in order]
         negatives = [make_negative(c, rng) for c in captions]
         wrong = next((n for n in negatives if not isinstance(n, str)), None)
         if wrong is not None:
@@ -248,6 +238,16 @@ def swap_negative(caption: str, rng: np.random.Generator, swap_probability: floa
     return perturb_caption(caption, rng, avoid=avoid)
 
 
+def relation_negative(caption: str, rng: np.random.Generator) -> str:
+    """The hard negative of a relation curriculum: the caption's relation twin (its two noun
+    phrases swapped, each whole, so it names no colour-shape pair the caption does not) when
+    it has one, otherwise `swap_negative`. Every such example asks the one question a bag of
+    words cannot answer: which object is where?"""
+    require_rng(rng)
+    twin = swapped_twins(caption).get("relation")
+    return swap_negative(caption, rng) if twin is None else twin
+
+
 def twin_accuracy(model: DualEncoder, tokenizer: Tokenizer, data: shapeworld.ShapeWorldData) -> dict:
     """Does the model read word order? For every caption of ``data`` and each of its
     `swapped_twins` that the verifier calls false of the caption's own image: is the image
@@ -280,17 +280,19 @@ def twin_accuracy(model: DualEncoder, tokenizer: Tokenizer, data: shapeworld.Sha
 # --------------------------------------------------------------------------- augmentation
 
 
-def caption_training_set(data: shapeworld.ShapeWorldData, rng: np.random.Generator,
-                         flip: bool = True) -> tuple[np.ndarray, list[str], list[shapeworld.Scene]]:
+def caption_training_set(data: shapeworld.ShapeWorldData, rng: np.random.Generator, flip: bool = True,
+                         relational: bool = False) -> tuple[np.ndarray, list[str], list[shapeworld.Scene]]:
     """One epoch of augmented training pairs: ``(images uint8 (N, H, W, 3), captions, scenes)``.
 
     Every scene gets a freshly sampled true caption (`shapeworld.make_caption`), so the
-    model sees several descriptions of each image over the epochs; with ``flip`` a random
+    model sees several descriptions of each image over the epochs; with ``relational`` it
+    is a relation whenever the scene allows a clear one. With ``flip`` a random
     half of the images is mirrored left-right, its caption has *left* and *right* swapped
     (lesson 01's caption-preserving flip) and its scene is mirrored (`mirror_scene`).
     """
     require_instance(data, shapeworld.ShapeWorldData, "data", "make it with shapeworld.generate(...)")
-    captions = [shapeworld.make_caption(scene, rng) for scene in data.scenes]
+    share = 1.0 if relational else shapeworld.RELATION_CAPTION_PROBABILITY
+    captions = [shapeworld.make_caption(scene, rng, relation_probability=share) for scene in data.scenes]
     images, scenes = data.images, list(data.scenes)
     if flip:
         mirrored = rng.random(len(captions)) < 0.5
@@ -306,26 +308,14 @@ def mirror_scene(scene: shapeworld.Scene) -> shapeworld.Scene:
     return shapeworld.Scene(tuple(dataclasses.replace(o, x=round(1.0 - o.x, 4)) for o in require_scene(scene).objects))
 
 
-def counterfactual_twin(image: np.ndarray, caption: str, scene: shapeworld.Scene, rng: np.random.Generator):
-    """A *minimal pair* for a training example: the same objects with the relation of the
-    caption turned around, and the caption that describes it.
-
-    - "left of" / "right of" captions: the image mirrored left-right (the scene too) and
-      the caption with left and right swapped;
-    - "above" / "below" captions: the scene mirrored top-bottom and re-rendered (so
-      triangles still point up), the caption with above and below swapped;
-    - "there is" captions: the mirrored image, same caption.
-
-    Returns ``(image uint8 (H, W, 3), caption, scene)``. In a batch holding both, the
-    original caption is (almost always) false of the twin and vice versa, and everything
-    but the relation is shared: the cleanest signal there is for learning relations.
-    """
-    words, scene = require_str(caption, "caption").split(), require_scene(scene)
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.uint8:
-        raise TypeError(f"image: expected one uint8 image (H, W, 3), got {type(image).__name__} "
-                        f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}.")
-    require_rng(rng, optional=True)
-    if "above" in words or "below" in words:
-        flipped = shapeworld.Scene(tuple(dataclasses.replace(o, y=round(1.0 - o.y, 4)) for o in scene.objects))
-        return shapeworld.render_image(flipped, image.shape[0], rng), reverse_relation(caption), flipped
-    return image[:, ::-1], flip_caption(caption), mirror_scene(scene)
+def two_object_subset(data: shapeworld.ShapeWorldData) -> shapeworld.ShapeWorldData:
+    """The easy first stage of a curriculum: the scenes of ``data`` with exactly two objects
+    and a clear relation between them (`shapeworld.RELATION_MARGIN`), so a relational
+    caption can only be about that one pair. Raises ValueError when there is none."""
+    require_instance(data, shapeworld.ShapeWorldData, "data", "make it with shapeworld.generate(...)")
+    keep = [i for i, scene in enumerate(data.scenes) if len(scene.objects) == 2
+            and shapeworld.relations_between(*scene.objects, shapeworld.RELATION_MARGIN)]
+    if not keep:
+        raise ValueError(f"two_object_subset: none of the {len(data)} scenes has two objects with a clear relation; "
+                         "generate more data.")
+    return data.subset(keep)

@@ -30,14 +30,8 @@ from mmlm_course.validation import (require_array_budget, require_choice, requir
                                     require_str)
 
 SHAPES = ("circle", "square", "triangle")
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 80, 220),
-    "yellow": (230, 200, 20),
-    "purple": (140, 60, 190),
-    "orange": (245, 130, 20),
-}
+COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),   # name -> RGB
+          "yellow": (230, 200, 20), "purple": (140, 60, 190), "orange": (245, 130, 20)}
 COLOR_NAMES = tuple(COLORS)
 SIZES = ("small", "large")
 ATTRIBUTES = {"color": COLOR_NAMES, "shape": SHAPES, "size": SIZES}  # attribute -> its values
@@ -53,6 +47,7 @@ MAX_OBJECTS = 4
 BACKGROUND = 235
 NOISE = 12  # pixel noise is uniform in [-NOISE, NOISE]
 RELATION_MARGIN = 0.08  # a relation is only *stated* when the centres differ by this much
+RELATION_CAPTION_PROBABILITY = 0.75  # share of captions that state a relation, where the scene has a clear one
 SOUND_SAMPLE_RATE = 16_000
 
 
@@ -268,14 +263,16 @@ def relations_between(a: ShapeObject, b: ShapeObject, margin: float = 0.0) -> li
     return [relation for relation in RELATIONS if _relation_holds(relation, a.x, a.y, b.x, b.y, margin)]
 
 
-def make_caption(scene: Scene, rng: np.random.Generator, relations: Sequence[str] = RELATIONS) -> str:
-    """One true caption: a spatial relation (one of ``relations``) between two objects when
-    the scene allows a clear one, otherwise an existence statement. Example:
-    ``"a large red circle is to the left of a small blue square"``."""
+def make_caption(scene: Scene, rng: np.random.Generator, relations: Sequence[str] = RELATIONS,
+                 relation_probability: float = RELATION_CAPTION_PROBABILITY) -> str:
+    """One true caption: with probability ``relation_probability`` a spatial relation (one of
+    ``relations``) between two objects when the scene allows a clear one, otherwise an
+    existence statement. Example: ``"a large red circle is to the left of a small blue square"``."""
     require_scene(scene), require_rng(rng), require_relations(relations)
+    require_float(relation_probability, "relation_probability", 0.0, 1.0)
     pairs = [(a, b) for a in scene.objects for b in scene.objects if a is not b]
     clear = [(a, b, rel) for a, b in pairs for rel in relations_between(a, b, RELATION_MARGIN) if rel in relations]
-    if clear and rng.random() < 0.75:
+    if clear and rng.random() < relation_probability:
         a, b, rel = clear[int(rng.integers(len(clear)))]
         return f"{with_article(a.describe())} is {rel} {with_article(b.describe())}"
     obj = scene.objects[int(rng.integers(len(scene.objects)))]

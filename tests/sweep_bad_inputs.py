@@ -101,8 +101,6 @@ VALID_BAD = {
     ("qa.accuracy_by_type", "predicted", "out_of_range"): "no answer count is given: any index >= 0",
     ("qa.accuracy_by_type", "answers", "out_of_range"): "no answer count is given: any index >= 0",
     ("qa.qa_arrays", "tokenizer", "none"): "None: Tokenizer.for_shapeworld() (documented)",
-    ("retrieval_training.counterfactual_twin", "caption", "unknown"): "documented: a caption without a vertical "
-                                                                      "relation gets the mirrored image",
     ("training.WarmupCosineDecay", "peak_learning_rate", "huge"): "a large (diverging) rate is still a schedule",
     ("losses.ClipValue", "max_value", "inf"): "no upper bound: clipping from below only",
     ("audio.validate_waveform", "min_length", "zero"): "min_length=0 accepts an empty signal (used internally)",
@@ -154,7 +152,6 @@ VALID_BAD = {
     ("retrieval.zero_shot_predict", "prompt_classes", "out_of_range"): "class ids are labels: any id >= 0",
     ("retrieval_training.reverse_relation", "caption", "unknown"): "documented: a caption without a relation is "
                                                                    "returned as it is",
-    ("retrieval_training.counterfactual_twin", "rng", "none"): "None: no pixel noise on a re-rendered twin",
     ("training.schedule_values", "steps", "out_of_range"): "a schedule is defined past total_steps (final rate)",
     ("training.WarmupCosineDecay", "total_steps", "huge"): "a long schedule is valid",
     ("mllm.MLLMConfig", "*", "huge"): "a config is a plain record; the model built from it is lazy (see layers)",
@@ -268,6 +265,7 @@ VALID_BAD = {
     ("shapeworld.make_caption", "relations", "empty"): "no relation phrases: attribute captions only",
     ("shapeworld.make_question", "relations", "empty"): "no relation phrases allowed",
     ("retrieval_training.perturb_caption", "relation_probability", "zero"): "never perturb the relation",
+    ("shapeworld.make_caption", "relation_probability", "zero"): "never a relation: existence captions only",
     ("retrieval_training.swap_negative", "swap_probability", "zero"): "never swap",
     ("retrieval_training.perturb_caption", "avoid", "empty"): "nothing to avoid",
     ("retrieval_training.swap_negative", "avoid", "empty"): "nothing to avoid",
@@ -350,7 +348,8 @@ def build_cases():
          lambda: dict(relation="above", a_x=0.2, a_y=0.2, b_x=0.5, b_y=0.7, margin=0.05))
     case("shapeworld.relations_between", m.relations_between,
          lambda: dict(a=scene.objects[0], b=scene.objects[1], margin=0.05))
-    case("shapeworld.make_caption", m.make_caption, lambda: dict(scene=scene, rng=rng(), relations=shapeworld.RELATIONS))
+    case("shapeworld.make_caption", m.make_caption,
+         lambda: dict(scene=scene, rng=rng(), relations=shapeworld.RELATIONS, relation_probability=0.75))
     case("shapeworld.count_objects", m.count_objects, lambda: dict(scene=scene, color="red"))
     case("shapeworld.make_question", m.make_question, lambda: dict(scene=scene, qtype="count", rng=rng()))
     case("shapeworld.parse_caption", m.parse_caption, lambda: dict(caption=caption))
@@ -617,8 +616,9 @@ def build_cases():
          lambda: dict(caption="a red circle is to the left of a blue square", rng=rng(), swap_probability=0.5))
     case("retrieval_training.caption_training_set", m.caption_training_set, lambda: dict(data=data, rng=rng()))
     case("retrieval_training.mirror_scene", m.mirror_scene, lambda: dict(scene=scene))
-    case("retrieval_training.counterfactual_twin", m.counterfactual_twin,
-         lambda: dict(image=data.images[0], caption=data.captions[0], scene=data.scenes[0], rng=rng()))
+    case("retrieval_training.two_object_subset", m.two_object_subset, lambda: dict(data=data))
+    case("retrieval_training.relation_negative", m.relation_negative,
+         lambda: dict(caption="a red circle is to the left of a blue square", rng=rng()))
 
     m = training
     case("training.WarmupCosineDecay", m.WarmupCosineDecay,

@@ -227,6 +227,8 @@ _SCENE = Scene((ShapeObject("circle", "red", "large", 0.2, 0.3), ShapeObject("sq
     (lambda: sw.relations_between(None, _SCENE.objects[0]), TypeError, "ShapeObject"),
     (lambda: sw.make_caption(_SCENE, None), TypeError, "Generator"),
     (lambda: sw.make_caption(_SCENE, np.random.default_rng(0), relations=[5]), ValueError, "relations"),
+    (lambda: sw.make_caption(_SCENE, np.random.default_rng(0), relation_probability=1.5), ValueError,
+     "relation_probability"),
     (lambda: sw.count_objects(_SCENE, color="no-such-colour"), ValueError, "color"),
     (lambda: sw.count_objects(None, color="red"), TypeError, "shapeworld.Scene"),
     (lambda: sw.make_question(5, "count", np.random.default_rng(0)), TypeError, "shapeworld.Scene"),
