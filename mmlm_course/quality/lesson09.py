@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-RECIPE = dict(train=6000, evaluate=500, ctc_steps=800, ctc_rate=2e-3, stage1_steps=50, stage2_steps=2500,
+RECIPE = dict(train=6000, evaluate=500, ctc_steps=800, ctc_rate=2e-3, stage1_steps=50, stage2_steps=8000,
               rate=3e-3, batch=32)
 AIMS = {"caption_truth": 0.90, "qa_exact_match": 0.95}
 
