@@ -67,7 +67,8 @@ def load_audio(path, sample_rate: int | None = COURSE_SAMPLE_RATE, mono: bool = 
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)   # (num_samples, channels)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{path} is not a readable sound file ({error}); expected WAV, FLAC, OGG or MP3.") from None
+        raise ValueError(f"{path} is not a readable sound file ({error}); expected WAV, FLAC, OGG or MP3: "
+                         "convert it to WAV (for example `ffmpeg -i FILE out.wav`) or copy it again.") from None
     _check_wav_complete(path)
     if mono:
         samples = samples.mean(axis=1)

@@ -132,7 +132,8 @@ def load_image(path, size: int | tuple[int, int] | None = None) -> np.ndarray:
             img.load()
             array = _to_rgb(img)
     except (OSError, SyntaxError, ValueError) as error:   # Pillow's errors for empty, truncated, non-image files
-        raise ValueError(f"{path} is not a readable image ({type(error).__name__}: {error}).") from None
+        raise ValueError(f"{path} is not a readable image ({type(error).__name__}: {error}); expected a complete "
+                         "image file Pillow can open (PNG, JPEG, ...): copy or download it again.") from None
     return array if size is None else resize_image(array, size)
 
 
