@@ -291,6 +291,7 @@ def caption_training_set(data: shapeworld.ShapeWorldData, rng: np.random.Generat
     (lesson 01's caption-preserving flip) and its scene is mirrored (`mirror_scene`).
     """
     require_instance(data, shapeworld.ShapeWorldData, "data", "make it with shapeworld.generate(...)")
+    require_instance(flip, bool, "flip"), require_instance(relational, bool, "relational")
     share = 1.0 if relational else shapeworld.RELATION_CAPTION_PROBABILITY
     captions = [shapeworld.make_caption(scene, rng, relation_probability=share) for scene in data.scenes]
     images, scenes = data.images, list(data.scenes)

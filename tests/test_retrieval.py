@@ -465,6 +465,7 @@ _DATA = shapeworld.generate(2, seed=0)
     (lambda: RT.caption_training_set(None, np.random.default_rng(0)), TypeError, "ShapeWorldData"),
     (lambda: RT.mirror_scene(None), TypeError, "shapeworld.Scene"),
     (lambda: RT.two_object_subset(None), TypeError, "ShapeWorldData"),
+    (lambda: RT.caption_training_set(_DATA, np.random.default_rng(0), relational="yes"), TypeError, "relational"),
     (lambda: RT.relation_negative(5, np.random.default_rng(0)), TypeError, "caption"),
 ])
 def test_bad_inputs_raise_clear_errors(call, error, word):
