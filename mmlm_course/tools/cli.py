@@ -261,11 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="caption an image or a sound, or answer a question, with a trained run",
                        description="Load a run folder written by `mmlm-course train` and answer a prompt about an "
-                                   "image (an image run) or a WAV file (an audio run).")
+                                   "image (an image run) or a sound file (an audio run).")
     p.add_argument("--run", type=Path, required=True, help="run folder written by `mmlm-course train`")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image file (any size or mode; converted to RGB and resized)")
-    source.add_argument("--audio", type=Path, help="WAV file for an audio run (any rate and channels; at most 1.6 s)")
+    source.add_argument("--audio", type=Path,
+                        help="sound file for an audio run: WAV, FLAC, OGG or MP3 (any rate and channels; at most 1.6 s)")
     p.add_argument("--prompt", default="", help="a question; empty (default) asks for a caption")
     p.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default: %(default)s)")
     p.set_defaults(func=cmd_generate)
