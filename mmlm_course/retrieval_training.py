@@ -35,7 +35,8 @@ from mmlm_course.validation import (positive_int, require_float, require_instanc
                                     require_scene, require_str)
 
 __all__ = ["train_dual_encoder", "batch_positives", "perturb_caption", "reverse_relation", "swapped_twins",
-           "swap_negative", "twin_accuracy", "caption_training_set", "mirror_scene", "two_object_subset", "relation_negative"]
+           "swap_negative", "twin_accuracy", "caption_training_set", "mirror_scene", "two_object_subset",
+           "relation_negative"]
 
 TWIN_KINDS = ("relation", "color", "shape", "size")
 _SWAP_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}

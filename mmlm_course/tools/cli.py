@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="image file (any size or mode; converted to RGB and resized)")
     source.add_argument("--audio", type=Path,
-                        help="sound file for an audio run: WAV, FLAC, OGG or MP3 (any rate and channels; at most 1.6 s)")
+                        help="sound file for an audio run: WAV, FLAC, OGG or MP3 (any rate and channels; "
+                             "at most 1.6 s)")
     p.add_argument("--prompt", default="", help="a question; empty (default) asks for a caption")
     p.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default: %(default)s)")
     p.set_defaults(func=cmd_generate)
