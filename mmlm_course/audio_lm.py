@@ -44,8 +44,8 @@ from mmlm_course.validation import (as_array, positive_int, require_array_budget
                                     require_int_dtype, require_rank, require_scene)
 
 __all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "SoundData", "generate", "sound_features",
-           "note_labels", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode", "AudioFrontEnd",
-           "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber", "transcribe", "notes_text", "exact_transcriptions",
+           "note_labels", "note_label_rows", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode",
+           "AudioFrontEnd", "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber", "transcribe", "notes_text", "exact_transcriptions",
            "make_examples", "generate_texts", "evaluate"]
 
 SOUND_RELATIONS = ("to the left of", "to the right of")    # what the order of the tones tells
@@ -125,13 +125,18 @@ def generate(num_examples: int, split: str = "train", seed: int = 0, snr_db=None
     split, seed, relations=SOUND_RELATIONS)``); ``snr_db``, ``max_shift``: augmentation
     or a noisy test condition (`sound_features`)."""
     data = shapeworld.generate(num_examples, split, seed, relations=SOUND_RELATIONS)
-    labels = np.zeros((len(data), MAX_NOTES), np.int32)
-    for i, scene in enumerate(data.scenes):
+    log_mels = sound_features(data.sounds(), snr_db, max_shift, seed=seed + 1_000 * shapeworld.SPLITS.index(split))
+    return SoundData(log_mels, note_label_rows(data.scenes), data.scenes, data.captions, data.questions, data.answers,
+                     data.question_types)
+
+
+def note_label_rows(scenes) -> np.ndarray:
+    """`note_labels` of every scene, int32 (N, MAX_NOTES), padded with 0 (CTC's blank)."""
+    labels = np.zeros((len(scenes), MAX_NOTES), np.int32)
+    for i, scene in enumerate(scenes):
         notes = note_labels(scene)
         labels[i, :len(notes)] = notes
-    log_mels = sound_features(data.sounds(), snr_db, max_shift, seed=seed + 1_000 * shapeworld.SPLITS.index(split))
-    return SoundData(log_mels, labels, data.scenes, data.captions, data.questions, data.answers,
-                     data.question_types)
+    return labels
 
 
 def caption_is_true_of_sound(caption: str, scene: shapeworld.Scene) -> bool:
@@ -221,6 +226,16 @@ class AudioFrontEnd(keras.layers.Layer):
     def adapt(self, log_mels) -> None:
         """Learn the per-bin mean and variance of training clips (before training)."""
         self.normalization.adapt(np.asarray(log_mels, np.float32))
+
+    def set_weights(self, weights) -> None:
+        """Copy weights in (``front_end.set_weights(other.get_weights())``), statistics included.
+
+        A `keras.layers.Normalization` divides by a copy of its statistics made when it
+        adapts or loads (``finalize_state``), not by the variables themselves: without the
+        last line, a copied front end would keep the statistics it had before (mean 0,
+        variance 1) and compute other features than the front end it copies."""
+        super().set_weights(weights)
+        self.normalization.finalize_state()
 
     def call(self, log_mels, training=None):
         return self.encoder(self.normalization(log_mels), training=training)     # (B, frames / 2, dim)
@@ -327,6 +342,10 @@ class AudioLLaVA(keras.Model):
         self.language_model = lm.DecoderLM(self.vocab_size, max_length=self.num_audio_tokens + max_text_length,
                                            dim=dim, num_layers=num_layers, num_heads=num_heads,
                                            name="language_model", dtype=self.dtype_policy)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.num_audio_tokens
 
     def build(self, input_shape=None):
         self.encoder.build((None, self.encoder.frames, self.encoder.mel_bins))

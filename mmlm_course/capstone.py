@@ -1,5 +1,6 @@
-"""Lesson 10, the capstone: train lesson 08's multimodal LLM (or, with ``modality="audio"``,
-lesson 09's audio LLaVA) as a real job.
+"""Lesson 10, the capstone: train lesson 08's multimodal LLM (with ``modality="audio"``
+lesson 09's audio LLaVA; with ``modality="both"`` one model that sees and hears,
+`audiovisual.AudioVisualLLaVA`) as a real job.
 
 `train` is what `mmlm-course train` runs and what the capstone notebook calls. It
 - resolves a *preset* (from a 2-core CPU to a large GPU) into a `RunConfig`, prints it
@@ -15,7 +16,8 @@ lesson 09's audio LLaVA) as a real job.
 - logs every step to ``history.jsonl`` and TensorBoard (when the ``tensorboard`` package
   is installed);
 - evaluates caption truth and question-answering exact match on the test and
-  compositional splits (ShapeWorld), or BLEU-4, CIDEr-D and exact match on the held-out photos of
+  compositional splits (ShapeWorld; a model of both inputs also with the sound muted and
+  with the picture blanked, on the test split), or BLEU-4, CIDEr-D and exact match on the held-out photos of
   a real dataset, and writes ``metrics.json`` and ``samples.png`` (and ``skipped.txt``,
   the images a real dataset could not read).
 
@@ -31,7 +33,6 @@ import dataclasses
 import json
 import os
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from mmlm_course import env, shapeworld
 from mmlm_course.checkpoints import CheckpointStore
-from mmlm_course.run_data import evaluate_photos, load_run_data
+from mmlm_course.run_data import evaluate_photos, load_run_data, save_photo_samples, save_samples
 from mmlm_course.datasets import parse_data_spec
 from mmlm_course.validation import require_choice, require_float, require_int, require_str
 
@@ -48,7 +49,9 @@ from mmlm_course.validation import require_choice, require_float, require_int, r
 class RunConfig:
     """Everything that defines a run. ``model`` is a dict of `mllm.MLLMConfig` fields, or
     with ``modality="audio"`` of `audio_lm.AudioLLaVA` arguments (lesson 09; ShapeWorld's
-    sounds, its front end pretrained with CTC for ``ctc_steps`` steps in stage 0)."""
+    sounds, its front end pretrained with CTC for ``ctc_steps`` steps in stage 0), or with
+    ``modality="both"`` of both (`audiovisual.build_model`), each training row losing its
+    picture or its sound with probability ``modality_dropout`` (`audiovisual.make_examples`)."""
 
     preset: str
     data: str = "shapeworld"
@@ -57,6 +60,7 @@ class RunConfig:
     detector_examples: int = 6000
     detector_epochs: int = 3
     ctc_steps: int = 800
+    modality_dropout: float = 0.0
     eval_examples: int = 600
     batch_size: int = 64
     pretrain_epochs: int = 1
@@ -73,13 +77,17 @@ class RunConfig:
     def __post_init__(self):
         require_choice(require_str(self.preset, "preset"), tuple(PRESETS) + tuple(AUDIO_PRESETS), "preset")
         parse_data_spec(self.data)
-        require_choice(self.modality, ("image", "audio"), "modality")
+        require_choice(self.modality, MODALITIES, "modality")
         for name, low in (("train_examples", 1), ("eval_examples", 1), ("batch_size", 1), ("detector_examples", 0),
                           ("detector_epochs", 0), ("ctc_steps", 0), ("pretrain_epochs", 0), ("checkpoint_every", 1),
                           ("seed", 0)):
             require_int(getattr(self, name), name, low, 10**7)
         for name in ("learning_rate", "stage1_learning_rate"):
             require_float(getattr(self, name), name, 0.0, 10.0, low_open=True)
+        require_float(self.modality_dropout, "modality_dropout", 0.0, 1.0)
+        if self.modality_dropout and self.modality != "both":
+            raise ValueError(f"modality_dropout drops the picture or the sound of a row: it needs modality 'both', "
+                             f"got modality {self.modality!r} with modality_dropout={self.modality_dropout}.")
         for name in ("stage1_steps", "stage2_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 2:
                 raise ValueError(f"{name} must be a whole number of at least 2 (a stage's warmup-cosine learning rate "
@@ -141,7 +149,14 @@ AUDIO_PRESETS: dict[str, dict] = {
                       stage2_steps=10000, learning_rate=8e-4, checkpoint_every=1000, mixed_precision=True,
                       jit_compile=True, model=dict(dim=512, num_layers=6, num_heads=8)),
 }
-MODALITIES = ("image", "audio")
+# Lesson 10's model of both inputs: each preset's image model with lesson 09's audio front
+# end beside it, on as many scenes as the audio preset and with its CTC pretraining.
+BOTH_PRESETS: dict[str, dict] = {
+    name: {**PRESETS[name], "train_examples": AUDIO_PRESETS[name]["train_examples"],
+           "ctc_steps": AUDIO_PRESETS[name]["ctc_steps"], "modality_dropout": 0.5,
+           "model": {**PRESETS[name]["model"], "stack": 8}}
+    for name in PRESETS}
+MODALITIES = ("image", "audio", "both")
 
 
 def resolve_config(preset: str = "cpu", data: str = "shapeworld", modality: str = "image",
@@ -150,14 +165,16 @@ def resolve_config(preset: str = "cpu", data: str = "shapeworld", modality: str 
     (``data`` other than ShapeWorld) the model's vision becomes `PHOTO_MODEL`'s grid
     encoder: the object detector can only be pretrained on ShapeWorld scenes. With
     ``modality="audio"`` the preset's `AUDIO_PRESETS` entry is used: lesson 09's model on
-    ShapeWorld's sounds."""
+    ShapeWorld's sounds; with ``"both"`` its `BOTH_PRESETS` entry."""
     require_choice(preset, tuple(PRESETS), "preset")
     require_choice(modality, MODALITIES, "modality")
-    if modality == "audio":
+    if modality != "image":
         if data != "shapeworld":
-            raise ValueError(f"modality 'audio' trains on ShapeWorld's sounds; data {data!r} is an image-text dataset. "
-                             "Use --data shapeworld with --modality audio, or --modality image for that dataset.")
-        return RunConfig(preset=preset, data=data, modality=modality, **{**AUDIO_PRESETS[preset], **overrides})
+            raise ValueError(f"modality {modality!r} trains on ShapeWorld's sounds; data {data!r} is an image-text "
+                             f"dataset. Use --data shapeworld with --modality {modality}, or --modality image for "
+                             "that dataset.")
+        presets = AUDIO_PRESETS if modality == "audio" else BOTH_PRESETS
+        return RunConfig(preset=preset, data=data, modality=modality, **{**presets[preset], **overrides})
     fields = {**PRESETS[preset], **overrides}
     if data != "shapeworld":
         fields["model"] = {**fields.get("model", {}), **PHOTO_MODEL}
@@ -196,7 +213,8 @@ class RunFolder:
         self._take_lock()
         text = json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
         if self.config_path.exists():
-            if json.loads(self.config_path.read_text()) != json.loads(text):
+            saved = {**_DEFAULTS, **json.loads(self.config_path.read_text())}   # a field added since: its default
+            if saved != json.loads(text):
                 raise ValueError(f"{self.root} holds a run with a different config ({self.config_path}); "
                                  "resume it with the same options, or choose a new --out.")
             return True
@@ -246,11 +264,15 @@ class RunFolder:
         os.replace(temporary, self.history_path)
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+
+
 def load_config(run_dir) -> RunConfig:
     """The `RunConfig` saved in a run folder."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with `mmlm-course train --out DIR`.")
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with "
+                                "`mmlm-course train --out DIR`.")
     return RunConfig(**json.loads(path.read_text()))
 
 
@@ -296,7 +318,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     import keras
     from tqdm import tqdm
 
-    from mmlm_course import audio_lm, detector, generation, stages, training
+    from mmlm_course import audio_lm, audiovisual, detector, generation, stages, training
 
     has_gpu = env.has_gpu()
     log(f"preset {config.preset} on {describe_device()}")
@@ -319,11 +341,12 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
         (folder.root / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped),
                                                  encoding="utf-8")
     model = build_run_model(config, data.tokenizer)
-    hears = config.modality == "audio"
+    hears, sees = config.modality != "image", config.modality != "audio"
     decoder = model.language_model
-    log((f"model: audio, {model.num_audio_tokens} audio tokens" if hears else f"model: vision {model.config.vision!r}"
-         + (", relation head" if model.config.relation_head else ""))
-        + f", {len(decoder.blocks)} layers of width {decoder.dim}")
+    log("model: " + ", ".join(([f"vision {model.config.vision!r}"] if sees else [])
+                              + (["relation head"] if sees and model.config.relation_head else [])
+                              + ([f"{model.num_audio_tokens} audio tokens"] if hears else [])
+                              + [f"{len(decoder.blocks)} layers of width {decoder.dim}"]))
     jit = config.jit_compile and has_gpu
 
     def compile_stage(stage: int) -> int:
@@ -335,7 +358,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     for name, problem in folder.checkpoints.skipped:
         log(f"checkpoint {name} cannot be read ({problem}): using the one before it")
     pretrained_now = False
-    uses_detector = not hears and model.config.vision == "objects"
+    uses_detector = sees and model.config.vision == "objects"
     if state is None and (hears or uses_detector or config.pretrain_epochs):
         # Stage 0: the parts that are pretrained alone first (lesson 08). The object
         # detector learns from the scenes (lesson 04), the audio front end from CTC
@@ -344,9 +367,10 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
         if hears:
             log(f"stage 0: pretraining the audio encoder with CTC for {config.ctc_steps} steps")
             transcriber = audio_lm.pretrain_transcriber(data.scenes, config.ctc_steps, seed=config.seed)
-            model.encoder.set_weights(transcriber.front_end.get_weights())
+            (model.audio_encoder if sees else model.encoder).set_weights(transcriber.front_end.get_weights())
         if uses_detector:
-            scenes = data.scenes.subset(range(min(config.detector_examples, len(data.scenes))))
+            world = data.scenes.world if hears else data.scenes
+            scenes = world.subset(range(min(config.detector_examples, len(world))))
             log(f"stage 0: pretraining the object detector on {len(scenes)} scenes")
             token_model, _ = detector.pretrain_object_encoder(scenes, epochs=config.detector_epochs)
             stages.load_object_encoder(model, token_model)
@@ -412,12 +436,15 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     metrics = {"steps": config.total_steps, "train_seconds_this_session": round(seconds, 1),
                "examples_per_second": round(trained_steps * config.batch_size / max(seconds, 1e-9), 1),
                "final_loss": last_loss}
-    evaluate = audio_lm.evaluate if hears else generation.evaluate
-    for split, eval_data in data.eval_sets.items():
-        figures = evaluate(model, data.tokenizer, eval_data)
-        metrics[split] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
-                          "qa_by_type": figures.get("qa_by_type", {})}
-        log(f"{split}: caption truth {figures['caption_truth']:.1%}, QA exact match {figures['qa_exact_match']:.1%}")
+    evaluate = {"audio": audio_lm.evaluate, "both": audiovisual.evaluate}.get(config.modality, generation.evaluate)
+    runs = [(split, split, {}) for split in data.eval_sets]
+    if config.modality == "both":      # what each input contributes: one muted, then the other
+        runs += [("test_image_only", "test", {"senses": "image"}), ("test_sound_only", "test", {"senses": "sound"})]
+    for name, split, options in runs:
+        figures = evaluate(model, data.tokenizer, data.eval_sets[split], **options)
+        metrics[name] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
+                         "qa_by_type": figures.get("qa_by_type", {})}
+        log(f"{name}: caption truth {figures['caption_truth']:.1%}, QA exact match {figures['qa_exact_match']:.1%}")
     if data.held_out is not None:
         metrics["held_out"] = evaluate_photos(model, data.tokenizer, data.held_out)
         log("held out: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -432,74 +459,16 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
 
 def build_run_model(config: RunConfig, tokenizer):
     """The built, untrained model of a run: `mllm.build_model` for images, lesson 09's
-    `audio_lm.AudioLLaVA` for ``modality="audio"``."""
-    from mmlm_course import audio_lm, mllm
+    `audio_lm.AudioLLaVA` for ``modality="audio"``, `audiovisual.build_model` for both."""
+    from mmlm_course import audio_lm, audiovisual, mllm
 
+    if config.modality == "both":
+        return audiovisual.build_model(config.model, tokenizer)
     if config.modality == "audio":
         model = audio_lm.AudioLLaVA(len(tokenizer), **config.model)
         model.build()
         return model
     return mllm.build_model(mllm.MLLMConfig(**config.model), tokenizer)
-
-
-def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
-    """Plot ``count`` images (or, for sound, log-mel spectrograms) with their generated
-    caption and answer into ``path``.
-
-    Draws on a `matplotlib.figure.Figure` of its own, never through pyplot, so it neither
-    changes the backend nor shows up in (or hides figures from) a notebook."""
-    from matplotlib.figure import Figure
-
-    from mmlm_course import audio_lm, generation
-
-    hears = isinstance(data, audio_lm.SoundData)
-    inputs = data.log_mels[:count] if hears else data.images[:count]
-    generate = audio_lm.generate_texts if hears else generation.generate_texts
-    captions = generate(model, tokenizer, inputs, [""] * len(inputs))
-    answers = generate(model, tokenizer, inputs, data.questions[:count])
-    verifier = audio_lm.caption_is_true_of_sound if hears else shapeworld.caption_is_true
-    fig = Figure(figsize=(3 * ((count + 1) // 2), 8))
-    axes = fig.subplots(2, (count + 1) // 2)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= len(inputs):
-            continue
-        if hears:
-            ax.imshow(inputs[i].T, origin="lower", aspect="auto", cmap="magma")   # time across, mel bins up
-        else:
-            ax.imshow(inputs[i])
-        verdict = "true" if verifier(captions[i], data.scenes[i]) else "FALSE"
-        title = textwrap.fill(f"{captions[i]} ({verdict})", 34)
-        ax.set_title(f"{title}\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-
-
-def save_photo_samples(model, tokenizer, held_out, path, count: int = 8) -> None:
-    """Plot up to ``count`` held-out photos with the model's caption (or answer) and a
-    reference into ``path``, on a figure of its own like `save_samples`."""
-    from matplotlib.figure import Figure
-
-    from mmlm_course import generation
-
-    records, images = held_out.records[:count], held_out.images[:count]
-    prompts = ["" if r.captions else r.qa[0][0] for r in records]
-    said = generation.generate_texts(model, tokenizer, images, prompts)
-    columns = max(1, (len(records) + 1) // 2)
-    fig = Figure(figsize=(3 * columns, 8))
-    axes = np.atleast_1d(fig.subplots(2, columns)).ravel()
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i >= len(records):
-            continue
-        ax.imshow(images[i])
-        if records[i].captions:
-            text = f"{said[i]}\n(reference: {records[i].captions[0]})"
-        else:
-            text = f"Q: {prompts[i]}\nA: {said[i]} (truth: {records[i].qa[0][1]})"
-        ax.set_title("\n".join(textwrap.fill(line, 34) for line in text.split("\n")), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
 
 
 def load_trained(run_dir):
@@ -526,19 +495,35 @@ def load_trained(run_dir):
     return model, tokenizer, config
 
 
-def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20) -> str:
+def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20, audio=None) -> str:
     """Answer ``prompt`` (empty: caption it) about the file at ``path``: an image for an
-    image run, a sound file (WAV) for an audio run (lesson 09)."""
-    from mmlm_course import audio_io, audio_lm, generation, mllm, preprocessing
+    image run, a sound file (WAV, FLAC, OGG or MP3) for an audio run (lesson 09). A run of
+    both takes the image at ``path`` and the sound at ``audio``; trained with modality
+    dropout, it also answers from one of them (``None`` for the other: black or silent)."""
+    from mmlm_course import audio_io, audio_lm, audiovisual, generation, preprocessing
 
     model, tokenizer, config = load_trained(run_dir)
-    if config.modality == "audio":
-        wave = audio_io.load_audio(path)                        # any WAV encoding -> float32 mono at 16 kHz
+    image_file, sound_file = (None, path) if config.modality == "audio" else (path, audio)
+    given = [name for name, file in (("an image", image_file), ("a sound", sound_file)) if file is not None]
+    needs = {"image": ["an image"], "audio": ["a sound"]}.get(config.modality, ["an image", "a sound"])
+    if given != needs and not (config.modality == "both" and config.modality_dropout and given):
+        raise ValueError(f"this {config.modality} run takes {' and '.join(needs)}"
+                         + (" (or one of them, with modality dropout)" if config.modality == "both" else "")
+                         + f", got {' and '.join(given) or 'neither'}.")
+    clips = None
+    if sound_file is not None:
+        wave = audio_io.load_audio(sound_file)                  # any encoding -> float32 mono at 16 kHz
         if len(wave) > audio_lm.CLIP_SAMPLES:
-            raise ValueError(f"{path} lasts {len(wave) / audio_lm.audio.COURSE_SAMPLE_RATE:.2f} s; the audio model "
-                             f"hears clips of up to {audio_lm.CLIP_SAMPLES / audio_lm.audio.COURSE_SAMPLE_RATE} s: cut it.")
-        features = audio_lm.sound_features([wave])
-        return audio_lm.generate_texts(model, tokenizer, features, [prompt], max_new_tokens=max_new_tokens)[0]
-    size = mllm.MLLMConfig(**config.model).image_size
-    image = preprocessing.load_image(path, size)                # any mode -> uint8 (size, size, 3)
-    return generation.generate_texts(model, tokenizer, image[None], [prompt], max_new_tokens=max_new_tokens)[0]
+            raise ValueError(f"{sound_file} lasts {len(wave) / audio_lm.audio.COURSE_SAMPLE_RATE:.2f} s; the audio "
+                             f"model hears clips of up to {audio_lm.CLIP_SAMPLES / audio_lm.audio.COURSE_SAMPLE_RATE} "
+                             "s: cut it.")
+        clips = audio_lm.sound_features([wave])                 # (1, frames, 40)
+    if config.modality == "audio":
+        return audio_lm.generate_texts(model, tokenizer, clips, [prompt], max_new_tokens=max_new_tokens)[0]
+    size = model.config.image_size
+    images = (np.zeros((1, size, size, 3), np.uint8) if image_file is None      # heard only: a black picture
+              else preprocessing.load_image(image_file, size)[None])            # any mode -> uint8 (1, size, size, 3)
+    if config.modality == "image":
+        return generation.generate_texts(model, tokenizer, images, [prompt], max_new_tokens=max_new_tokens)[0]
+    clips = audiovisual.silence()[None] if clips is None else clips            # seen only: a silent clip
+    return audiovisual.generate_texts(model, tokenizer, images, clips, [prompt], max_new_tokens=max_new_tokens)[0]

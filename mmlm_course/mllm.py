@@ -256,6 +256,7 @@ class MultimodalModel(keras.Model):
     """
 
     architecture = None
+    num_prefix_tokens = 0    # tokens in front of the text (LLaVAModel: the image tokens)
 
     def __init__(self, config: MLLMConfig, vocab_size: int, **kwargs):
         super().__init__(**kwargs)
@@ -408,6 +409,10 @@ class LLaVAModel(MultimodalModel):
                                            dim=c.dim, num_layers=c.num_layers, num_heads=c.num_heads,
                                            mlp_dim=c.mlp_dim, dropout=c.dropout, name="language_model",
                                            dtype=self.dtype_policy)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.config.num_image_tokens
 
     def build(self, input_shape=None):
         self._build_vision()

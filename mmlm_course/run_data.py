@@ -2,20 +2,23 @@
 image-text dataset, turned into training rows, evaluation sets and texts for pretraining.
 
 - `load_run_data`: ShapeWorld (lesson 08's instruction rows; with ``modality="audio"``
-  lesson 09's sounds), or Flickr8k / COCO / VQA folders (`datasets`), every caption and
+  lesson 09's sounds; with ``"both"`` pictures and sounds of the same scenes), or Flickr8k / COCO / VQA folders (`datasets`), every caption and
   question-answer pair a row, a seeded `HELD_OUT_SHARE` of the images kept for evaluation;
-- `evaluate_photos`: BLEU-4, CIDEr-D and exact match on those held-out photos.
+- `evaluate_photos`: BLEU-4, CIDEr-D and exact match on those held-out photos;
+- `save_samples`, `save_photo_samples`: the run's ``samples.png``, what the model says
+  about a few test scenes or held-out photos.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 
 import numpy as np
 
 from mmlm_course import shapeworld
 
-__all__ = ["RunData", "HELD_OUT_SHARE", "load_run_data", "evaluate_photos"]
+__all__ = ["RunData", "HELD_OUT_SHARE", "load_run_data", "evaluate_photos", "save_samples", "save_photo_samples"]
 
 
 @dataclasses.dataclass
@@ -26,9 +29,9 @@ class RunData:
     y: object
     texts: list                # text-only rows for pretraining the language model
     tokenizer: object
-    eval_sets: dict            # name -> ShapeWorldData, or audio_lm.SoundData for sound (ShapeWorld only)
+    eval_sets: dict            # name -> ShapeWorldData, audio_lm.SoundData or audiovisual.AudioVisualData
     report: str
-    scenes: object = None      # the training data (ShapeWorld only): the detector or the transcriber learns from it
+    scenes: object = None      # the training data (ShapeWorld only): the detector and the transcriber learn from it
     held_out: object = None    # photos: datasets.LoadedImages kept out of training, evaluated at the end
     skipped: list = dataclasses.field(default_factory=list)   # photos: (path, reason) of every unreadable image
 
@@ -38,12 +41,13 @@ HELD_OUT_SHARE = 0.1  # photos: the share of the images held out for evaluation 
 
 def load_run_data(config) -> RunData:
     """Build the training arrays of a `capstone.RunConfig`: ``config.data`` (ShapeWorld or a
-    real dataset) in ``config.modality`` (``"image"``, or ``"audio"``: ShapeWorld's sounds).
+    real dataset) in ``config.modality`` (``"image"``; ``"audio"``: ShapeWorld's sounds;
+    ``"both"``: its pictures and sounds).
 
     A real dataset trains on every caption and every question-answer pair of its images,
     except a random `HELD_OUT_SHARE` of the images (seeded), which `evaluate_photos` scores
     at the end of the run."""
-    from mmlm_course import audio_lm, datasets, instructions, mllm, preprocessing
+    from mmlm_course import audio_lm, audiovisual, datasets, instructions, mllm, preprocessing
 
     if config.modality == "audio":                   # lesson 09: ShapeWorld's sounds, augmented for training
         tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
@@ -54,6 +58,18 @@ def load_run_data(config) -> RunData:
         texts = instructions.instruction_texts(train.captions, list(zip(train.questions, train.answers)))
         return RunData(x, y, texts, tokenizer, eval_sets, f"ShapeWorld sounds: {len(train)} training clips "
                        "(augmented: delay and noise)", train)
+    if config.modality == "both":                    # lesson 10: the scenes seen and heard, the sounds augmented
+        seeing, _ = audiovisual.split_fields(config.model)
+        tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
+        size, length = seeing.image_size, seeing.max_text_length
+        train = audiovisual.generate(config.train_examples, "train", config.seed, size, augment=True)
+        x, y = audiovisual.make_examples(train, tokenizer, length, config.modality_dropout, config.seed)
+        eval_sets = {split: audiovisual.generate(config.eval_examples, split, config.seed, size)
+                     for split in ("test", "compositional")}
+        texts = instructions.instruction_texts(train.world.captions, list(zip(train.world.questions,
+                                                                              train.world.answers)))
+        return RunData(x, y, texts, tokenizer, eval_sets, f"ShapeWorld seen and heard: {len(train)} training scenes "
+                       f"(sounds augmented: delay and noise; modality dropout {config.modality_dropout})", train)
     model_config = mllm.MLLMConfig(**config.model)
     image_size, max_text_length = model_config.image_size, model_config.max_text_length
     if config.data == "shapeworld":
@@ -126,3 +142,69 @@ def evaluate_photos(model, tokenizer, held_out) -> dict:
         figures["qa_exact_match"] = float(np.mean([words(answer) == words(truth)
                                                    for answer, (_, (_, truth)) in zip(answers, asked)]))
     return figures
+
+
+def save_samples(model, tokenizer, data, path, count: int = 8) -> None:
+    """Plot ``count`` images (or, for sound alone, log-mel spectrograms) with their generated
+    caption and answer into ``path``.
+
+    Draws on a `matplotlib.figure.Figure` of its own, never through pyplot, so it neither
+    changes the backend nor shows up in (or hides figures from) a notebook."""
+    from matplotlib.figure import Figure
+
+    from mmlm_course import audio_lm, audiovisual, generation
+
+    hears = isinstance(data, audio_lm.SoundData)
+    if isinstance(data, audiovisual.AudioVisualData):     # both: the picture is shown, the sound is heard too
+        clips, data = data.log_mels[:count], data.world
+
+        def generate(model, tokenizer, images, prompts):
+            return audiovisual.generate_texts(model, tokenizer, images, clips, prompts)
+    else:
+        generate = audio_lm.generate_texts if hears else generation.generate_texts
+    inputs = data.log_mels[:count] if hears else data.images[:count]
+    captions = generate(model, tokenizer, inputs, [""] * len(inputs))
+    answers = generate(model, tokenizer, inputs, data.questions[:count])
+    verifier = audio_lm.caption_is_true_of_sound if hears else shapeworld.caption_is_true
+    fig = Figure(figsize=(3 * ((count + 1) // 2), 8))
+    axes = fig.subplots(2, (count + 1) // 2)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(inputs):
+            continue
+        if hears:
+            ax.imshow(inputs[i].T, origin="lower", aspect="auto", cmap="magma")   # time across, mel bins up
+        else:
+            ax.imshow(inputs[i])
+        verdict = "true" if verifier(captions[i], data.scenes[i]) else "FALSE"
+        title = textwrap.fill(f"{captions[i]} ({verdict})", 34)
+        ax.set_title(f"{title}\nQ: {data.questions[i]}\nA: {answers[i]} (truth: {data.answers[i]})", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def save_photo_samples(model, tokenizer, held_out, path, count: int = 8) -> None:
+    """Plot up to ``count`` held-out photos with the model's caption (or answer) and a
+    reference into ``path``, on a figure of its own like `save_samples`."""
+    from matplotlib.figure import Figure
+
+    from mmlm_course import generation
+
+    records, images = held_out.records[:count], held_out.images[:count]
+    prompts = ["" if r.captions else r.qa[0][0] for r in records]
+    said = generation.generate_texts(model, tokenizer, images, prompts)
+    columns = max(1, (len(records) + 1) // 2)
+    fig = Figure(figsize=(3 * columns, 8))
+    axes = np.atleast_1d(fig.subplots(2, columns)).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= len(records):
+            continue
+        ax.imshow(images[i])
+        if records[i].captions:
+            text = f"{said[i]}\n(reference: {records[i].captions[0]})"
+        else:
+            text = f"Q: {prompts[i]}\nA: {said[i]} (truth: {records[i].qa[0][1]})"
+        ax.set_title("\n".join(textwrap.fill(line, 34) for line in text.split("\n")), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

@@ -27,7 +27,7 @@ from keras import ops
 
 from mmlm_course import detector, instructions, preprocessing
 from mmlm_course import language_model as lm
-from mmlm_course.mllm import LLaVAModel, MultimodalModel
+from mmlm_course.mllm import MultimodalModel
 from mmlm_course.training import WarmupCosineDecay
 from mmlm_course.validation import positive_int, require_float, require_int
 
@@ -43,16 +43,19 @@ def require_model(model) -> None:
         raise TypeError(f"model must be an mllm model from mllm.build_model, got {type(model).__name__}.")
 
 
-def _staged_parts(model):
-    """(encoder, learns in stage 2) of a model trained in stages: an `mllm` model's image
-    encoder (a grid encoder learns, a pretrained detector does not), or a model with
+def _staged_parts(model) -> list:
+    """[(encoder, learns in stage 2)] of a model trained in stages: an `mllm` model's image
+    encoder (a grid encoder learns, a pretrained detector does not) and, in lesson 10's
+    `audiovisual.AudioVisualLLaVA`, its CTC-pretrained audio encoder (frozen); or a model with
     ``encoder``, ``projector``, ``language_model`` and ``encoder_is_pretrained`` (lesson
     09's `audio_lm.AudioLLaVA`, whose CTC-pretrained front end stays frozen)."""
     if isinstance(model, MultimodalModel):
-        return model.image_encoder, model.config.vision == "grid"
+        parts = [(model.image_encoder, model.config.vision == "grid")]
+        audio_encoder = getattr(model, "audio_encoder", None)
+        return parts + ([(audio_encoder, False)] if audio_encoder is not None else [])
     if isinstance(model, keras.Model) and all(hasattr(model, name) for name in
                                               ("encoder", "projector", "language_model", "encoder_is_pretrained")):
-        return model.encoder, not model.encoder_is_pretrained
+        return [(model.encoder, not model.encoder_is_pretrained)]
     raise TypeError(f"model must be an mllm model from mllm.build_model or an audio_lm.AudioLLaVA, got "
                     f"{type(model).__name__}.")
 
@@ -74,14 +77,16 @@ def set_stage_trainable(model, stage: int) -> int:
     every layer inside the model, and a frozen parent would freeze its children whatever
     their own flags say. Lesson 09's `audio_lm.AudioLLaVA` trains in the same two stages.
     """
-    encoder, learns = _staged_parts(model)
+    encoders = _staged_parts(model)
     if stage not in STAGES:
         raise ValueError(f"stage must be 1 (projector only) or 2 (everything), got {stage!r}.")
     model.trainable = True
-    encoder.trainable = stage == 2 and learns
+    for encoder, learns in encoders:
+        encoder.trainable = stage == 2 and learns
     model.language_model.trainable = stage == 2
     model.projector.trainable = True
-    for layer in [*getattr(model, "cross_attention", []), getattr(model, "relation_head", None)]:
+    for layer in [*getattr(model, "cross_attention", []), getattr(model, "relation_head", None),
+                  getattr(model, "audio_projector", None)]:
         if layer is not None:
             layer.trainable = True
     return trainable_parameter_count(model)
@@ -149,9 +154,8 @@ def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessin
     """Pretrain ``model.language_model`` on text alone with lesson 07's recipe
     (next-token loss over every token, Adam with warmup-cosine, ``model.fit``).
 
-    For `LLaVAModel` each text sits behind ``num_image_tokens`` padding tokens, the slots
-    the image tokens take later (lesson 09's `audio_lm.AudioLLaVA`: ``num_audio_tokens``),
-    so the text is learned at the positions it will have in the multimodal model (the
+    Each text sits behind ``model.num_prefix_tokens`` padding tokens, the slots the image
+    (or audio) tokens take later (none in the cross-attention variant), so the text is learned at the positions it will have in the multimodal model (the
     padding plays a blank image). texts: e.g. ``"<caption> a red
     circle"``, ``"<question> is there a red circle? <answer> yes"`` (`instructions.instruction_texts`).
     Returns the History.
@@ -161,11 +165,8 @@ def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessin
     if not texts:
         raise ValueError("texts is empty: give the instruction texts to pretrain on (instructions.instruction_texts).")
     decoder = model.language_model
-    if isinstance(model, MultimodalModel):
-        slots = model.config.num_image_tokens if isinstance(model, LLaVAModel) else 0
-        max_text_length = model.config.max_text_length
-    else:                                                    # lesson 09's AudioLLaVA: audio tokens in front
-        slots, max_text_length = model.num_audio_tokens, model.max_text_length
+    slots = model.num_prefix_tokens
+    max_text_length = model.config.max_text_length if isinstance(model, MultimodalModel) else model.max_text_length
     ids = tokenizer.encode_batch(texts, max_length=max_text_length + 1)
     if slots:
         blank = np.full((len(ids), slots), tokenizer.pad_id, np.int32)
@@ -194,7 +195,7 @@ def load_language_model_weights(model, weights: Sequence[np.ndarray], offset: in
     if len(weights) != len(decoder.weights):
         raise ValueError(f"expected {len(decoder.weights)} weight arrays (DecoderLM.get_weights() of a model with "
                          f"{model.config.num_layers} layers), got {len(weights)}.")
-    text_start = model.config.num_image_tokens if isinstance(model, LLaVAModel) else 0
+    text_start = model.num_prefix_tokens
     table = decoder.position_embedding.embeddings
     values = []
     for variable, value in zip(decoder.weights, weights):

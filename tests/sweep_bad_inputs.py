@@ -46,7 +46,7 @@ SKIPPED = {
     "audio.plot_waveform": "plotting", "audio.plot_spectrogram": "plotting",
     "capstone.train": "a full training run (minutes)", "capstone.load_trained": "needs a finished run folder",
     "capstone.generate_from_run": "needs a finished run folder",
-    "capstone.save_samples": "needs a trained run", "capstone.save_photo_samples": "needs photo data",
+    "run_data.save_samples": "needs a trained run", "run_data.save_photo_samples": "needs photo data",
     "capstone.describe_device": "no arguments", "capstone.RunFolder": "file-system helper for train()",
     "capstone.load_config": "needs a run folder",
     "run_data.load_run_data": "downloads / builds the capstone data", "run_data.evaluate_photos": "needs photos",
@@ -79,7 +79,10 @@ SKIPPED = {
     "language_model.perplexity": "needs a built DecoderLM", "language_model.generate": "needs a built DecoderLM",
     "audio_io.save_wav": "file-system", "audio_io.load_audio": "file-system",
     "preprocessing.load_image": "file-system", "preprocessing.make_image_text_dataset": "tf.data pipeline",
-    "capstone.build_run_model": "builds a whole model", "audio_lm.CTCTranscriber": "builds a whole model",
+    "capstone.build_run_model": "builds a whole model", "audiovisual.AudioVisualData": "plain record",
+    "audiovisual.AudioVisualLLaVA": "builds a whole model", "audiovisual.build_model": "builds a whole model",
+    "audiovisual.generate_texts": "needs a trained model", "audiovisual.evaluate": "needs a trained model",
+    "audiovisual.make_examples": "needs AudioVisualData", "audio_lm.CTCTranscriber": "builds a whole model",
     "audio_lm.AudioLLaVA": "builds a whole model", "audio_lm.make_examples": "needs SoundData",
     "detector.build_object_encoder": "builds two models", "qa.build_qa_model": "builds a whole model",
     "grid_encoder.GridCoordinates": "initializer (swept through GridImageEncoder)",
@@ -787,7 +790,7 @@ def enumerate_calls():
 # --------------------------------------------------------------------------- driver
 
 
-MODULES = ["shapeworld", "preprocessing", "audio", "audio_lm", "attention", "encoders", "fusion", "losses", "metrics",
+MODULES = ["shapeworld", "preprocessing", "audio", "audio_lm", "audiovisual", "attention", "encoders", "fusion", "losses", "metrics",
            "language_model", "instructions", "mllm", "grid_encoder", "detector", "qa", "relation_head", "retrieval",
            "retrieval_training", "training", "capstone", "datasets"]
 

@@ -173,3 +173,20 @@ def test_ctc_greedy_decode_refuses_a_batch():
 def test_bad_inputs_raise_clear_errors(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+def test_a_copied_front_end_computes_the_same_features_as_the_one_it_copies(data):
+    """`keras.layers.Normalization` keeps a copy of its statistics: `AudioFrontEnd.set_weights`
+    refreshes it, so a copied (CTC-pretrained) front end normalises as the original does."""
+    keras.utils.set_random_seed(1)
+    trained = audio_lm.AudioFrontEnd()
+    trained.build((None, 158, 40))
+    trained.adapt(data.log_mels)
+    copy = audio_lm.AudioFrontEnd()
+    copy.build((None, 158, 40))
+    copy.set_weights(trained.get_weights())
+    assert np.allclose(np.asarray(copy(data.log_mels)), np.asarray(trained(data.log_mels)), atol=1e-6)
+    model = audio_lm.AudioLLaVA(40, num_layers=1)
+    model.build()
+    model.encoder.set_weights(trained.get_weights())
+    assert np.allclose(np.asarray(model.encoder(data.log_mels)), np.asarray(trained(data.log_mels)), atol=1e-6)

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_MODULES = ["attention", "encoders", "language_model", "mllm", "instructions", "grid_encoder", "relation_head",
                  "stages", "generation", "losses", "metrics", "fusion", "detector", "qa", "retrieval",
-                 "retrieval_training", "capstone", "checkpoints", "audio_lm"]
+                 "retrieval_training", "capstone", "checkpoints", "audio_lm", "audiovisual"]
 
 NO_TENSORFLOW = """
 import importlib.abc
@@ -46,16 +46,17 @@ assert "tensorflow" not in sys.modules
 RUN_CAPSTONE = NO_TENSORFLOW + """
 from mmlm_course import capstone
 overrides = dict(stage1_steps=2, stage2_steps=4, eval_examples=12)
-if sys.argv[3] == "objects":   # the ShapeWorld presets' model: object detector + relation head
+if sys.argv[3] in ("objects", "both"):   # the ShapeWorld presets' model: object detector + relation head
     overrides.update(train_examples=128, detector_examples=64, detector_epochs=1,
                      model=dict(image_size=64, vision="objects", relation_head=True, dim=16, num_layers=1,
                                 num_heads=2))
-config = capstone.resolve_config("tiny", **overrides)
+modality = "both" if sys.argv[3] == "both" else "image"     # both: lesson 09's audio side too
+config = capstone.resolve_config("tiny", modality=modality, **overrides)
 metrics = capstone.train(config, sys.argv[2], progress=False)
 """
 
 
-@pytest.mark.parametrize("vision", ["grid", "objects"])
+@pytest.mark.parametrize("vision", ["grid", "objects", "both"])
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_capstone_trains_without_tensorflow(backend, vision, tmp_path):
     if importlib.util.find_spec(backend) is None:

@@ -32,6 +32,22 @@ def test_run_folder_refuses_another_config_and_truncates_history(tmp_path):
     assert [r["step"] for r in folder.history(10)] == [1, 2, 3, 4, 5]   # the torn line is ignored
 
 
+def test_a_run_folder_from_before_a_new_config_field_still_resumes(tmp_path):
+    """A field added to RunConfig since the run started (here modality_dropout) takes its
+    default, so an older run folder resumes; a different value is still refused."""
+    folder = capstone.RunFolder(tmp_path)
+    config = capstone.resolve_config("tiny")
+    folder.start(config)
+    saved = json.loads(folder.config_path.read_text())
+    del saved["modality_dropout"]
+    folder.config_path.write_text(json.dumps(saved))
+    assert folder.start(config) is True
+    both = capstone.RunFolder(tmp_path / "both")
+    both.start(capstone.resolve_config("tiny", modality="both"))
+    with pytest.raises(ValueError, match="different config"):
+        both.start(capstone.resolve_config("tiny", modality="both", modality_dropout=0.0))
+
+
 def test_load_config_of_a_non_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         capstone.load_config(tmp_path)
@@ -95,6 +111,8 @@ def test_vqa_data_has_questions_and_no_captions(tmp_path):
     ({"train_examples": "100"}, TypeError, "train_examples"),
     ({"train_examples": 10**9}, ValueError, "train_examples"),
     ({"learning_rate": float("nan")}, ValueError, "learning_rate"),
+    ({"modality": "both", "modality_dropout": 1.5}, ValueError, "modality_dropout"),
+    ({"modality_dropout": 0.3}, ValueError, "needs modality 'both'"),
 ])
 def test_run_config_bad_fields(change, error, word):
     from mmlm_course.capstone import RunConfig

@@ -217,12 +217,11 @@ def test_photo_runs_train_on_every_caption_and_hold_out_a_tenth_of_the_images(tm
     assert "broken.jpg" in (tmp_path / "run" / "skipped.txt").read_text()
 
 
-def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monkeypatch):
-    """Lesson 09's model as the main job: stage 0 pretrains the audio encoder with CTC, the
-    run folder and resume are the image runs', and `generate --audio` reads a WAV file."""
-    from mmlm_course import audio_io, capstone, shapeworld, training
+def _run_killed_at_step_5_then_resumed(modality, tmp_path, monkeypatch):
+    """A tiny run of ``modality`` killed after step 5, then resumed: (run folder, metrics)."""
+    from mmlm_course import capstone, training
 
-    config = capstone.resolve_config("tiny", modality="audio")
+    config = capstone.resolve_config("tiny", modality=modality)
     run, lines = tmp_path / "run", []
     monkeypatch.setattr(training, "train_steps", _killed_at(5))
     with pytest.raises(KeyboardInterrupt):
@@ -230,9 +229,19 @@ def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monk
     monkeypatch.undo()
     assert "stage 0: pretraining the audio encoder with CTC for 4 steps" in lines
     saved = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    assert saved == 4                                            # checkpoint_every=4: step 5 is redone
     metrics = capstone.train(config, run, progress=False, log=lines.append)
     assert f"resumed from step {saved} " in " ".join(lines) + " "
     assert [r["step"] for r in _history(run)] == list(range(1, config.total_steps + 1))
+    return run, metrics
+
+
+def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monkeypatch):
+    """Lesson 09's model as the main job: stage 0 pretrains the audio encoder with CTC, the
+    run folder and resume are the image runs', and `generate --audio` reads a WAV file."""
+    from mmlm_course import audio_io, shapeworld
+
+    run, metrics = _run_killed_at_step_5_then_resumed("audio", tmp_path, monkeypatch)
     assert 0.0 <= metrics["test"]["caption_truth"] <= 1.0 and {"test", "compositional"} <= set(metrics)
     assert (run / "samples.png").exists() and (run / "model.keras").exists()
 
@@ -251,11 +260,43 @@ def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monk
     assert too_long.returncode == 2 and "1.6 s" in too_long.stderr
 
 
+def test_a_run_of_both_sees_and_hears_resumes_and_answers_about_an_image_and_a_sound(tmp_path, monkeypatch):
+    """``--modality both``: stage 0 pretrains the audio encoder, a killed run resumes, the
+    metrics add the test split with each input muted, and `generate` takes both files."""
+    import keras
+
+    from mmlm_course import audio_io, audiovisual, capstone, shapeworld
+
+    run, metrics = _run_killed_at_step_5_then_resumed("both", tmp_path, monkeypatch)
+    assert {"test", "compositional", "test_image_only", "test_sound_only"} <= set(metrics)
+    assert isinstance(keras.models.load_model(run / "model.keras", compile=False), audiovisual.AudioVisualLLaVA)
+
+    scene = shapeworld.generate(1, "test")
+    image, wav = tmp_path / "scene.png", audio_io.save_wav(tmp_path / "scene.wav",
+                                                           shapeworld.render_sound(scene.scenes[0]))
+    Image.fromarray(scene.images[0]).save(image)
+    generate = [sys.executable, "-m", "mmlm_course.tools.cli", "generate", "--run", str(run)]
+    for files in (["--image", str(image), "--audio", str(wav)], ["--image", str(image)], ["--audio", str(wav)]):
+        answer = subprocess.run(generate + files + ["--prompt", "how many objects are there?"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=600)   # modality dropout: either input alone
+        assert answer.returncode == 0, answer.stderr
+    wrong = subprocess.run(generate, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 2 and "neither --image nor --audio" in wrong.stderr and "Traceback" not in wrong.stderr
+    # trained without modality dropout, the model needs both inputs
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "modality_dropout": 0.0}))
+    wrong = subprocess.run(generate + ["--image", str(image)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert wrong.returncode == 2 and "--image FILE --audio FILE" in wrong.stderr, wrong.stderr
+    with pytest.raises(ValueError, match="an image and a sound"):
+        capstone.generate_from_run(run, image)
+
+
 def test_audio_runs_refuse_a_photo_dataset():
     from mmlm_course import capstone
 
-    with pytest.raises(ValueError, match="ShapeWorld's sounds"):
-        capstone.resolve_config("tiny", data="flickr8k:/nowhere", modality="audio")
+    for modality in ("audio", "both"):
+        with pytest.raises(ValueError, match="ShapeWorld's sounds"):
+            capstone.resolve_config("tiny", data="flickr8k:/nowhere", modality=modality)
     with pytest.raises(ValueError, match="modality"):
         capstone.resolve_config("tiny", modality="video")
 

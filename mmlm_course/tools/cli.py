@@ -165,12 +165,21 @@ def cmd_generate(args) -> int:
     from mmlm_course import capstone
 
     env.quiet_import_tensorflow()
-    given = "audio" if args.audio is not None else "image"
+    given = {(True, False): "image", (False, True): "audio", (True, True): "both"}.get(
+        (args.image is not None, args.audio is not None))
     try:
-        modality = capstone.load_config(args.run).modality
-        if modality != given:
-            raise ValueError(f"{args.run} is a run of the {modality} model: give it --{modality} FILE, not --{given}.")
-        print(capstone.generate_from_run(args.run, args.audio or args.image, args.prompt, args.max_new_tokens))
+        config = capstone.load_config(args.run)
+        allowed = {"both": ("both", "image", "audio") if config.modality_dropout else ("both",)}.get(
+            config.modality, (config.modality,))
+        if given not in allowed:
+            wanted = " or ".join({"both": "--image FILE --audio FILE"}.get(a, f"--{a} FILE") for a in allowed)
+            got = {"both": "--image and --audio", None: "neither --image nor --audio"}.get(given, f"--{given}")
+            model = "image and audio" if config.modality == "both" else config.modality
+            raise ValueError(f"{args.run} is a run of the {model} model: give it {wanted}, not {got}.")
+        if config.modality == "both":
+            print(capstone.generate_from_run(args.run, args.image, args.prompt, args.max_new_tokens, audio=args.audio))
+        else:
+            print(capstone.generate_from_run(args.run, args.audio or args.image, args.prompt, args.max_new_tokens))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -249,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="shapeworld",
                    help="shapeworld (default, generated), flickr8k:ROOT, coco:CAPTIONS_JSON,IMAGE_DIR or "
                         "vqa:QUESTIONS_JSON,ANNOTATIONS_JSON,IMAGE_DIR (real data you downloaded yourself)")
-    p.add_argument("--modality", default="image", choices=("image", "audio"),
-                   help="image (default): lesson 08's model; audio: lesson 09's model on ShapeWorld's sounds")
+    p.add_argument("--modality", default="image", choices=("image", "audio", "both"),
+                   help="image (default): lesson 08's model; audio: lesson 09's model on ShapeWorld's sounds; both: "
+                        "one model that sees the picture and hears the sound of each scene")
     p.add_argument("--out", type=Path, default=Path("runs") / "capstone",
                    help="run folder; an existing one is resumed (default: %(default)s)")
     p.add_argument("--steps", type=int, help="total training steps, overriding the preset's (10%% projector-only)")
@@ -261,13 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="caption an image or a sound, or answer a question, with a trained run",
                        description="Load a run folder written by `mmlm-course train` and answer a prompt about an "
-                                   "image (an image run) or a sound file (an audio run).")
+                                   "image (an image run), a sound file (an audio run) or both (a run of both).")
     p.add_argument("--run", type=Path, required=True, help="run folder written by `mmlm-course train`")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", type=Path, help="image file (any size or mode; converted to RGB and resized)")
-    source.add_argument("--audio", type=Path,
-                        help="sound file for an audio run: WAV, FLAC, OGG or MP3 (any rate and channels; "
-                             "at most 1.6 s)")
+    p.add_argument("--image", type=Path, help="image file (any size or mode; converted to RGB and resized)")
+    p.add_argument("--audio", type=Path,
+                   help="sound file for an audio run (or, with --image, a run of both): WAV, FLAC, OGG or MP3 (any "
+                        "rate and channels; at most 1.6 s)")
     p.add_argument("--prompt", default="", help="a question; empty (default) asks for a caption")
     p.add_argument("--max-new-tokens", type=int, default=20, help="longest answer in tokens (default: %(default)s)")
     p.set_defaults(func=cmd_generate)
