@@ -22,7 +22,10 @@ Lesson 08's recipe with an ear instead of an eye (Qwen-Audio, SALMONN; Whisper's
   audio LLM uses it;
 - `AudioLLaVA`: the pretrained front end (frozen), lesson 08's projector, and lesson 07's
   `DecoderLM` reading the audio tokens in front of the text; trained with the answer-only
-  loss in lesson 08's two stages (`stages.compile_for_stage`);
+  loss in lesson 08's two stages (`stages.compile_for_stage`). Its tokens are stacked
+  frames, or (``tokens="notes"``) `note_tokens`: the transcriber's best path read as one
+  token per note, with lesson 08's object features and the note's time for its place, so
+  that lesson 08's `RelationHead` can compare where two notes are;
 - `generate_texts` and `evaluate`: greedy captions and answers, scored with the sound
   verifier.
 
@@ -37,16 +40,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlm_course import audio, encoders, generation, instructions, preprocessing, shapeworld
+from mmlm_course import audio, detector, encoders, generation, instructions, preprocessing, shapeworld
 from mmlm_course import language_model as lm
 from mmlm_course.mllm import ImageTokenProjector
-from mmlm_course.validation import (as_array, positive_int, require_array_budget, require_float, require_int,
-                                    require_int_dtype, require_rank, require_scene)
+from mmlm_course.relation_head import RelationHead
+from mmlm_course.validation import (as_array, positive_int, require_array_budget, require_choice, require_float,
+                                    require_int, require_int_dtype, require_rank, require_scene)
 
-__all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "SoundData", "generate", "sound_features",
-           "note_labels", "note_label_rows", "caption_is_true_of_sound", "stack_frames", "ctc_greedy_decode",
-           "AudioFrontEnd", "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber", "transcribe", "notes_text", "exact_transcriptions",
-           "make_examples", "generate_texts", "evaluate"]
+__all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "TOKENS", "SoundData", "generate",
+           "sound_features", "note_labels", "note_label_rows", "caption_is_true_of_sound", "stack_frames",
+           "ctc_greedy_decode", "note_tokens", "AudioFrontEnd", "CTCTranscriber", "AudioLLaVA", "pretrain_transcriber",
+           "transcribe", "notes_text", "exact_transcriptions", "make_examples", "generate_texts", "evaluate"]
 
 SOUND_RELATIONS = ("to the left of", "to the right of")    # what the order of the tones tells
 NOTE_WORDS = shapeworld.SIZES + shapeworld.COLOR_NAMES + shapeworld.SHAPES   # CTC labels 1..11, 0 is the blank
@@ -193,6 +197,35 @@ def ctc_greedy_decode(frame_ids, blank: int = 0) -> list[int]:
     return out
 
 
+def note_tokens(logits, num_notes: int = shapeworld.MAX_OBJECTS):
+    """The ear's object tokens: CTC logits float (B, F, 12) -> note tokens float32 (B, K, 14)
+    in `detector.OBJECT_FEATURES` order, so that lesson 08's projector and relation head
+    read a note as they read an object the detector found.
+
+    The best path of `ctc_greedy_decode`, for every clip at once in ``keras.ops``: a label
+    is *emitted* at a frame whose arg-max is not the blank and differs from the frame
+    before. Each three emitted labels are one note (its size, colour and shape, the order
+    `note_labels` trains). Note k's ``p(word)`` features are the probabilities of its
+    emitted labels at their frames; its ``x`` the mean time of those frames (0 at the
+    clip's start, 1 at its end): *when* it sounds, which says where it lies; its ``y`` 0.5
+    (a sound has no height); its objectness 1. A note not heard is all zeros.
+    """
+    logits = ops.cast(logits, "float32")
+    ids = ops.argmax(logits, axis=-1)                                              # (B, F)
+    before = ops.pad(ids[:, :-1], [[0, 0], [1, 0]])                                # the frame before (a blank at 0)
+    emitted = ops.logical_and(ids != 0, ids != before)                             # (B, F): a label starts here
+    note = (ops.cumsum(ops.cast(emitted, "int32"), axis=1) - 1) // 3               # (B, F): the note it belongs to
+    member = ops.cast(ops.logical_and(emitted[..., None], note[..., None] == ops.arange(num_notes)), "float32")
+    probabilities = ops.softmax(logits, axis=-1)[..., 1:]                          # (B, F, 11): the words, no blank
+    words = ops.einsum("bfk,bfw->bkw", member, probabilities)                      # (B, K, 11) in NOTE_WORDS order
+    columns = [detector.OBJECT_FEATURES.index(f"p({word})") for word in NOTE_WORDS]
+    attributes = ops.matmul(words, ops.convert_to_tensor(np.eye(len(NOTE_WORDS), dtype="float32")[columns]))
+    heard = ops.sum(member, axis=1)                                                # (B, K): labels of each note
+    time = ops.einsum("bfk,f->bk", member, ops.linspace(0.0, 1.0, ops.shape(logits)[1])) / ops.maximum(heard, 1.0)
+    present = ops.cast(heard > 0, "float32")                                       # (B, K)
+    return ops.concatenate([attributes, ops.stack([time, 0.5 * present, present], axis=-1)], axis=-1)   # (B, K, 14)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -314,6 +347,9 @@ def exact_transcriptions(transcriber: CTCTranscriber, data: SoundData) -> float:
     return float(np.mean([text == notes_text(row) for text, row in zip(heard, data.labels)]))
 
 
+TOKENS = ("frames", "notes")
+
+
 @_register
 class AudioLLaVA(keras.Model):
     """Audio tokens in front of the text of a `DecoderLM`: lesson 08's `LLaVAModel` with an
@@ -321,27 +357,50 @@ class AudioLLaVA(keras.Model):
 
     ``model({"log_mels": float (B, frames, 40), "token_ids": int (B, T)})`` -> next-token
     logits float32 (B, T, vocab_size) of the T text positions. Parts: ``encoder`` (the
-    front end, pretrained by a `CTCTranscriber` and frozen: ``encoder_is_pretrained``);
-    the connector, `stack_frames` by ``stack`` and lesson 08's `ImageTokenProjector` (a
-    two-layer MLP per token); ``language_model`` (max_length = P + max_text_length, with
-    P = ``num_audio_tokens`` = ceil(feature frames / stack)).
+    front end, pretrained by a `CTCTranscriber` and frozen: ``encoder_is_pretrained``); the
+    audio tokens, by ``tokens``:
+
+    - ``"frames"``: `stack_frames` by ``stack``, P = ceil(feature frames / stack) tokens of
+      k * audio_dim numbers (Qwen-Audio's and SALMONN's way);
+    - ``"notes"``: the transcriber's CTC head too (``ctc_head``, frozen), its best path read
+      as `note_tokens`, P = 4 tokens of lesson 08's 14 object features, centre rescaled
+      (`detector.CentredPositions`), as lesson 08 reads the detector's objects;
+
+    then lesson 08's `ImageTokenProjector` (a two-layer MLP per token) and ``language_model``
+    (max_length = P + max_text_length). ``relation_head=True`` (notes only) adds lesson 08's
+    `RelationHead`, reading the note tokens, to the logits.
     """
 
     encoder_is_pretrained = True
 
     def __init__(self, vocab_size: int, frames: int = 158, audio_dim: int = 64, stack: int = 8, dim: int = 64,
-                 num_layers: int = 2, num_heads: int = 4, max_text_length: int = 20, **kwargs):
+                 num_layers: int = 2, num_heads: int = 4, max_text_length: int = 20, tokens: str = "frames",
+                 relation_head: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = require_int(vocab_size, "vocab_size", low=2)
         self.max_text_length = require_int(max_text_length, "max_text_length", low=3)
         self.stack = positive_int(stack, "stack")
-        self.encoder = AudioFrontEnd(frames, dim=audio_dim, name="encoder", dtype=self.dtype_policy)
-        self.num_audio_tokens = -(-self.encoder.output_frames // self.stack)
-        self.projector = ImageTokenProjector(self.num_audio_tokens, self.stack * audio_dim, dim, name="projector",
-                                             dtype=self.dtype_policy)
+        self.tokens = require_choice(tokens, TOKENS, "tokens")
+        if relation_head not in (True, False) or (relation_head and tokens != "notes"):
+            raise ValueError(f"relation_head=True reads note tokens: it needs tokens='notes', got "
+                             f"relation_head={relation_head!r} with tokens={tokens!r}.")
+        policy = self.dtype_policy
+        self.encoder = AudioFrontEnd(frames, dim=audio_dim, name="encoder", dtype=policy)
+        if self.tokens == "notes":
+            self.ctc_head = keras.layers.Dense(len(NOTE_WORDS) + 1, name="ctc_head", dtype=policy)
+            self.centred = detector.CentredPositions(name="centred_positions", dtype=policy)
+            self.num_audio_tokens, self.token_width = shapeworld.MAX_OBJECTS, len(detector.OBJECT_FEATURES)
+        else:
+            self.ctc_head = None
+            self.num_audio_tokens = -(-self.encoder.output_frames // self.stack)
+            self.token_width = self.stack * audio_dim
+        self.projector = ImageTokenProjector(self.num_audio_tokens, self.token_width, dim, name="projector",
+                                             dtype=policy)
         self.language_model = lm.DecoderLM(self.vocab_size, max_length=self.num_audio_tokens + max_text_length,
                                            dim=dim, num_layers=num_layers, num_heads=num_heads,
-                                           name="language_model", dtype=self.dtype_policy)
+                                           name="language_model", dtype=policy)
+        self.relation_head = (RelationHead(self.vocab_size, max_text_length, dim, name="relation_head", dtype=policy)
+                              if relation_head else None)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -349,22 +408,47 @@ class AudioLLaVA(keras.Model):
 
     def build(self, input_shape=None):
         self.encoder.build((None, self.encoder.frames, self.encoder.mel_bins))
-        self.projector.build((None, self.num_audio_tokens, self.stack * self.encoder.dim))
+        if self.ctc_head is not None:
+            self.ctc_head.build((None, self.encoder.output_frames, self.encoder.dim))
+        feature_shape = (None, self.num_audio_tokens, self.token_width)
+        self.projector.build(feature_shape)
         self.language_model.build()
+        if self.relation_head is not None:
+            self.relation_head.build(feature_shape)
         self.built = True
+
+    def load_transcriber(self, transcriber: "CTCTranscriber") -> None:
+        """Copy a pretrained `CTCTranscriber` in: its front end, and its head for note tokens."""
+        if not isinstance(transcriber, CTCTranscriber):
+            raise TypeError(f"transcriber must be a CTCTranscriber (pretrain_transcriber), got "
+                            f"{type(transcriber).__name__}.")
+        self.encoder.set_weights(transcriber.front_end.get_weights())
+        if self.ctc_head is not None:
+            self.ctc_head.set_weights(transcriber.head.get_weights())
+
+    def audio_features(self, log_mels, training=None):
+        """float (B, frames, 40) -> what the projector reads: stacked frames (B, P, k * audio_dim)
+        or note tokens (B, 4, 14)."""
+        frames = self.encoder(log_mels, training=training)                       # (B, F', audio_dim)
+        if self.ctc_head is None:
+            return stack_frames(frames, self.stack)                              # (B, P, k * audio_dim)
+        return self.centred(note_tokens(self.ctc_head(frames)))                  # (B, 4, 14)
 
     def audio_tokens(self, log_mels, training=None):
         """float (B, frames, 40) -> projected audio tokens (B, P, dim)."""
-        frames = self.encoder(log_mels, training=training)                       # (B, F', audio_dim)
-        return self.projector(stack_frames(frames, self.stack))                  # (B, P, dim)
+        return self.projector(self.audio_features(log_mels, training=training))  # (B, P, dim)
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict) or set(inputs) != {"log_mels", "token_ids"}:
             got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
             raise ValueError(f"{self.name}: expected a dict {{'log_mels': (B, frames, 40), 'token_ids': int (B, T)}}, "
                              f"got {got}.")
-        prefix = self.audio_tokens(inputs["log_mels"], training=training)                        # (B, P, dim)
-        return self.language_model(inputs["token_ids"], prefix_embeddings=prefix, training=training)  # (B, T, V)
+        features = self.audio_features(inputs["log_mels"], training=training)                   # (B, P, width)
+        logits = self.language_model(inputs["token_ids"], prefix_embeddings=self.projector(features),
+                                     training=training)                                         # (B, T, V)
+        if self.relation_head is None:
+            return logits
+        return logits + ops.cast(self.relation_head(features, inputs["token_ids"]), logits.dtype)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Mean cross-entropy over the answer tokens (targets != 0)."""
@@ -374,7 +458,8 @@ class AudioLLaVA(keras.Model):
         d = self.language_model
         return {**super().get_config(), "vocab_size": self.vocab_size, "frames": self.encoder.frames,
                 "audio_dim": self.encoder.dim, "stack": self.stack, "dim": d.dim, "num_layers": len(d.blocks),
-                "num_heads": d.num_heads, "max_text_length": self.max_text_length}
+                "num_heads": d.num_heads, "max_text_length": self.max_text_length, "tokens": self.tokens,
+                "relation_head": self.relation_head is not None}
 
 
 # --------------------------------------------------------------------------- training rows, generation, scores

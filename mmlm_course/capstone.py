@@ -134,20 +134,23 @@ PRESETS: dict[str, dict] = {
 
 
 # Lesson 09's audio model per preset: ShapeWorld's sounds (log-mels take 25 KB a clip, so
-# fewer clips than images), the front end pretrained with CTC, the language model's sizes.
+# fewer clips than images), the front end pretrained with CTC, its best path read as note
+# tokens with lesson 08's relation head (`audio_lm.AudioLLaVA`), the language model's sizes.
+# The `cpu` preset is the recipe of `mmlm-course benchmark --only audio_lm`.
+_SOUND_MODEL = dict(tokens="notes", relation_head=True)
 AUDIO_PRESETS: dict[str, dict] = {
     "tiny": dict(train_examples=64, eval_examples=12, batch_size=16, ctc_steps=4, stage1_steps=2, stage2_steps=6,
-                 checkpoint_every=4, model=dict(dim=32, num_layers=1, num_heads=2)),
+                 checkpoint_every=4, model=dict(_SOUND_MODEL, dim=32, num_layers=1, num_heads=2)),
     "notebook": dict(train_examples=3000, eval_examples=200, batch_size=32, ctc_steps=300, stage1_steps=30,
-                     stage2_steps=800, pretrain_epochs=0, checkpoint_every=200, model=dict(num_layers=2)),
+                     stage2_steps=800, pretrain_epochs=0, checkpoint_every=200, model=dict(_SOUND_MODEL, num_layers=2)),
     "cpu": dict(train_examples=6000, eval_examples=500, batch_size=32, ctc_steps=800, stage1_steps=50,
-                stage2_steps=2500, pretrain_epochs=0, checkpoint_every=250, model=dict(num_layers=2)),
+                stage2_steps=8000, pretrain_epochs=0, checkpoint_every=500, model=dict(_SOUND_MODEL, num_layers=2)),
     "colab-t4": dict(train_examples=20000, eval_examples=2000, batch_size=128, ctc_steps=2000, stage1_steps=200,
                      stage2_steps=6000, learning_rate=1e-3, checkpoint_every=500, mixed_precision=True,
-                     jit_compile=True, model=dict(dim=256, num_layers=4, num_heads=8)),
+                     jit_compile=True, model=dict(_SOUND_MODEL, dim=256, num_layers=4, num_heads=8)),
     "gpu-large": dict(train_examples=50000, eval_examples=5000, batch_size=256, ctc_steps=4000, stage1_steps=300,
                       stage2_steps=10000, learning_rate=8e-4, checkpoint_every=1000, mixed_precision=True,
-                      jit_compile=True, model=dict(dim=512, num_layers=6, num_heads=8)),
+                      jit_compile=True, model=dict(_SOUND_MODEL, dim=512, num_layers=6, num_heads=8)),
 }
 # Lesson 10's model of both inputs: each preset's image model with lesson 09's audio front
 # end beside it, on as many scenes as the audio preset and with its CTC pretraining.
@@ -344,7 +347,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     hears, sees = config.modality != "image", config.modality != "audio"
     decoder = model.language_model
     log("model: " + ", ".join(([f"vision {model.config.vision!r}"] if sees else [])
-                              + (["relation head"] if sees and model.config.relation_head else [])
+                              + (["relation head"] if getattr(model, "relation_head", None) is not None else [])
                               + ([f"{model.num_audio_tokens} audio tokens"] if hears else [])
                               + [f"{len(decoder.blocks)} layers of width {decoder.dim}"]))
     jit = config.jit_compile and has_gpu
@@ -367,7 +370,10 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
         if hears:
             log(f"stage 0: pretraining the audio encoder with CTC for {config.ctc_steps} steps")
             transcriber = audio_lm.pretrain_transcriber(data.scenes, config.ctc_steps, seed=config.seed)
-            (model.audio_encoder if sees else model.encoder).set_weights(transcriber.front_end.get_weights())
+            if sees:
+                model.audio_encoder.set_weights(transcriber.front_end.get_weights())
+            else:
+                model.load_transcriber(transcriber)
         if uses_detector:
             world = data.scenes.world if hears else data.scenes
             scenes = world.subset(range(min(config.detector_examples, len(world))))

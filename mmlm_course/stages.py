@@ -55,7 +55,8 @@ def _staged_parts(model) -> list:
         return parts + ([(audio_encoder, False)] if audio_encoder is not None else [])
     if isinstance(model, keras.Model) and all(hasattr(model, name) for name in
                                               ("encoder", "projector", "language_model", "encoder_is_pretrained")):
-        return [(model.encoder, not model.encoder_is_pretrained)]
+        head = getattr(model, "ctc_head", None)                 # note tokens read the transcriber's head too
+        return [(model.encoder, not model.encoder_is_pretrained)] + ([(head, False)] if head is not None else [])
     raise TypeError(f"model must be an mllm model from mllm.build_model or an audio_lm.AudioLLaVA, got "
                     f"{type(model).__name__}.")
 

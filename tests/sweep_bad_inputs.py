@@ -82,7 +82,7 @@ SKIPPED = {
     "capstone.build_run_model": "builds a whole model", "audiovisual.AudioVisualData": "plain record",
     "audiovisual.AudioVisualLLaVA": "builds a whole model", "audiovisual.build_model": "builds a whole model",
     "audiovisual.generate_texts": "needs a trained model", "audiovisual.evaluate": "needs a trained model",
-    "audiovisual.make_examples": "needs AudioVisualData", "audio_lm.CTCTranscriber": "builds a whole model",
+    "audiovisual.make_examples": "needs AudioVisualData", "audiovisual.silence": "no arguments", "audio_lm.CTCTranscriber": "builds a whole model",
     "audio_lm.AudioLLaVA": "builds a whole model", "audio_lm.make_examples": "needs SoundData",
     "detector.build_object_encoder": "builds two models", "qa.build_qa_model": "builds a whole model",
     "grid_encoder.GridCoordinates": "initializer (swept through GridImageEncoder)",
@@ -323,7 +323,7 @@ NUMERIC_SKIP_KEYS = {"name", "title", "what", "of", "first_name", "second_name"}
 def build_cases():
     """[(qualified name, callable, kwargs factory)]: one valid call per public function."""
     import numpy as np
-    from mmlm_course import (attention, audio, audio_lm, capstone, datasets, detector, encoders, fusion,
+    from mmlm_course import (attention, audio, audio_lm, audiovisual, capstone, datasets, detector, encoders, fusion,
                              grid_encoder, instructions, language_model, losses, metrics, mllm, preprocessing, qa,
                              relation_head, retrieval, retrieval_training, shapeworld, training)
 
@@ -433,6 +433,13 @@ def build_cases():
     case("audio_lm.ctc_greedy_decode", m.ctc_greedy_decode, lambda: dict(frame_ids=np.array([0, 3, 3, 0, 4]), blank=0))
     case("audio_lm.notes_text", m.notes_text, lambda: dict(labels=[1, 2, 3]))
     case("audio_lm.AudioFrontEnd", m.AudioFrontEnd, lambda: dict(frames=16, mel_bins=8, dim=8))
+    case("audio_lm.note_label_rows", m.note_label_rows, lambda: dict(scenes=[scene, scene]))
+    case("audio_lm.note_tokens", m.note_tokens, lambda: dict(logits=f32(2, 10, 12), num_notes=4))
+
+    m = audiovisual
+    case("audiovisual.generate", m.generate, lambda: dict(num_examples=2, split="train", seed=0, image_size=64,
+                                                            augment=False))
+    case("audiovisual.split_fields", m.split_fields, lambda: dict(fields=dict(image_size=32, dim=16, stack=8)))
 
     m = attention
     case("attention.MultiHeadAttention", m.MultiHeadAttention,

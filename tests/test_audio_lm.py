@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import keras
-from mmlm_course import audio_lm, instructions, preprocessing, shapeworld, stages, training
+from keras import ops
+from mmlm_course import audio_lm, detector, instructions, preprocessing, shapeworld, stages, training
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,71 @@ def test_a_copied_front_end_computes_the_same_features_as_the_one_it_copies(data
     model.build()
     model.encoder.set_weights(trained.get_weights())
     assert np.allclose(np.asarray(model.encoder(data.log_mels)), np.asarray(trained(data.log_mels)), atol=1e-6)
+
+
+def test_note_tokens_group_the_best_path_in_threes_and_place_each_note_in_time():
+    """CTC logits of "large red circle" then "small blue square" -> two note tokens with
+    those words' features, the first earlier; the other two tokens are empty."""
+
+    labels = [1 + audio_lm.NOTE_WORDS.index(w) for w in "large red circle small blue square".split()]
+    ids = np.zeros(40, int)
+    for j, label in enumerate(labels):
+        ids[2 + 6 * j: 4 + 6 * j] = label            # each label held two frames, then blanks
+    ids[5] = labels[0]                                # a label again after a blank: a new emission
+    logits = np.eye(12, dtype=np.float32)[ids][None] * 20.0
+    tokens = np.asarray(audio_lm.note_tokens(logits))
+    features = detector.OBJECT_FEATURES
+    assert tokens.shape == (1, 4, 14)
+    # "large" emitted twice: the notes shift by one label, as best-path decoding would read it
+    assert tokens[0, 0, features.index("p(large)")] > 1.9 and tokens[0, 1, features.index("objectness")] == 1.0
+    clean = ids.copy()
+    clean[5] = 0
+    tokens = np.asarray(audio_lm.note_tokens(np.eye(12, dtype=np.float32)[clean][None] * 20.0))[0]
+    for k, words in enumerate((("large", "red", "circle"), ("small", "blue", "square"))):
+        on = [features.index(f"p({w})") for w in words]
+        assert np.allclose(tokens[k, on], 1.0, atol=1e-3) and np.allclose(np.delete(tokens[k, :11], on), 0, atol=1e-3)
+        assert tokens[k, features.index("y")] == 0.5 and tokens[k, features.index("objectness")] == 1.0
+    assert 0 < tokens[0, features.index("x")] < tokens[1, features.index("x")] < 1
+    assert not tokens[2:].any()
+
+
+def test_a_note_token_model_reads_four_tokens_with_the_relation_head_and_keeps_the_transcriber_frozen(data, tokenizer,
+                                                                                                      tmp_path):
+    keras.utils.set_random_seed(0)
+    transcriber = audio_lm.CTCTranscriber()
+    transcriber.build()
+    transcriber.front_end.adapt(data.log_mels)
+    model = audio_lm.AudioLLaVA(len(tokenizer), num_layers=1, tokens="notes", relation_head=True)
+    model.build()
+    model.load_transcriber(transcriber)
+    assert model.num_prefix_tokens == 4 and model.language_model.max_length == 4 + model.max_text_length
+    ctc = ops.convert_to_numpy(transcriber(data.log_mels))
+    expected = np.asarray(detector.CentredPositions()(audio_lm.note_tokens(ctc)))
+    assert np.allclose(np.asarray(model.audio_features(data.log_mels)), expected, atol=1e-5)
+    x, y = audio_lm.make_examples(data, tokenizer, model.max_text_length)
+    for stage in (1, 2):
+        stages.compile_for_stage(model, stage, 1e-3, total_steps=4)
+        assert model.ctc_head.trainable_weights == [] and model.encoder.trainable_weights == []
+        assert model.relation_head.trainable_weights and model.projector.trainable_weights
+        training.train_steps(model, x, y, 2, batch_size=8)
+    model.save(tmp_path / "notes.keras")
+    loaded = keras.models.load_model(tmp_path / "notes.keras", compile=False)
+    assert loaded.tokens == "notes" and loaded.relation_head is not None
+    assert np.allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+    with pytest.raises(ValueError, match="tokens='notes'"):
+        audio_lm.AudioLLaVA(len(tokenizer), relation_head=True)
+    with pytest.raises(TypeError, match="CTCTranscriber"):
+        model.load_transcriber(model)
+
+
+def test_the_audio_benchmark_runs_both_models_on_a_tiny_recipe(monkeypatch):
+    from mmlm_course.quality import lesson09
+
+    monkeypatch.setattr(lesson09, "RECIPE", dict(train=80, evaluate=8, ctc_steps=2, ctc_rate=2e-3, stage1_steps=2,
+                                                 stage2_steps=2, rate=3e-3, batch=8))
+    figures = lesson09.audio_lm_task()
+    for prefix in ("frames_", ""):
+        for split in ("test", "compositional"):
+            assert 0.0 <= figures[f"{prefix}{split}_caption_truth"] <= 1.0
+            assert 0.0 <= figures[f"{prefix}{split}_qa"] <= 1.0
+    assert figures["reached"] == (figures["test_caption_truth"] >= 0.9 and figures["test_qa"] >= 0.95)

@@ -113,22 +113,23 @@ transcriber.front_end.adapt(data.log_mels)
 transcriber.compile(optimizer=keras.optimizers.Adam(1e-3))
 ctc = training.train_steps(transcriber, data.log_mels, data.labels, 2, batch_size=4)
 tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
-model = audio_lm.AudioLLaVA(len(tokenizer), num_layers=1)
-model.build()
-model.encoder.set_weights(transcriber.front_end.get_weights())
-stages.compile_for_stage(model, 2, 1e-3, total_steps=4)
-x, y = audio_lm.make_examples(data, tokenizer, model.max_text_length)
-log = training.train_steps(model, x, y, 2, batch_size=4)
-result = audio_lm.evaluate(model, tokenizer, data)
-assert np.isfinite(ctc["loss"]).all() and np.isfinite(log["loss"]).all(), (ctc, log)
+for options in (dict(tokens="frames"), dict(tokens="notes", relation_head=True)):
+    model = audio_lm.AudioLLaVA(len(tokenizer), num_layers=1, **options)
+    model.build()
+    model.load_transcriber(transcriber)
+    stages.compile_for_stage(model, 2, 1e-3, total_steps=4)
+    x, y = audio_lm.make_examples(data, tokenizer, model.max_text_length)
+    log = training.train_steps(model, x, y, 2, batch_size=4)
+    result = audio_lm.evaluate(model, tokenizer, data)
+    assert np.isfinite(ctc["loss"]).all() and np.isfinite(log["loss"]).all(), (ctc, log)
 print("audio", len(audio_lm.transcribe(transcriber, data.log_mels)), round(result["qa_exact_match"], 3))
 """
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_audio_language_model_trains_without_tensorflow(backend):
-    """Lesson 09's CTC transcriber (keras.ops.ctc_loss) and audio LLaVA train and decode on
-    the other backends too."""
+    """Lesson 09's CTC transcriber (keras.ops.ctc_loss) and audio LLaVA (stacked frames, and
+    note tokens with the relation head) train and decode on the other backends too."""
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     result = subprocess.run([sys.executable, "-c", RUN_AUDIO, backend], cwd=ROOT,

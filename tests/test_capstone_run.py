@@ -250,7 +250,7 @@ def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monk
     answer = subprocess.run(generate + ["--audio", str(wav), "--prompt", "how many objects are there?"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert answer.returncode == 0, answer.stderr
-    assert answer.stdout.strip() == answer.stdout.strip().splitlines()[0]
+    assert answer.stdout.count("\n") == 1                       # one line: the answer (a tiny model's may be empty)
     image = tmp_path / "photo.png"
     Image.new("RGB", (64, 64)).save(image)
     wrong = subprocess.run(generate + ["--image", str(image)], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -6,9 +6,12 @@ The recipe of `mmlm_course.audio_lm` at benchmark scale, all on ShapeWorld's sou
    lesson 02's augmentation (a delay of up to 0.1 s and noise at 5 to 40 dB), each scored
    by exact transcription on the clean test clips and on noisy ones (5 dB, delayed): the
    effect of the augmentation;
-2. an `AudioLLaVA` on the augmented transcriber's front end (frozen): stage 1 (projector)
-   and stage 2 (+ language model), evaluated once on the test and compositional splits:
-   caption truth (the sound verifier) and QA exact match, per question type.
+2. two `AudioLLaVA` models on the augmented transcriber (frozen), the same stages and steps:
+   stage 1 (projector, and the relation head) and stage 2 (+ language model), each
+   evaluated once on the test and compositional splits: caption truth (the sound verifier)
+   and QA exact match, per question type. The lesson's model reads note tokens with lesson
+   08's relation head (``tokens="notes", relation_head=True``: the figures without a
+   prefix); the other reads stacked frames (``frames_``).
 
 Aims (issue 17): caption truth >= 0.90 and QA exact match >= 0.95 on the test split.
 """
@@ -41,21 +44,22 @@ def audio_lm_task() -> dict:
         print(f"  CTC trained on {name} clips: " + ", ".join(f"{k.split('trained_')[1]} {v:.1%}"
               for k, v in figures.items() if k.startswith(f"ctc_{name}")), flush=True)
     tokenizer = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
-    keras.utils.set_random_seed(0)
-    llava = audio_lm.AudioLLaVA(len(tokenizer))
-    llava.build()
-    llava.encoder.set_weights(model.front_end.get_weights())          # the augmented transcriber's front end
-    x, y = audio_lm.make_examples(augmented, tokenizer, llava.max_text_length)
-    for stage, steps in ((1, r["stage1_steps"]), (2, r["stage2_steps"])):
-        stages.compile_for_stage(llava, stage, r["rate"], total_steps=steps)
-        training.train_steps(llava, x, y, steps, batch_size=r["batch"], seed=stage)
-    for split, evaluation in (("test", test), ("compositional", compositional)):
-        result = audio_lm.evaluate(llava, tokenizer, evaluation)
-        figures[f"{split}_caption_truth"] = round(result["caption_truth"], 3)
-        figures[f"{split}_qa"] = round(result["qa_exact_match"], 3)
-        figures.update({f"{split}_qa_{kind}": round(v, 3) for kind, v in result["qa_by_type"].items()})
-        print(f"  audio LLaVA, {split}: caption truth {result['caption_truth']:.1%}, QA "
-              f"{result['qa_exact_match']:.1%}", flush=True)
+    for prefix, options in (("frames_", dict(tokens="frames")), ("", dict(tokens="notes", relation_head=True))):
+        keras.utils.set_random_seed(0)
+        llava = audio_lm.AudioLLaVA(len(tokenizer), **options)
+        llava.build()
+        llava.load_transcriber(model)                                    # the augmented transcriber
+        x, y = audio_lm.make_examples(augmented, tokenizer, llava.max_text_length)
+        for stage, steps in ((1, r["stage1_steps"]), (2, r["stage2_steps"])):
+            stages.compile_for_stage(llava, stage, r["rate"], total_steps=steps)
+            training.train_steps(llava, x, y, steps, batch_size=r["batch"], seed=stage)
+        for split, evaluation in (("test", test), ("compositional", compositional)):
+            result = audio_lm.evaluate(llava, tokenizer, evaluation)
+            figures[f"{prefix}{split}_caption_truth"] = round(result["caption_truth"], 3)
+            figures[f"{prefix}{split}_qa"] = round(result["qa_exact_match"], 3)
+            figures.update({f"{prefix}{split}_qa_{kind}": round(v, 3) for kind, v in result["qa_by_type"].items()})
+            print(f"  audio LLaVA ({options['tokens']}), {split}: caption truth {result['caption_truth']:.1%}, QA "
+                  f"{result['qa_exact_match']:.1%}", flush=True)
     figures["target_caption_truth"], figures["target_qa"] = AIMS["caption_truth"], AIMS["qa_exact_match"]
     figures["reached"] = (figures["test_caption_truth"] >= AIMS["caption_truth"]
                           and figures["test_qa"] >= AIMS["qa_exact_match"])
