@@ -45,7 +45,7 @@ from mmlm_course import language_model as lm
 from mmlm_course.mllm import ImageTokenProjector
 from mmlm_course.relation_head import RelationHead
 from mmlm_course.validation import (as_array, positive_int, require_array_budget, require_choice, require_float,
-                                    require_int, require_int_dtype, require_rank, require_scene)
+                                    require_float_dtype, require_int, require_int_dtype, require_rank, require_scene)
 
 __all__ = ["SOUND_RELATIONS", "NOTE_WORDS", "CLIP_SAMPLES", "AUGMENT", "TOKENS", "SoundData", "generate",
            "sound_features", "note_labels", "note_label_rows", "caption_is_true_of_sound", "stack_frames",
@@ -210,6 +210,13 @@ def note_tokens(logits, num_notes: int = shapeworld.MAX_OBJECTS):
     clip's start, 1 at its end): *when* it sounds, which says where it lies; its ``y`` 0.5
     (a sound has no height); its objectness 1. A note not heard is all zeros.
     """
+    logits = as_array(logits, "logits")
+    shape = require_rank(logits, (3,), "logits", "(batch, frames, labels)")
+    require_float_dtype(logits, "logits")
+    if shape[2] != len(NOTE_WORDS) + 1:
+        raise ValueError(f"logits: expected a score for the blank and each of the {len(NOTE_WORDS)} note words, "
+                         f"shape (batch, frames, {len(NOTE_WORDS) + 1}) (a CTCTranscriber's output), got {shape}.")
+    num_notes = require_int(num_notes, "num_notes", 1, 256)
     logits = ops.cast(logits, "float32")
     ids = ops.argmax(logits, axis=-1)                                              # (B, F)
     before = ops.pad(ids[:, :-1], [[0, 0], [1, 0]])                                # the frame before (a blank at 0)

@@ -171,6 +171,8 @@ class AudioVisualLLaVA(MultimodalModel):
 def split_fields(fields: dict) -> tuple[MLLMConfig, dict]:
     """A run's ``model`` dict -> (the `mllm.MLLMConfig` of the image side and the language
     model, the audio side's `AUDIO_FIELDS`)."""
+    if not isinstance(fields, dict):
+        raise TypeError(f"fields must be a dict of model sizes (a run's config.model), got {type(fields).__name__}.")
     config = MLLMConfig(**{k: v for k, v in fields.items() if k not in AUDIO_FIELDS})
     return config, {k: v for k, v in fields.items() if k in AUDIO_FIELDS}
 

@@ -226,6 +226,8 @@ VALID_BAD = {
     ("audio_lm.sound_features", "seed", "zero"): "seed 0", ("audio_lm.sound_features", "seed", "huge"): "any seed",
     ("audio_lm.generate", "seed", "zero"): "seed 0", ("audio_lm.generate", "seed", "huge"): "any seed",
     ("audio_lm.generate", "max_shift", "zero"): "no shift",
+    ("audiovisual.generate", "seed", "zero"): "seed 0", ("audiovisual.generate", "seed", "huge"): "any seed",
+    ("audiovisual.split_fields", "fields", "empty"): "{}: every size at its default",
     ("audio_lm.ctc_greedy_decode", "blank", "zero"): "blank id 0 is the default",
     ("attention.causal_mask", "offset", "zero"): "offset 0 is the default",
     ("attention.update_cache", "position", "zero"): "position 0 is the first slot",
