@@ -16,8 +16,8 @@ lesson 09's audio LLaVA; with ``modality="both"`` one model that sees and hears,
 - logs every step to ``history.jsonl`` and TensorBoard (when the ``tensorboard`` package
   is installed);
 - evaluates caption truth and question-answering exact match on the test and
-  compositional splits (ShapeWorld; a model of both inputs also with the sound muted and
-  with the picture blanked, on the test split), or BLEU-4, CIDEr-D and exact match on the held-out photos of
+  compositional splits (ShapeWorld; a model of both inputs also with the sound muted, on
+  both splits, and with the picture black, on the test split), or BLEU-4, CIDEr-D and exact match on the held-out photos of
   a real dataset, and writes ``metrics.json`` and ``samples.png`` (and ``skipped.txt``,
   the images a real dataset could not read).
 
@@ -445,7 +445,8 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     evaluate = {"audio": audio_lm.evaluate, "both": audiovisual.evaluate}.get(config.modality, generation.evaluate)
     runs = [(split, split, {}) for split in data.eval_sets]
     if config.modality == "both":      # what each input contributes: one muted, then the other
-        runs += [("test_image_only", "test", {"senses": "image"}), ("test_sound_only", "test", {"senses": "sound"})]
+        runs += [("test_image_only", "test", {"senses": "image"}), ("test_sound_only", "test", {"senses": "sound"}),
+                 ("compositional_image_only", "compositional", {"senses": "image"})]
     for name, split, options in runs:
         figures = evaluate(model, data.tokenizer, data.eval_sets[split], **options)
         metrics[name] = {"caption_truth": figures["caption_truth"], "qa_exact_match": figures["qa_exact_match"],
