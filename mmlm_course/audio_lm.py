@@ -364,8 +364,8 @@ class AudioLLaVA(keras.Model):
 
     ``model({"log_mels": float (B, frames, 40), "token_ids": int (B, T)})`` -> next-token
     logits float32 (B, T, vocab_size) of the T text positions. Parts: ``encoder`` (the
-    front end, pretrained by a `CTCTranscriber` and frozen: ``encoder_is_pretrained``); the
-    audio tokens, by ``tokens``:
+    front end, pretrained by a `CTCTranscriber` and frozen: `staged_encoders`); the audio
+    tokens, by ``tokens``:
 
     - ``"frames"``: `stack_frames` by ``stack``, P = ceil(feature frames / stack) tokens of
       k * audio_dim numbers (Qwen-Audio's and SALMONN's way);
@@ -377,8 +377,6 @@ class AudioLLaVA(keras.Model):
     (max_length = P + max_text_length). ``relation_head=True`` (notes only) adds lesson 08's
     `RelationHead`, reading the note tokens, to the logits.
     """
-
-    encoder_is_pretrained = True
 
     def __init__(self, vocab_size: int, frames: int = 158, audio_dim: int = 64, stack: int = 8, dim: int = 64,
                  num_layers: int = 2, num_heads: int = 4, max_text_length: int = 20, tokens: str = "frames",
@@ -424,6 +422,11 @@ class AudioLLaVA(keras.Model):
             self.relation_head.build(feature_shape)
         self.built = True
 
+    def staged_encoders(self) -> list:
+        """[(encoder, learns in stage 2)] for `stages.set_stage_trainable`: the transcriber's
+        parts, front end (and CTC head), stay frozen."""
+        return [(self.encoder, False)] + ([(self.ctc_head, False)] if self.ctc_head is not None else [])
+
     def load_transcriber(self, transcriber: "CTCTranscriber") -> None:
         """Copy a pretrained `CTCTranscriber` in: its front end, and its head for note tokens."""
         if not isinstance(transcriber, CTCTranscriber):
@@ -440,10 +443,6 @@ class AudioLLaVA(keras.Model):
         if self.ctc_head is None:
             return stack_frames(frames, self.stack)                              # (B, P, k * audio_dim)
         return self.centred(note_tokens(self.ctc_head(frames)))                  # (B, 4, 14)
-
-    def audio_tokens(self, log_mels, training=None):
-        """float (B, frames, 40) -> projected audio tokens (B, P, dim)."""
-        return self.projector(self.audio_features(log_mels, training=training))  # (B, P, dim)
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict) or set(inputs) != {"log_mels", "token_ids"}:

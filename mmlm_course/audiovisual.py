@@ -41,7 +41,7 @@ from mmlm_course.validation import positive_int, require_choice, require_float, 
 __all__ = ["AUDIO_FIELDS", "SENSES", "INAUDIBLE", "AudioVisualData", "generate", "make_examples", "silence",
            "AudioVisualLLaVA", "split_fields", "build_model", "generate_texts", "evaluate"]
 
-AUDIO_FIELDS = ("frames", "audio_dim", "stack")     # a run's model dict: these are the audio side's, the rest MLLMConfig's
+AUDIO_FIELDS = ("frames", "audio_dim", "stack")     # of a run's model dict, the audio side's (the rest: MLLMConfig's)
 SENSES = ("both", "image", "sound")                  # what `evaluate` lets the model perceive
 INAUDIBLE = tuple(r for r in shapeworld.RELATIONS if r not in audio_lm.SOUND_RELATIONS)   # "above", "below"
 _register = keras.saving.register_keras_serializable(package="mmlm_course")
@@ -141,6 +141,17 @@ class AudioVisualLLaVA(MultimodalModel):
         self.audio_projector.build((None, self.num_audio_tokens, self.stack * self.audio_encoder.dim))
         self.language_model.build()
         self.built = True
+
+    def staged_encoders(self) -> list:
+        """The image side's encoder, and the CTC-pretrained audio front end (frozen)."""
+        return super().staged_encoders() + [(self.audio_encoder, False)]
+
+    def load_transcriber(self, transcriber: audio_lm.CTCTranscriber) -> None:
+        """Copy a pretrained `audio_lm.CTCTranscriber`'s front end in (lesson 09)."""
+        if not isinstance(transcriber, audio_lm.CTCTranscriber):
+            raise TypeError(f"transcriber must be a CTCTranscriber (audio_lm.pretrain_transcriber), got "
+                            f"{type(transcriber).__name__}.")
+        self.audio_encoder.set_weights(transcriber.front_end.get_weights())
 
     def audio_tokens(self, log_mels, training=None):
         """float (B, frames, 40) -> projected audio tokens (B, P_a, dim) (lesson 09)."""

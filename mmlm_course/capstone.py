@@ -17,9 +17,9 @@ lesson 09's audio LLaVA; with ``modality="both"`` one model that sees and hears,
   is installed);
 - evaluates caption truth and question-answering exact match on the test and
   compositional splits (ShapeWorld; a model of both inputs also with the sound muted, on
-  both splits, and with the picture black, on the test split), or BLEU-4, CIDEr-D and exact match on the held-out photos of
-  a real dataset, and writes ``metrics.json`` and ``samples.png`` (and ``skipped.txt``,
-  the images a real dataset could not read).
+  both splits, and with the picture black, on the test split), or BLEU-4, CIDEr-D and
+  exact match on the held-out photos of a real dataset, and writes ``metrics.json`` and
+  ``samples.png`` (and ``skipped.txt``, the images a real dataset could not read).
 
 Run folder layout::
 
@@ -370,10 +370,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
         if hears:
             log(f"stage 0: pretraining the audio encoder with CTC for {config.ctc_steps} steps")
             transcriber = audio_lm.pretrain_transcriber(data.scenes, config.ctc_steps, seed=config.seed)
-            if sees:
-                model.audio_encoder.set_weights(transcriber.front_end.get_weights())
-            else:
-                model.load_transcriber(transcriber)
+            model.load_transcriber(transcriber)
         if uses_detector:
             world = data.scenes.world if hears else data.scenes
             scenes = world.subset(range(min(config.detector_examples, len(world))))
@@ -502,6 +499,14 @@ def load_trained(run_dir):
     return model, tokenizer, config
 
 
+def accepted_inputs(config: RunConfig) -> tuple[str, ...]:
+    """What `generate_from_run` takes for a run: ``"image"``, ``"audio"`` or ``"both"`` (an
+    image and a sound); a run of both trained with modality dropout takes either alone too."""
+    if config.modality != "both":
+        return (config.modality,)
+    return ("both", "image", "audio") if config.modality_dropout else ("both",)
+
+
 def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20, audio=None) -> str:
     """Answer ``prompt`` (empty: caption it) about the file at ``path``: an image for an
     image run, a sound file (WAV, FLAC, OGG or MP3) for an audio run (lesson 09). A run of
@@ -511,12 +516,12 @@ def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20,
 
     model, tokenizer, config = load_trained(run_dir)
     image_file, sound_file = (None, path) if config.modality == "audio" else (path, audio)
-    given = [name for name, file in (("an image", image_file), ("a sound", sound_file)) if file is not None]
-    needs = {"image": ["an image"], "audio": ["a sound"]}.get(config.modality, ["an image", "a sound"])
-    if given != needs and not (config.modality == "both" and config.modality_dropout and given):
-        raise ValueError(f"this {config.modality} run takes {' and '.join(needs)}"
-                         + (" (or one of them, with modality dropout)" if config.modality == "both" else "")
-                         + f", got {' and '.join(given) or 'neither'}.")
+    given = {(True, False): "image", (False, True): "audio", (True, True): "both"}.get(
+        (image_file is not None, sound_file is not None))
+    if given not in accepted_inputs(config):
+        words = {"both": "an image and a sound", "image": "an image", "audio": "a sound", None: "neither"}
+        raise ValueError(f"this {config.modality} run takes "
+                         + " or ".join(words[kind] for kind in accepted_inputs(config)) + f", got {words[given]}.")
     clips = None
     if sound_file is not None:
         wave = audio_io.load_audio(sound_file)                  # any encoding -> float32 mono at 16 kHz

@@ -332,6 +332,11 @@ class MultimodalModel(keras.Model):
 
     # -- the image side
 
+    def staged_encoders(self) -> list:
+        """[(encoder, learns in stage 2)] for `stages.set_stage_trainable`: a grid encoder
+        learns with the model, a pretrained detector stays frozen."""
+        return [(self.image_encoder, self.config.vision == "grid")]
+
     def standardize(self, images):
         """uint8 (B, H, W, 3) in 0..255 or float in [0, 1] -> float ``(x - mean) / std`` per
         channel (lesson 01). The plain background becomes about 0, so from the first step the

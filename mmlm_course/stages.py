@@ -44,21 +44,14 @@ def require_model(model) -> None:
 
 
 def _staged_parts(model) -> list:
-    """[(encoder, learns in stage 2)] of a model trained in stages: an `mllm` model's image
-    encoder (a grid encoder learns, a pretrained detector does not) and, in lesson 10's
-    `audiovisual.AudioVisualLLaVA`, its CTC-pretrained audio encoder (frozen); or a model with
-    ``encoder``, ``projector``, ``language_model`` and ``encoder_is_pretrained`` (lesson
-    09's `audio_lm.AudioLLaVA`, whose CTC-pretrained front end stays frozen)."""
-    if isinstance(model, MultimodalModel):
-        parts = [(model.image_encoder, model.config.vision == "grid")]
-        audio_encoder = getattr(model, "audio_encoder", None)
-        return parts + ([(audio_encoder, False)] if audio_encoder is not None else [])
-    if isinstance(model, keras.Model) and all(hasattr(model, name) for name in
-                                              ("encoder", "projector", "language_model", "encoder_is_pretrained")):
-        head = getattr(model, "ctc_head", None)                 # note tokens read the transcriber's head too
-        return [(model.encoder, not model.encoder_is_pretrained)] + ([(head, False)] if head is not None else [])
-    raise TypeError(f"model must be an mllm model from mllm.build_model or an audio_lm.AudioLLaVA, got "
-                    f"{type(model).__name__}.")
+    """[(encoder, learns in stage 2)] of a model trained in stages, as the model lists them
+    (``model.staged_encoders()``): an `mllm` model's image encoder (a grid encoder learns, a
+    pretrained detector does not); lesson 09's `audio_lm.AudioLLaVA`'s CTC-pretrained front
+    end (and CTC head), frozen; both kinds in lesson 10's `audiovisual.AudioVisualLLaVA`."""
+    if not isinstance(model, keras.Model) or not callable(getattr(model, "staged_encoders", None)):
+        raise TypeError(f"model must be an mllm model from mllm.build_model or an audio_lm.AudioLLaVA, got "
+                        f"{type(model).__name__}.")
+    return model.staged_encoders()
 
 
 def trainable_parameter_count(model) -> int:
@@ -81,15 +74,10 @@ def set_stage_trainable(model, stage: int) -> int:
     encoders = _staged_parts(model)
     if stage not in STAGES:
         raise ValueError(f"stage must be 1 (projector only) or 2 (everything), got {stage!r}.")
-    model.trainable = True
+    model.trainable = True                     # every part, the new ones (projectors, heads) included
     for encoder, learns in encoders:
         encoder.trainable = stage == 2 and learns
     model.language_model.trainable = stage == 2
-    model.projector.trainable = True
-    for layer in [*getattr(model, "cross_attention", []), getattr(model, "relation_head", None),
-                  getattr(model, "audio_projector", None)]:
-        if layer is not None:
-            layer.trainable = True
     return trainable_parameter_count(model)
 
 
@@ -156,9 +144,10 @@ def pretrain_language_model(model, texts: Sequence[str], tokenizer: preprocessin
     (next-token loss over every token, Adam with warmup-cosine, ``model.fit``).
 
     Each text sits behind ``model.num_prefix_tokens`` padding tokens, the slots the image
-    (or audio) tokens take later (none in the cross-attention variant), so the text is learned at the positions it will have in the multimodal model (the
-    padding plays a blank image). texts: e.g. ``"<caption> a red
-    circle"``, ``"<question> is there a red circle? <answer> yes"`` (`instructions.instruction_texts`).
+    (or audio) tokens take later (none in the cross-attention variant), so the text is
+    learned at the positions it will have in the multimodal model (the padding plays a
+    blank image). texts: e.g. ``"<caption> a red circle"``, ``"<question> is there a red
+    circle? <answer> yes"`` (`instructions.instruction_texts`).
     Returns the History.
     """
     _staged_parts(model)

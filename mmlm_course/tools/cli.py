@@ -169,8 +169,7 @@ def cmd_generate(args) -> int:
         (args.image is not None, args.audio is not None))
     try:
         config = capstone.load_config(args.run)
-        allowed = {"both": ("both", "image", "audio") if config.modality_dropout else ("both",)}.get(
-            config.modality, (config.modality,))
+        allowed = capstone.accepted_inputs(config)
         if given not in allowed:
             wanted = " or ".join({"both": "--image FILE --audio FILE"}.get(a, f"--{a} FILE") for a in allowed)
             got = {"both": "--image and --audio", None: "neither --image nor --audio"}.get(given, f"--{given}")
