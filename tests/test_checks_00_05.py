@@ -299,6 +299,81 @@ def test_02_checks_ignore_a_patched_audio_module(monkeypatch):
         run_check("02.frame_signal", steer)
 
 
+def _count_reduce_sum(scene, color):
+    tf = pytest.importorskip("tensorflow")
+    return tf.reduce_sum(tf.cast([o.color == color for o in scene.objects], tf.int32))     # a 0-d int tensor
+
+
+def test_00_count_color_accepts_a_0d_int_tensor_and_says_shape_in_one_line():
+    passes("00.count_color", _count_reduce_sum)
+    with pytest.raises(CheckFailed) as error:
+        run_check("00.count_color", lambda scene, color: np.zeros((2, 2), np.int64))
+    assert "shape (2, 2)" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_01_encode_ignores_a_patched_split_words(monkeypatch):
+    """The check splits its texts before the answer runs: an answer that makes
+    preprocessing.split_words split like itself still fails."""
+    def steer(text, token_to_id):
+        monkeypatch.setattr(preprocessing, "split_words", lambda t: t.split())
+        return [token_to_id.get(w, token_to_id["<unk>"]) for w in text.split()]
+
+    with pytest.raises(CheckFailed):
+        run_check("01.encode", steer)
+
+
+def test_01_hflip_with_caption_names_the_pixel_that_differs():
+    with pytest.raises(CheckFailed) as error:
+        run_check("01.hflip_with_caption", lambda image, caption: (np.roll(image[:, ::-1], 1, axis=1),
+                                                                   preprocessing.flip_caption(caption)))
+    assert "row 0, column 0" in str(error.value)
+
+
+def _frames_empty_loop(signal, frame_length, hop_length):
+    count = max(0, 1 + (len(signal) - frame_length) // hop_length)
+    frames = np.zeros((count, frame_length), np.float32)
+    for i in range(count):
+        frames[i] = signal[i * hop_length:i * hop_length + frame_length]
+    return frames
+
+
+def _frames_refusing(signal, frame_length, hop_length):
+    if len(signal) < frame_length:
+        raise IndexError("the signal is shorter than one frame")
+    return _frames_empty_loop(signal, frame_length, hop_length)
+
+
+@pytest.mark.parametrize("answer", [_frames_empty_loop, _frames_refusing], ids=lambda f: f.__name__)
+def test_02_frame_signal_a_signal_shorter_than_a_frame_gives_no_frame_or_an_error(answer):
+    passes("02.frame_signal", answer)       # also _frames_loop (shape (0,)) and _frames_strided (ValueError) above
+
+
+def test_02_frame_signal_names_the_frame_and_sample_that_differ():
+    with pytest.raises(CheckFailed) as error:
+        run_check("02.frame_signal", lambda s, fl, hl: audio.frame_signal(s, fl, hl) * np.float32(1.5))
+    assert "frame 0, sample 0" in str(error.value)
+
+
+def _stft_own_frames(signal, frame_length, hop_length, fft_length):
+    count = 1 + (len(signal) - frame_length) // hop_length
+    frames = np.stack([signal[i * hop_length:i * hop_length + frame_length] for i in range(count)])
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame_length) / frame_length)
+    return np.abs(np.fft.rfft(frames * window, n=fft_length)).astype(np.float32)
+
+
+def test_02_checks_ignore_package_functions_the_learner_replaced(monkeypatch):
+    """A notebook that plugs its own (wrong) functions into `audio` does not change what the
+    later checks compute: a right answer still passes."""
+    monkeypatch.setattr(audio, "frame_signal", lambda *args, **kwargs: [np.zeros(3)])
+    monkeypatch.setattr(audio, "hann_window", lambda *args, **kwargs: np.ones(3))
+    monkeypatch.setattr(audio, "mel_filterbank", lambda *args, **kwargs: np.zeros((3, 3), np.float32))
+    monkeypatch.setattr(audio, "power_spectrogram", lambda *args, **kwargs: np.zeros((3, 3), np.float32))
+    monkeypatch.setattr(audio, "hz_to_mel", lambda hz: [0.0])
+    passes("02.stft_magnitude", _stft_own_frames)
+    passes("02.log_mel", lambda spec, mel, eps: np.log(spec @ mel + eps).astype(np.float32))
+    passes("02.mel_filterbank", _mel_loop)
+
+
 # --------------------------------------------------------------------------- 05
 
 
@@ -315,12 +390,29 @@ def _log_softmax_scipy(logits):
     return logits - logsumexp(logits, axis=-1, keepdims=True)
 
 
+def _log_softmax_as_lists(logits):
+    """Plain Python: a list of rows, each a list of floats."""
+    rows = []
+    for row in logits.tolist():
+        top = max(row)
+        total = top + math.log(sum(math.exp(z - top) for z in row))
+        rows.append([z - total for z in row])
+    return rows
+
+
+def _log_softmax_in_place_on_a_copy(logits):
+    z = logits.copy()
+    z -= z.max(axis=-1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return z
+
+
 @pytest.mark.parametrize("answer", [
-    _log_softmax_rows, _log_softmax_scipy,
+    _log_softmax_rows, _log_softmax_scipy, _log_softmax_as_lists, _log_softmax_in_place_on_a_copy,
     lambda z: ops.log_softmax(z, axis=-1),
     lambda z: z - (z.max(-1, keepdims=True) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))),
     lambda z: z - np.logaddexp.reduce(z.astype(np.float64), axis=-1, keepdims=True),
-], ids=["rows", "scipy", "keras_ops", "numpy", "logaddexp_float64"])
+], ids=["rows", "scipy", "lists", "in_place_on_a_copy", "keras_ops", "numpy", "logaddexp_float64"])
 def test_05_log_softmax_alternatives_pass(answer):
     passes("05.log_softmax", answer)
 
@@ -335,7 +427,8 @@ def _masked_mean_keras(values, mask):
     lambda values, mask: float(np.mean(values[mask])) if mask.any() else 0.0,
     _masked_mean_keras,
     lambda values, mask: float(np.ma.masked_array(values, ~mask).mean()) if mask.any() else 0.0,
-], ids=["sum_over_count", "mean_or_zero", "keras_ops", "masked_array"])
+    lambda values, mask: np.average(values, weights=mask) if mask.any() else 0.0,
+], ids=["sum_over_count", "mean_or_zero", "keras_ops", "masked_array", "weighted_average"])
 def test_05_masked_mean_alternatives_pass(answer):
     passes("05.masked_mean", answer)
 
@@ -411,6 +504,24 @@ def test_05_recall_at_k_hint_for_ignored_targets_is_not_about_ties():
     assert "targets" in str(error.value) and "tie" not in str(error.value).lower()
 
 
+def test_05_recall_at_k_hint_for_a_percentage_is_not_about_ranks():
+    def percentage(scores, targets, k):
+        true = scores[np.arange(len(scores)), targets][:, None]
+        return 100 * float(np.mean((scores >= true).sum(1) <= k))
+
+    with pytest.raises(CheckFailed, match="not a percentage"):
+        run_check("05.recall_at_k", percentage)
+
+
+def test_05_adam_step_names_a_wrong_order_of_the_results():
+    def moments_first(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        new_param, new_m, new_v = _adam_float64(param, grad, m, v, t, learning_rate, beta_1, beta_2, epsilon)
+        return new_m, new_v, new_param
+
+    with pytest.raises(CheckFailed, match=r"in the order \(new_m, new_v, new_param\)"):
+        run_check("05.adam_step", moments_first)
+
+
 def _adam_float64(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
     param, grad, m, v = (np.asarray(a, np.float64) for a in (param, grad, m, v))
     m = np.add(np.multiply(beta_1, m), np.multiply(1 - beta_1, grad))
@@ -430,3 +541,34 @@ def _adam_in_place_tuple(param, grad, m, v, t, learning_rate=1e-3, beta_1=0.9, b
 @pytest.mark.parametrize("answer", [_adam_float64, _adam_in_place_tuple], ids=lambda f: f.__name__)
 def test_05_adam_step_alternatives_pass(answer):
     passes("05.adam_step", answer)
+
+
+def _log_softmax_in_place(logits):
+    logits -= logits.max(axis=-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+
+def _masked_mean_in_place(values, mask):
+    values *= mask
+    return values.sum() / max(mask.sum(), 1)
+
+
+def _info_nce_in_place(image_emb, text_emb, temperature):
+    image_emb /= np.linalg.norm(image_emb, axis=1, keepdims=True)
+    text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
+    return _info_nce_scipy(image_emb, text_emb, temperature)
+
+
+def _recall_in_place(scores, targets, k):
+    scores -= scores[np.arange(len(scores)), targets][:, None]       # 0 for the true item
+    return float(np.mean((scores >= 0).sum(axis=1) <= k))
+
+
+@pytest.mark.parametrize("exercise_id, answer", [
+    ("05.log_softmax", _log_softmax_in_place), ("05.masked_mean", _masked_mean_in_place),
+    ("05.symmetric_info_nce", _info_nce_in_place), ("05.recall_at_k", _recall_in_place),
+], ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_05_right_values_computed_in_place_fail_on_the_changed_input(exercise_id, answer):
+    """As lesson 03 says for every later exercise: the arguments stay as they are (adam_step excepted)."""
+    with pytest.raises(CheckFailed, match="changed its input in place"):
+        run_check(exercise_id, answer)

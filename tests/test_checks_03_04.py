@@ -192,6 +192,15 @@ def test_03_other_correct_transformer_blocks_pass(name):
     passes("03.transformer_block", _BLOCKS[name])
 
 
+def test_03_block_without_return_fails_clearly_and_leaves_keras_usable():
+    """Keras files the mask of a call() that returned None under id(None); left there, it broke every later
+    masked call of the session, so the next, correct, block failed with a TypeError about a weak reference."""
+    forgot_return = _block_class(lambda self, x, mask=None: None)
+    with pytest.raises(CheckFailed, match="call\\(\\) returned None"):
+        run_check("03.transformer_block", forgot_return)
+    passes("03.transformer_block", _BLOCKS["keras_ops_and_training"])
+
+
 def test_03_block_with_a_layer_the_check_cannot_rebuild_fails_clearly():
     block = _block_class(_call_with_ops, attention_layer=lambda h, d: attention.TransformerBlock(d, h, d))
     with pytest.raises(CheckFailed, match="cannot rebuild"):
@@ -261,8 +270,18 @@ def _fusion_model_gelu_lambda_dropout(num_objects, num_features, question_length
     return keras.Model({"objects": objects, "token_ids": token_ids}, logits)
 
 
+def _fusion_model_eight_units(num_objects, num_features, question_length, vocab_size, num_answers):
+    """The smallest sizes the text allows: 8 units in every layer, 8-dimensional word embeddings."""
+    objects = keras.Input((num_objects, num_features), name="objects")
+    token_ids = keras.Input((question_length,), dtype="int32", name="token_ids")
+    image = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(8, activation="relu")(objects))
+    question = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(vocab_size, 8, mask_zero=True)(token_ids))
+    hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([image, question]))
+    return keras.Model({"objects": objects, "token_ids": token_ids}, keras.layers.Dense(num_answers)(hidden))
+
+
 @by_name([FusionModelAnswer, _fusion_model_sum_over_count,
-          _fusion_model_gelu_lambda_dropout])
+          _fusion_model_gelu_lambda_dropout, _fusion_model_eight_units])
 def test_04_other_correct_fusion_models_pass(answer):
     passes("04.fusion_model", answer)
 

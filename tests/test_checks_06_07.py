@@ -10,7 +10,7 @@ import pytest
 from keras import ops
 
 from mmlm_course import attention, encoders, shapeworld
-from mmlm_course.exercises import run_check
+from mmlm_course.exercises import CheckFailed, run_check
 from check_helpers import by_name, passes
 
 
@@ -129,7 +129,15 @@ def zero_shot_as_a_list(image_embeddings, prompt_embeddings, prompt_classes):
     return labels
 
 
-@by_name([zero_shot_normalising_only_the_prompts, zero_shot_with_keras_ops, zero_shot_as_a_list])
+def zero_shot_last_of_tied_prompts(image_embeddings, prompt_embeddings, prompt_classes):
+    """The text leaves ties open: the last best prompt is as good as the first."""
+    cosine = (image_embeddings / np.linalg.norm(image_embeddings, axis=1, keepdims=True)) @ (
+        prompt_embeddings / np.linalg.norm(prompt_embeddings, axis=1, keepdims=True)).T
+    return prompt_classes[cosine.shape[1] - 1 - np.argmax(cosine[:, ::-1], axis=1)]
+
+
+@by_name([zero_shot_normalising_only_the_prompts, zero_shot_with_keras_ops, zero_shot_as_a_list,
+          zero_shot_last_of_tied_prompts])
 def test_06_zero_shot_predict_other_correct_answers_pass(answer):
     passes("06.zero_shot_predict", answer)
 
@@ -222,9 +230,56 @@ def twins_with_a_placeholder_replace(caption):
     return {kind: twin for kind, twin in twins.items() if twin != caption}
 
 
-@by_name([twins_with_a_regex, twins_by_splitting_on_is, twins_from_the_parser, twins_with_a_placeholder_replace])
+def twins_moving_phrases_with_their_articles(caption):
+    """The relation twin needs no article fix: each noun phrase keeps its own article."""
+    twins = twins_from_the_parser(caption)
+    relation = next((r for r in shapeworld.RELATIONS if f" is {r} " in caption), None)
+    if relation is not None:
+        first, second = caption.split(f" is {relation} ")
+        twins.pop("relation", None)
+        if first != second:
+            twins["relation"] = f"{second} is {relation} {first}"
+    return dict(twins)
+
+
+@by_name([twins_with_a_regex, twins_by_splitting_on_is, twins_from_the_parser, twins_with_a_placeholder_replace,
+          twins_moving_phrases_with_their_articles])
 def test_06_swapped_twins_other_correct_answers_pass(answer):
     passes("06.swapped_twins", answer)
+
+
+def hits_sorting_the_captions(captions, scenes):
+    hits = shapeworld.caption_truth_matrix(captions, scenes)
+    captions.sort()                                              # right hits, but the caller's list reordered
+    return hits
+
+
+def similarity_normalising_in_place(image_embeddings, text_embeddings, temperature):
+    image_embeddings /= np.linalg.norm(image_embeddings, axis=1, keepdims=True)
+    text_embeddings /= np.linalg.norm(text_embeddings, axis=1, keepdims=True)
+    return image_embeddings @ text_embeddings.T / temperature
+
+
+def recall_writing_minus_inf_into_the_scores(scores, hits, k):
+    original = scores.copy()
+    scores[~hits] = -np.inf
+    return float(np.mean(1 + ((original >= scores.max(axis=1, keepdims=True)) & ~hits).sum(axis=1) <= k))
+
+
+def zero_shot_normalising_the_prompts_in_place(image_embeddings, prompt_embeddings, prompt_classes):
+    prompt_embeddings /= np.linalg.norm(prompt_embeddings, axis=1, keepdims=True)
+    return prompt_classes[np.argmax(image_embeddings @ prompt_embeddings.T, axis=1)]
+
+
+@pytest.mark.parametrize("exercise_id, answer", [
+    ("06.caption_hits", hits_sorting_the_captions), ("06.similarity_logits", similarity_normalising_in_place),
+    ("06.recall_with_hits", recall_writing_minus_inf_into_the_scores),
+    ("06.zero_shot_predict", zero_shot_normalising_the_prompts_in_place),
+], ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_06_answers_that_change_their_arguments_fail(exercise_id, answer):
+    """Lesson 03's rule for every later exercise: the arguments stay as they are."""
+    with pytest.raises(CheckFailed, match="changed its input in place"):
+        run_check(exercise_id, answer)
 
 
 # --------------------------------------------------------------------------- 06.text_tower
@@ -371,8 +426,13 @@ def temperature_with_activations_softmax(logits, temperature):
     return keras.activations.softmax(ops.convert_to_tensor(logits / temperature), axis=-1)
 
 
+def temperature_with_float32_logsumexp(logits, temperature):
+    z = ops.convert_to_tensor(logits, "float32") / temperature       # float32 rounds logsumexp(2000) to ~1e-4
+    return ops.exp(z - ops.logsumexp(z, axis=-1, keepdims=True))
+
+
 @by_name([temperature_with_keras_softmax, temperature_shifting_before_dividing, temperature_with_logsumexp,
-           temperature_with_activations_softmax])
+           temperature_with_activations_softmax, temperature_with_float32_logsumexp])
 def test_07_temperature_probabilities_other_correct_answers_pass(answer):
     passes("07.temperature_probabilities", answer)
 
@@ -419,8 +479,8 @@ def _decoder(blocks="list", positions="embedding", epsilon=1e-5, mlp=4):
         def __init__(self, vocab_size, max_length, dim, num_layers, num_heads, **kwargs):
             super().__init__(**kwargs)
             self.token_embedding = keras.layers.Embedding(vocab_size, dim)
-            self.position_embedding = (keras.layers.Embedding(max_length, dim) if positions == "embedding"
-                                       else encoders.PositionEmbedding(max_length, dim))
+            self.position_embedding = (encoders.PositionEmbedding(max_length, dim) if positions == "layer"
+                                       else keras.layers.Embedding(max_length, dim))
             layers = [attention.TransformerBlock(dim, num_heads, mlp * dim, causal=True) for _ in range(num_layers)]
             self.blocks = keras.Sequential(layers) if blocks == "sequential" else layers
             self.final_norm = keras.layers.LayerNormalization(epsilon=epsilon)
@@ -430,6 +490,9 @@ def _decoder(blocks="list", positions="embedding", epsilon=1e-5, mlp=4):
             x = self.token_embedding(token_ids)
             if positions == "embedding":
                 x = ops.add(x, self.position_embedding(ops.expand_dims(ops.arange(token_ids.shape[1]), 0)))
+            elif positions == "table":                                # the first T rows of the table itself
+                self.position_embedding(ops.arange(1))                # builds it
+                x = x + self.position_embedding.embeddings[:token_ids.shape[1]]
             else:
                 x = self.position_embedding(x)
             if blocks == "sequential":
@@ -443,7 +506,7 @@ def _decoder(blocks="list", positions="embedding", epsilon=1e-5, mlp=4):
 
 
 @pytest.mark.parametrize("answer", [_decoder(blocks="sequential"), _decoder(positions="layer"),
-                                    _decoder(blocks="sequential", positions="layer")],
-                         ids=["sequential_blocks", "position_embedding_layer", "both"])
+                                    _decoder(blocks="sequential", positions="layer"), _decoder(positions="table")],
+                         ids=["sequential_blocks", "position_embedding_layer", "both", "position_table_rows"])
 def test_07_decoder_lm_other_correct_answers_pass(answer):
     passes("07.decoder_lm", answer)

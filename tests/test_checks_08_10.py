@@ -1,5 +1,6 @@
 """Lessons 08 and 10: answers written differently from the reference, that do what the text asks, pass."""
 
+import collections
 import json
 import os
 import shutil
@@ -44,7 +45,16 @@ def _targets_as_a_list(token_ids, prompt_lengths):
     return [ids[:, :-1], ids[:, 1:] * mask.astype(np.int32)]
 
 
-@pytest.mark.parametrize("answer", [_targets_with_loops, _targets_with_keras_ops, _targets_as_a_list],
+def _targets_through_a_view(token_ids, prompt_lengths):
+    inputs = token_ids[:, :-1].astype(np.int32)
+    targets = token_ids[:, 1:]                              # a view: changes token_ids, which the text allows
+    for row, length in enumerate(prompt_lengths):
+        targets[row, :length - 1] = 0
+    return inputs, targets.astype(np.int32)
+
+
+@pytest.mark.parametrize("answer", [_targets_with_loops, _targets_with_keras_ops, _targets_as_a_list,
+                                    _targets_through_a_view],
                          ids=lambda f: f.__name__)
 def test_08_other_correct_answer_only_targets_pass(answer):
     assert exercises.run_check("08.answer_only_targets", answer)
@@ -164,6 +174,11 @@ def test_10_other_correct_resume_positions_pass(answer):
     assert exercises.run_check("10.resume_position", answer)
 
 
+def test_10_resume_position_shows_a_huge_whole_number_as_a_wrong_position():
+    with pytest.raises(exercises.CheckFailed, match=r"expected \(0, 9\), got \(\d{30,}, 0\)\. Hint: steps count"):
+        exercises.run_check("10.resume_position", lambda step, steps_per_epoch: (step ** 40, 0))
+
+
 # --------------------------------------------------------------------------- 10.write_json_atomically
 
 
@@ -243,15 +258,32 @@ def _truth_by_counting(captions, scenes):
     return true / len(captions)
 
 
+def _truth_judging_each_distinct_pair_once(captions, scenes):
+    """Judges each distinct (caption, scene) pair once and weighs it by how often it occurs."""
+    counts = collections.Counter(zip(captions, scenes))
+    true = sum(n for (caption, scene), n in counts.items() if shapeworld.caption_is_true(caption, scene))
+    return true / len(captions)
+
+
 @pytest.mark.parametrize("answer", [
     _truth_by_counting,
+    _truth_judging_each_distinct_pair_once,
     lambda captions, scenes: np.mean(np.diag(shapeworld.caption_truth_matrix(captions, scenes))),
     lambda captions, scenes: statistics.mean(shapeworld.caption_is_true(c, s) for c, s in zip(captions, scenes)),
     lambda captions, scenes: ops.mean(ops.convert_to_tensor(
         [float(shapeworld.caption_is_true(c, s)) for c, s in zip(captions, scenes)])),
-], ids=["counting", "truth_matrix_diagonal", "statistics_mean", "keras_mean"])
+], ids=["counting", "distinct_pairs_weighted", "truth_matrix_diagonal", "statistics_mean", "keras_mean"])
 def test_10_other_correct_truth_rates_pass(answer):
     assert exercises.run_check("10.caption_truth_rate", answer)
+
+
+def test_10_caption_truth_rate_judges_the_captions_before_the_answer_runs(monkeypatch):
+    def steer(captions, scenes):
+        monkeypatch.setattr(shapeworld, "caption_is_true", lambda caption, scene: True)
+        return 1.0
+
+    with pytest.raises(exercises.CheckFailed, match="captions of other scenes: got 1, expected 0"):
+        exercises.run_check("10.caption_truth_rate", steer)
 
 
 def test_the_capstone_ids_of_before_the_audio_lesson_still_check_under_their_new_names():

@@ -128,6 +128,16 @@ def test_09_stack_frames_refuses_an_answer_that_pads_its_input_in_place():
         run_check("09.stack_frames", pads_in_place)
 
 
+@pytest.mark.parametrize("reshape", [np.reshape, ops.reshape], ids=["numpy", "keras_ops"])
+def test_09_stack_frames_says_why_a_reshape_without_padding_fails(reshape):
+    def reshapes_only(frames, k):
+        return reshape(frames, (frames.shape[0], -1, k * frames.shape[2]))
+
+    with pytest.raises(CheckFailed, match=r"\(2, 7, 3\).*Hint: 7 frames do not split into groups of 3: complete the "
+                                          r"last token with zeros"):
+        run_check("09.stack_frames", reshapes_only)
+
+
 def test_09_stack_frames_names_the_token_that_differs():
     def last_token_doubled(frames, k):
         result = stack_with_np_pad(frames, k).copy()
@@ -199,13 +209,18 @@ def decode_with_keras_ops(frame_ids, blank=0):
     return [int(label) for label, kept in zip(ops.convert_to_numpy(ids), keep) if kept]
 
 
+def decode_without_a_default_blank(frame_ids, blank):
+    return decode_with_groupby(frame_ids, blank)
+
+
 def decode_keeping_numpy_ints(frame_ids, blank=0):
     ids = np.asarray(frame_ids)
     return [ids[t] for t in range(len(ids)) if (t == 0 or ids[t] != ids[t - 1]) and ids[t] != blank]
 
 
 @by_name([decode_with_groupby, decode_with_zip, decode_to_a_tuple, decode_to_a_numpy_array, decode_run_by_run,
-           decode_in_two_passes, decode_with_np_diff, decode_with_keras_ops, decode_keeping_numpy_ints])
+           decode_in_two_passes, decode_with_np_diff, decode_with_keras_ops, decode_keeping_numpy_ints,
+           decode_without_a_default_blank])
 def test_09_ctc_greedy_decode_other_correct_answers_pass(answer):
     passes("09.ctc_greedy_decode", answer)
 
@@ -300,6 +315,8 @@ def test_09_caption_check_ignores_a_patched_verifier(monkeypatch):
     ("reads left to right from the order of scene.objects", "not from their order in scene.objects"),
     ("counts objects at the same x as left / right (<= for <)", "two objects at the same x"),
     ("wants the centres shapeworld.RELATION_MARGIN apart", "however small (no margin)"),
+    ("compares the left edges of the shapes, not their centres", "compare the centres' x, not the edges"),
+    ("reads 'there are N objects' as at least N", "exactly N, not at least N"),
 ])
 def test_09_caption_check_names_the_reading_of_position_that_went_wrong(name, hint):
     with pytest.raises(CheckFailed, match=re.escape(hint)):

@@ -30,6 +30,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import inspect
 import json
 import os
 import random
@@ -121,8 +122,10 @@ def _describe(value: Any) -> str:
 def _one_line(error: BaseException) -> str:
     """The message of ``error`` on one line. Keras wraps an error raised inside a layer's
     ``call`` in a paragraph ("Exception encountered when calling ...", the arguments); keep
-    the layer's name and the original message."""
-    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    the layer's name and the original message. TensorFlow's ``{{function_node ...}}`` prefix goes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)     # TensorFlow's op prefix
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
         lines = [f"{lines[1]} (in {lines[0].removeprefix('Exception encountered when calling').strip(' .')})"]
     return (lines[0] if lines else "")[:300]
@@ -209,7 +212,7 @@ class Checker:
                 return {"status": "not attempted"}
             except plain.NotPlain as error:
                 return {"status": "not plain", "type": str(error)}
-            except Exception as error:         # the learner's own bug: reported in one line
+            except (Exception, SystemExit) as error:   # the learner's own bug (sys.exit too): one line
                 return {"status": "raised", "types": _type_names(type(error)), "message": error_message(error)}
 
         try:
@@ -270,11 +273,20 @@ class Checker:
         outcome = self._outcome("call:" + plain.digest([args, kwargs]), run, after)
         value = self._value(outcome, shown)
         if outcome.get("changed"):
-            which = ", ".join(f"argument {name}" if name.isdigit() else f"`{name}`" for name in outcome["changed"])
+            which = ", ".join(f"`{self._parameter_name(int(name))}`" if name.isdigit() else f"`{name}`"
+                              for name in outcome["changed"])
             raise CheckFailed(f"{self.exercise_id}: your function changed its input in place ({which}). "
                               "Hint: leave the inputs as they are and return a new value (x = x + 1, or "
                               "x.copy() first, rather than x += 1 or x[...] = ...).")
         return value
+
+    def _parameter_name(self, index: int) -> str:
+        """The name the exercise's text gives its ``index``-th argument (the reference's own)."""
+        try:
+            names = list(inspect.signature(_lookup(self.exercise_id).reference).parameters)
+        except (KeyError, TypeError, ValueError):
+            names = []
+        return names[index] if index < len(names) and not names[index].startswith("*") else f"argument {index + 1}"
 
     def scenario(self, label: str, steps: Callable[[Callable], Any], allow_none: bool = False):
         """Run ``steps(candidate)`` (check code that uses the learner's function or class, where

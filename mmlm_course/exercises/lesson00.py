@@ -120,9 +120,13 @@ def _check_count_color(c: Checker) -> None:
     for fields in scenes:
         for color in _COLORS:
             got = c.call(_scene(fields), color)
+            if isinstance(got, np.ndarray) and got.ndim == 0:    # a 0-d tensor (tf.reduce_sum) or array
+                got = got[()]
             what = f"count of {color} objects in a scene of {len(fields)} ({', '.join(f[1] for f in fields)})"
             if isinstance(got, (bool, np.bool_)) or not isinstance(got, (int, np.integer)):
-                c.fail(what, f"expected an int, got {type(got).__name__} {got!r}"[:200],
+                shown = (f"an array of shape {got.shape}" if isinstance(got, np.ndarray)
+                         else f"{type(got).__name__} {got!r}")
+                c.fail(what, f"expected an int, got {shown}"[:200],
                        "return how many objects have that colour, as an int (not True/False, a float or a list)")
             expected = sum(f[1] == color for f in fields)
             if got != expected:

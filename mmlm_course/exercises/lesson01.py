@@ -13,12 +13,20 @@ from mmlm_course import preprocessing, shapeworld
 from mmlm_course.exercises import Checker, draw_cases, exercise
 
 
-def _images(seed: int = 0) -> list[np.ndarray]:
+def _images(seed: int = 0) -> list[tuple[str, np.ndarray, str]]:
+    """(what, uint8 image, hint if the values differ)."""
     rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, size=(8, 6, 3), dtype=np.uint8)]
-    images.append(np.array([[[0, 128, 255]]], np.uint8))  # extremes and the middle
-    images.append(shapeworld.generate(2, "validation", seed=3).images)  # a batch (2, 64, 64, 3)
-    return images
+    hint = "0 must map to 0.0 and 255 to exactly 1.0"
+    return [("float image", rng.integers(0, 256, size=(8, 6, 3), dtype=np.uint8), hint),
+            ("float image", np.array([[[0, 128, 255]]], np.uint8), hint),               # extremes and the middle
+            ("float image", shapeworld.generate(2, "validation", seed=3).images, hint),  # a batch (2, 64, 64, 3)
+            ("float image of a dark image (every value 0 or 1)", rng.integers(0, 2, size=(4, 5, 3), dtype=np.uint8),
+             "a uint8 image always holds 0 to 255, even when it is dark: divide by 255 whatever its values")]
+
+
+def _scales_if_above_one(img):
+    img = img.astype(np.float32)
+    return img / 255.0 if img.max() > 1 else img
 
 
 @exercise(
@@ -29,15 +37,15 @@ def _images(seed: int = 0) -> list[np.ndarray]:
         "divides by 256": lambda img: img.astype(np.float32) / 256.0,
         "integer division": lambda img: (img // 255).astype(np.float32),
         "leaves float64": lambda img: img / 255.0,
+        "divides only when a value is above 1": _scales_if_above_one,
     },
 )
 def _check_to_float_image(c: Checker) -> None:
-    for image in _images():
+    for what, image, hint in _images():
         got = c.call(image, read_only=True)
-        c.expect_array("float image", got, image.shape, np.float32,
+        c.expect_array(what, got, image.shape, np.float32,
                        hint="keep the shape and return float32: image.astype(np.float32)")
-        c.expect_close("float image", got, image.astype(np.float64) / 255.0,
-                       hint="0 must map to 0.0 and 255 to exactly 1.0")
+        c.expect_close(what, got, image.astype(np.float64) / 255.0, hint=hint)
 
 
 # --------------------------------------------------------------------------- 01.hflip_with_caption
@@ -93,6 +101,9 @@ def _check_hflip_with_caption(c: Checker) -> None:
                    "return both: `return flipped_image, new_caption`")
         c.expect_array("flipped image", got[0], image.shape)
         flipped = np.asarray(got[0])
+        if flipped.dtype.kind not in "biufc":
+            c.fail("flipped image", f"expected an image of numbers, got dtype {flipped.dtype}",
+                   "return the mirrored pixel values themselves")
         expected_image = image[:, ::-1]
         for wrong, problem, hint in (
                 (image[::-1], "is mirrored top-bottom", "a horizontal flip reverses the width axis"),
@@ -100,7 +111,13 @@ def _check_hflip_with_caption(c: Checker) -> None:
                 (image[..., ::-1], "has its colour channels reversed", "reverse the width axis, not the channels")):
             if np.array_equal(flipped, wrong) and not np.array_equal(wrong, expected_image):
                 c.fail("flipped image", f"the image {problem}", hint)
-        c.expect_equal("flipped image", flipped, expected_image, "mirror left-right: reverse axis 1 of (H, W, 3)")
+        if not np.array_equal(flipped, expected_image):
+            row, column = (int(i) for i in np.argwhere((flipped != expected_image).any(axis=-1))[0])
+            mirrored, pixel = image.shape[1] - 1 - column, flipped[row, column]
+            shown = (np.round(pixel.astype(np.float64), 4) if pixel.dtype.kind == "f" else pixel).tolist()
+            c.fail("flipped image", f"pixel (row {row}, column {column}) of your image is {shown}, not pixel "
+                   f"(row {row}, column {mirrored}) of the input {image[row, mirrored].tolist()}",
+                   "mirror left-right: reverse axis 1 of (H, W, 3)")
         c.expect_type(f"caption for {caption!r}", got[1], str, hint="return the new caption as a string")
         expected_caption = _flipped_caption(caption)
         if got[1] != expected_caption:
@@ -119,7 +136,7 @@ def _check_hflip_with_caption(c: Checker) -> None:
 
 _TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "a", "is", "red", "circle", "the", "?", "what", "color", "there")
 _TEXTS = ("there is a red circle", "What color is the circle?", "a purple circle", "A RED Circle",
-          "a red circle is a red circle", "a purple circle and a purple square", "")
+          "a red circle is a red circle", "a purple circle and a purple square", "", "there is a red circle, a square.")
 
 
 def _vocabularies() -> list[tuple[str, dict]]:
@@ -146,12 +163,15 @@ def _reference_encode(text: str, token_to_id: dict) -> list[int]:
         "adds <bos> and <eos>":
             lambda text, vocab: [vocab["<bos>"]] + _reference_encode(text, vocab) + [vocab["<eos>"]],
         "position of the word instead of its id": lambda text, vocab: list(range(len(preprocessing.split_words(text)))),
+        "splits off the question mark only":
+            lambda text, vocab: [vocab.get(w, vocab["<unk>"]) for w in text.lower().replace("?", " ?").split()],
     },
 )
 def _check_encode(c: Checker) -> None:
+    split = {text: preprocessing.split_words(text) for text in _TEXTS}   # before the learner's code runs
     for name, vocabulary in _vocabularies():
         for text in _TEXTS:
-            words = preprocessing.split_words(text)
+            words = split[text]
             what = f"ids of {text!r} with {name}"
             got = c.call(text, dict(vocabulary), read_only=True)
             c.expect_type(what, got, (list, tuple, np.ndarray), hint="return a list of ints, one per word")
@@ -162,9 +182,10 @@ def _check_encode(c: Checker) -> None:
             expected = [vocabulary.get(w, vocabulary["<unk>"]) for w in words]
             if len(got) != len(expected):
                 hint = "one id per word or punctuation mark of preprocessing.split_words(text)"
-                if len(got) < len(expected) and len(set(words)) < len(words):
+                unknown = vocabulary["<unk>"]
+                if sorted(got) == sorted(vocabulary.get(w, unknown) for w in set(words)) != sorted(expected):
                     hint += "; a word that repeats gets its id every time it occurs"
-                elif len(got) < len(expected):
+                elif sorted(got) == sorted(vocabulary[w] for w in words if w in vocabulary):
                     hint += "; unknown words still get an id (the id of <unk>)"
                 c.fail(what, f"expected {len(expected)} ids, got {len(got)}", hint)
             i = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)

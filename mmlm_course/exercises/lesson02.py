@@ -57,9 +57,15 @@ def _subtract_rate_once(f, sr):
     return float(g if g <= sr / 2 else sr - g)
 
 
+def _folds_at_integer_nyquist(f, sr):
+    r = f % sr
+    return float(sr - r if r > sr // 2 else r)
+
+
 _ALIAS_CASES = ((440.0, 16000), (6000.0, 8000), (9000.0, 8000), (3954.0, 4000), (16000.0, 16000),
                 (12000.0, 16000), (4000.0, 8000), (23000.0, 16000), (0.0, 8000), (1977.0, 4000),
                 (35000.0, 16000), (41000.0, 16000), (100300.0, 8000), (52920.5, 22050),   # beyond twice the rate
+                (16537.25, 11025),                                     # an odd rate: Nyquist 5512.5, not 5512
                 (9000, 8000), (20000, 8000), (440, 16000))                                 # ints in, a float out
 
 
@@ -79,6 +85,7 @@ def _drawn_alias_cases(count: int = 12) -> list[tuple[float, int]]:
         "takes the frequency modulo the Nyquist frequency": lambda f, sr: float(f % (sr / 2)),
         "abs(sample_rate - f) above the Nyquist frequency": _mirror_once_abs,
         "subtracts the sample rate once, then mirrors": _subtract_rate_once,
+        "folds at sample_rate // 2": _folds_at_integer_nyquist,
         "returns an int for int inputs": lambda f, sr: abs(f - sr * round(f / sr)),
         "rounds to a whole number of Hz": lambda f, sr: int(round(audio.alias_frequency(f, sr))),
     },
@@ -135,6 +142,23 @@ def _hop_sized(signal, frame_length, hop_length):
     return np.stack([signal[i * hop_length:(i + 1) * hop_length] for i in range(count)])
 
 
+def _pads_a_short_signal(signal, frame_length, hop_length):
+    return audio.frame_signal(np.pad(signal, (0, max(0, frame_length - len(signal)))), frame_length, hop_length)
+
+
+def _frames_cut(candidate, signal, frame_length: int, hop_length: int):
+    """How many frames the learner's function cuts from ``signal``, or "refused" if it raises:
+    refusing a signal shorter than one frame is right too (audio.frame_signal does)."""
+    try:
+        result = candidate(signal.copy(), frame_length, hop_length)
+    except Exception:
+        return "refused"
+    try:
+        return len(result)
+    except TypeError:
+        return f"a {type(result).__name__} with no length"
+
+
 def _drawn_frame_cases(count: int = 8) -> list[tuple[int, int, int]]:
     from hypothesis import strategies as st
     sizes = st.tuples(st.integers(1, 24), st.integers(1, 24), st.integers(0, 60))
@@ -152,6 +176,9 @@ def _drawn_frame_cases(count: int = 8) -> list[tuple[int, int, int]]:
         "returns (frame_length, num_frames)": lambda s, fl, hl: audio.frame_signal(s, fl, hl).T,
         "returns float64": lambda s, fl, hl: np.array([list(f) for f in audio.frame_signal(s, fl, hl)], float),
         "returns a list of frames": lambda s, fl, hl: list(audio.frame_signal(s, fl, hl)),
+        "pads a signal shorter than one frame into a frame": _pads_a_short_signal,
+        "multiplies the frames by the Hann window":
+            lambda s, fl, hl: audio.frame_signal(s, fl, hl) * audio.hann_window(fl),
     },
 )
 def _check_frame_signal(c: Checker) -> None:
@@ -163,7 +190,9 @@ def _check_frame_signal(c: Checker) -> None:
         got = c.call(signal, frame_length, hop_length)
         expected = _frames64(signal, frame_length, hop_length)
         array = np.asarray(got) if hasattr(got, "shape") else None
-        if array is not None and array.ndim == 2 and array.shape[0] > 1 and array.shape[1] == frame_length:
+        if (array is not None and array.ndim == 2 and array.shape[0] > 1 and array.shape[1] == frame_length
+                and array.dtype.kind in "iuf" and np.isfinite(array[:2]).all()
+                and np.all(np.diff(array[:2], axis=1) == 1)):   # two runs of the signal: their starts name them
             step = array[1, 0] - array[0, 0]
             if step != hop_length:
                 c.fail(what, f"frame 1 starts {step:g} samples after frame 0",
@@ -172,8 +201,22 @@ def _check_frame_signal(c: Checker) -> None:
         _expect_float32(c, what, got, expected.shape,
                         hint="(num_frames, frame_length): a frame starts every hop_length samples and the last "
                              "frame must fit entirely inside the signal (no padding)")
-        c.expect_equal(what, array.astype(np.float64), expected,
-                       "frame i is signal[i * hop_length : i * hop_length + frame_length]")
+        if not np.array_equal(array.astype(np.float64), expected):
+            if frame_length > 2 and any(_matches(array, expected * window) for window in
+                                        (_periodic_hann64(frame_length), np.hanning(frame_length))):
+                c.fail(what, "your frames are multiplied by a window",
+                       "frame_signal only cuts the signal into frames; the Hann window comes in the STFT (exercise 3)")
+            frame, sample = (int(i) for i in np.argwhere(array.astype(np.float64) != expected)[0])
+            c.fail(what, f"frame {frame}, sample {sample} differs (each sample here holds its position + 1)",
+                   "frame i is signal[i * hop_length : i * hop_length + frame_length]")
+    signal = np.arange(100, dtype=np.float32) + 1.0
+    what = "frames of a 100-sample signal (frame_length=400, hop_length=160), shorter than one frame"
+    count = c.scenario(what, lambda candidate: _frames_cut(candidate, signal, 400, 160))
+    if count not in (0, "refused"):
+        c.fail(what, f"got {count}" if isinstance(count, str) else f"got {count} frame{'s' * (count != 1)}",
+               "a frame must fit entirely inside the signal (no padding), and this signal holds none: return no "
+               "frames, or refuse the signal with a ValueError as audio.frame_signal does")
+    c.passed.append(what)
 
 
 # --------------------------------------------------------------------------- 02.stft_magnitude
@@ -189,25 +232,21 @@ def _stft64(signal, frame_length, hop_length, fft_length) -> np.ndarray:
     return np.abs(np.fft.rfft(frames, n=fft_length, axis=-1))
 
 
-def _frames(signal, frame_length, hop_length):
-    return audio.frame_signal(signal, frame_length, hop_length).astype(np.float64)
-
-
 def _stft_no_window(signal, frame_length, hop_length, fft_length):
-    return np.abs(np.fft.rfft(_frames(signal, frame_length, hop_length), n=fft_length)).astype(np.float32)
+    return np.abs(np.fft.rfft(_frames64(signal, frame_length, hop_length), n=fft_length)).astype(np.float32)
 
 
 def _stft_symmetric(signal, frame_length, hop_length, fft_length):
-    frames = _frames(signal, frame_length, hop_length) * np.hanning(frame_length)
+    frames = _frames64(signal, frame_length, hop_length) * np.hanning(frame_length)
     return np.abs(np.fft.rfft(frames, n=fft_length)).astype(np.float32)
 
 
 def _stft_power(signal, frame_length, hop_length, fft_length):
-    return audio.magnitude_spectrogram(signal, frame_length, hop_length, fft_length) ** 2
+    return (_stft64(signal, frame_length, hop_length, fft_length) ** 2).astype(np.float32)
 
 
 def _stft_full(signal, frame_length, hop_length, fft_length):
-    frames = _frames(signal, frame_length, hop_length) * audio.hann_window(frame_length)
+    frames = _frames64(signal, frame_length, hop_length) * audio.hann_window(frame_length)
     return np.abs(np.fft.fft(frames, n=fft_length)).astype(np.float32)
 
 
@@ -224,7 +263,7 @@ def _stft_complex(signal, frame_length, hop_length, fft_length):
 
 
 def _stft_float64(signal, frame_length, hop_length, fft_length):
-    frames = _frames(signal, frame_length, hop_length) * audio.hann_window(frame_length)
+    frames = _frames64(signal, frame_length, hop_length) * audio.hann_window(frame_length)
     return np.abs(np.fft.rfft(frames, n=fft_length))
 
 
@@ -265,7 +304,9 @@ def _check_stft_magnitude(c: Checker) -> None:
             if _matches(array, mistake(signal, frame_length, hop_length, fft_length), rtol=1e-5):
                 c.fail(what, "values differ from the windowed STFT magnitude", hint)
         if not _matches(array, expected):
-            c.fail(what, "values differ from the windowed STFT magnitude by more than 1e-4 of its maximum",
+            frame, k = np.unravel_index(int(np.argmax(np.abs(array.astype(np.float64) - expected))), expected.shape)
+            c.fail(what, "values differ from the windowed STFT magnitude by more than 1e-4 of its maximum "
+                   f"(most at frame {frame}, bin {k})",
                    "frame with hop_length, multiply by hann_window(frame_length), np.fft.rfft(..., n=fft_length), "
                    "then np.abs")
         c.passed.append(f"{what} values")
@@ -297,19 +338,19 @@ def _mel_in_hz(num_mel_bins, num_spectrogram_bins, sample_rate, lower_hz, upper_
 
 def _bins_left_in_hz(num_mel_bins, num_spectrogram_bins, sample_rate, lower_hz, upper_hz):
     bins = np.linspace(0, sample_rate / 2, num_spectrogram_bins)
-    edges = np.linspace(audio.hz_to_mel(lower_hz), audio.hz_to_mel(upper_hz), num_mel_bins + 2)
+    edges = np.linspace(_hz_to_mel64(lower_hz), _hz_to_mel64(upper_hz), num_mel_bins + 2)
     return _triangles(bins, edges).astype(np.float32)
 
 
 def _wrong_bin_spacing(num_mel_bins, num_spectrogram_bins, sample_rate, lower_hz, upper_hz):
     bins = np.arange(num_spectrogram_bins) * sample_rate / num_spectrogram_bins
-    edges = np.linspace(audio.hz_to_mel(lower_hz), audio.hz_to_mel(upper_hz), num_mel_bins + 2)
-    return _triangles(audio.hz_to_mel(bins), edges).astype(np.float32)
+    edges = np.linspace(_hz_to_mel64(lower_hz), _hz_to_mel64(upper_hz), num_mel_bins + 2)
+    return _triangles(_hz_to_mel64(bins), edges).astype(np.float32)
 
 
 def _bins_up_to_the_rate(num_mel_bins, num_spectrogram_bins, sample_rate, lower_hz, upper_hz):
-    bins = audio.hz_to_mel(np.linspace(0, sample_rate, num_spectrogram_bins))
-    edges = np.linspace(audio.hz_to_mel(lower_hz), audio.hz_to_mel(upper_hz), num_mel_bins + 2)
+    bins = _hz_to_mel64(np.linspace(0, sample_rate, num_spectrogram_bins))
+    edges = np.linspace(_hz_to_mel64(lower_hz), _hz_to_mel64(upper_hz), num_mel_bins + 2)
     return _triangles(bins, edges).astype(np.float32)
 
 
@@ -376,9 +417,10 @@ def _check_mel_filterbank(c: Checker) -> None:
 
 def _log_mel_cases() -> list[tuple[str, np.ndarray, np.ndarray, float]]:
     rng = np.random.default_rng(5)
-    power = audio.power_spectrogram(_scene_sound())               # silent frames are exact zeros
-    small = audio.mel_filterbank(10, 65, 16000, 300.0, 4000.0)
-    return [("the lesson's sound, with silent frames", power, audio.mel_filterbank(), 1e-6),
+    power = (_stft64(_scene_sound(), 400, 160, 512) ** 2).astype(np.float32)   # silent frames are exact zeros
+    small = _mel64(10, 65, 16000, 300.0, 4000.0).astype(np.float32)
+    lesson = _mel64(40, 257, 16000, 20.0, 8000.0).astype(np.float32)
+    return [("the lesson's sound, with silent frames", power, lesson, 1e-6),
             ("random energies", rng.random((7, 65)).astype(np.float32) ** 3, small, 1e-3),
             ("energies of the size of eps", (1e-4 * rng.random((5, 65))).astype(np.float32), small, 1e-3),
             ("one frame, eps = 1", (10 * rng.random((1, 65))).astype(np.float32), small, 1.0)]

@@ -71,6 +71,11 @@ def _concat_mistake(image="mean", text="masked", order="image first"):
     return concat_fusion
 
 
+def _concat_in_place(image_tokens, text_tokens, text_mask):
+    text_tokens *= text_mask[..., None]
+    return np.concatenate([image_tokens.mean(axis=1), _masked_text_mean(text_tokens, text_mask)], axis=-1)
+
+
 @exercise(
     "04.concat_fusion",
     reference=lambda image_tokens, text_tokens, text_mask: _numpy(
@@ -83,6 +88,7 @@ def _concat_mistake(image="mean", text="masked", order="image first"):
         "divides the text sum by the padded length": _concat_mistake(text="padded length"),
         "divides by the real tokens of the whole batch": _concat_mistake(text="batch count"),
         "averages the first `mask.sum()` tokens (assumes real tokens come first)": _concat_mistake(text="prefix"),
+        "zeroes the padding of text_tokens in place": _concat_in_place,
     },
 )
 def _check_concat_fusion(c: Checker) -> None:
@@ -95,7 +101,7 @@ def _check_concat_fusion(c: Checker) -> None:
         text = _tokens(seed + 10, batch, t, d_text)
         mask = _mask(lengths, t)
         text[~mask] = 100.0  # padding rows hold junk that must not leak into the mean
-        got = c.call(image, text, mask)
+        got = c.call(image, text, mask, read_only=True)
         expected = np.concatenate([image.astype(np.float64).mean(1), _masked_text_mean(text.astype(np.float64), mask)],
                                   -1)
         what = f"fused vector (image {image.shape}, text {text.shape}, lengths {lengths})"
@@ -112,7 +118,7 @@ def _check_concat_fusion(c: Checker) -> None:
     image, text = _tokens(7, 2, 3, 4), _tokens(17, 2, 5, 3)
     mask = np.array(_GAP_MASK)                    # real tokens need not come first
     text[~mask] = 100.0
-    got = c.expect_array("fused vector with a mask that has gaps", c.call(image, text, mask), (2, 7))
+    got = c.expect_array("fused vector with a mask that has gaps", c.call(image, text, mask, read_only=True), (2, 7))
     c.expect_close("fused vector with a mask that has gaps (text part)", got[:, 4:],
                    _masked_text_mean(text.astype(np.float64), mask), atol=1e-4,
                    hint="use the mask itself (True on real tokens, wherever they are), not a length: real tokens "
@@ -120,6 +126,12 @@ def _check_concat_fusion(c: Checker) -> None:
 
 
 # --------------------------------------------------------------------------- 04.film
+
+
+def _film_in_place(features, gamma, beta):
+    features *= gamma[:, None, :]
+    features += beta[:, None, :]
+    return features
 
 
 @exercise(
@@ -136,6 +148,7 @@ def _check_concat_fusion(c: Checker) -> None:
         "shifts before scaling: gamma * (features + beta)": lambda features, gamma, beta: (
             gamma[:, None, :] * (features + beta[:, None, :])),
         "scales by (1 + gamma)": lambda features, gamma, beta: features * (1 + gamma[:, None, :]) + beta[:, None, :],
+        "modulates the features in place": _film_in_place,
     },
 )
 def _check_film(c: Checker) -> None:
@@ -146,7 +159,7 @@ def _check_film(c: Checker) -> None:
         features = rng.normal(size=(batch, n, channels)).astype(np.float32)
         gamma = rng.normal(size=(batch, channels)).astype(np.float32)
         beta = rng.normal(size=(batch, channels)).astype(np.float32)
-        got = c.call(features, gamma, beta)
+        got = c.call(features, gamma, beta, read_only=True)
         what = f"modulated features (batch {batch}, N {n}, C {channels})"
         got = c.expect_array(what, got, features.shape, hint="FiLM keeps the shape of the features: (batch, N, C)")
         expected = features.astype(np.float64) * gamma[:, None, :] + beta[:, None, :]
@@ -156,7 +169,7 @@ def _check_film(c: Checker) -> None:
                        hint="the formula is right when every example and channel share one gamma and one beta; "
                             "here each example's gamma and beta (batch, C) need a position axis inserted in the "
                             "middle to broadcast over the N positions", atol=1e-5)
-    identity = c.call(features, np.ones_like(gamma), np.zeros_like(beta))
+    identity = c.call(features, np.ones_like(gamma), np.zeros_like(beta), read_only=True)
     c.expect_close("gamma = 1, beta = 0", identity, features, hint="with gamma 1 and beta 0 FiLM changes nothing")
 
 
@@ -166,7 +179,7 @@ def _film_formula(c: Checker, features: np.ndarray) -> None:
         gamma = np.full(features.shape[::2], g, np.float32)
         beta = np.full(features.shape[::2], b, np.float32)
         what = f"modulated features with gamma = {g} and beta = {b} everywhere"
-        got = c.expect_array(what, c.call(features, gamma, beta), features.shape,
+        got = c.expect_array(what, c.call(features, gamma, beta, read_only=True), features.shape,
                              hint="FiLM keeps the shape of the features: (batch, N, C)")
         if not np.allclose(got.astype(np.float64), g * features.astype(np.float64) + b, atol=1e-5, rtol=1e-5):
             c.fail(what, "values differ, so the formula itself is wrong (with one gamma and one beta everywhere, "
@@ -186,10 +199,12 @@ def _reference_attention(queries, context, context_mask):
 
 
 def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", softmax: str = "stable",
-                       swap: bool = False):
+                       swap: bool = False, in_place: bool = False):
     def attention(queries, context, context_mask):
         d = queries.shape[-1]
-        divisor = {"sqrt": np.sqrt(d), "none": 1.0, "d": float(d)}[scale]
+        if in_place:
+            queries /= queries.dtype.type(np.sqrt(d))         # scales the caller's array
+        divisor = 1.0 if in_place else {"sqrt": np.sqrt(d), "none": 1.0, "d": float(d)}[scale]
         scores = queries @ np.swapaxes(context, 1, 2) / divisor
         if mask == "keys":
             scores = np.where(context_mask[:, None, :], scores, -1e9)
@@ -236,6 +251,7 @@ def _attention_mistake(scale: str = "sqrt", axis: int = -1, mask: str = "keys", 
         "masks the weights after the softmax, then renormalises": _attention_mistake(mask="after, renormalised"),
         "masks with a fill of -30 (not large enough)": _attention_mistake(mask="small fill"),
         "attends to the first `mask.sum()` tokens (assumes real tokens come first)": _attention_mistake(mask="prefix"),
+        "scales the queries in place": _attention_mistake(in_place=True),
     },
 )
 def _check_cross_attention(c: Checker) -> None:
@@ -248,18 +264,19 @@ def _check_cross_attention(c: Checker) -> None:
         queries = _tokens(seed, batch, q_len, d, scale)
         context = _tokens(seed + 20, batch, k_len, d, scale)
         mask = _mask(lengths, k_len)
-        _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=scale > 1)
+        got = c.call(queries, context, mask, read_only=True)
+        _expect_cross_attention(c, got, queries, context, mask, large=scale > 1)
     queries, context = _tokens(5, 2, 3, 4), _tokens(25, 2, 5, 4)
     mask = np.array(_GAP_MASK)                      # real context tokens need not come first
-    _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=False)
+    _expect_cross_attention(c, c.call(queries, context, mask, read_only=True), queries, context, mask, large=False)
     queries = 8.0 + 0.1 * _tokens(6, 2, 3, 16)      # every real score near -256: a padded token must still get 0
     context = -8.0 + 0.1 * _tokens(26, 2, 5, 16)
     mask = _mask([3, 2], 5)
-    _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=True)
+    _expect_cross_attention(c, c.call(queries, context, mask, read_only=True), queries, context, mask, large=True)
     queries, context = 3.0 + 0.1 * _tokens(9, 2, 3, 8), _tokens(29, 2, 5, 8)
     mask = _mask([2, 4], 5)
     context[~mask] = 250.0                          # a padded token scores thousands above the real ones
-    _expect_cross_attention(c, c.call(queries, context, mask), queries, context, mask, large=True)
+    _expect_cross_attention(c, c.call(queries, context, mask, read_only=True), queries, context, mask, large=True)
 
 
 def _expect_cross_attention(c: Checker, result, queries, context, mask, large: bool) -> None:
@@ -334,7 +351,7 @@ def _check_object_pairs(c: Checker) -> None:
     cases += draw_cases(st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 4)), 6)
     for seed, (batch, k, d) in enumerate(cases):
         objects = _tokens(seed + 30, batch, k, d)
-        got = c.call(objects)
+        got = c.call(objects, read_only=True)
         what = f"pairs (batch {batch}, K {k}, D {d})"
         got = c.expect_array(what, got, (batch, k, k, 2 * d),
                              hint="one entry per ordered pair (i, j), both orders and i == j included: "

@@ -22,6 +22,7 @@ from mmlm_course.exercises.checker import error_message
 _SIZES = (3, 6, 5, 6, 6)              # num_objects, num_features, question_length, vocab_size, num_answers
 _HOW_MANY, _WHAT_COLOR = (1, 2, 0, 0, 0), (3, 4, 5, 0, 0)  # "how many objects ?", "what color are ..."
 _REPEATED, _SINGLE = (4, 4, 4, 0, 0), (4, 0, 0, 0, 0)       # one word three times, and once
+_PAIR, _PAIR_REPEATED = (3, 5, 0, 0, 0), (3, 5, 5, 0, 0)    # two words, then the second one again: a new mean
 _FUSION_LABELS = ("fusion_model(3, 6, 5, 6, 6) called on {'objects': float32 (8, 3, 6), 'token_ids': int32 (8, 5)}",
                   "fusion_model(3, 6, 5, 6, 6) trained with fit on a toy task")
 _STAGE_HINTS = types.MappingProxyType({
@@ -67,13 +68,17 @@ def _fusion_probes() -> dict:
     blend = pair.copy()                                     # ... and twice their average: the same mean object
     blend[:, 0] = blend[:, 1] = 0.5 * (pair[:, 0] + pair[:, 1])
     scenes = np.roll(probe["objects"], 1, axis=0)
+    empty = np.zeros_like(probe["objects"])                 # no object: every feature 0
     return {"probe": probe, "objects changed": {**probe, "objects": scenes},
             "question changed": {**probe, "token_ids": other.astype(np.int32)},
+            "empty scene": {**probe, "objects": empty},
+            "empty scene, question changed": {"objects": empty, "token_ids": other.astype(np.int32)},
             "both changed": {"objects": scenes, "token_ids": other.astype(np.int32)},
             "slots reordered": {**probe, "objects": probe["objects"][:, ::-1] + 0.0},
             "one object": {**probe, "objects": alone}, "the object twice": {**probe, "objects": twice},
             "two objects": {**probe, "objects": pair}, "their average twice": {**probe, "objects": blend},
-            "repeated word": question(_REPEATED), "single word": question(_SINGLE)}
+            "repeated word": question(_REPEATED), "single word": question(_SINGLE),
+            "two words": question(_PAIR), "second word repeated": question(_PAIR_REPEATED)}
 
 
 def _wrapped(model, num_objects: int):
@@ -123,7 +128,7 @@ def _fusion_steps(train: bool):
 
 def _fusion_answer(image: str = "mean", question: str = "masked mean", head: str | None = None,
                    answers: int | None = None, names=("objects", "token_ids"), object_activation="relu",
-                   hidden_activation="relu", hidden: bool = True):
+                   hidden_activation="relu", hidden: bool = True, fuse: str = "concatenate"):
     """The notebook's concatenation model; each argument other than its default names a mistake."""
     def fusion_model(num_objects, num_features, question_length, vocab_size, num_answers):
         objects = keras.Input((num_objects, num_features), name=names[0])
@@ -145,10 +150,12 @@ def _fusion_answer(image: str = "mean", question: str = "masked mean", head: str
             parts.append(keras.layers.Dense(32, activation="relu")(keras.layers.Cropping1D((0, num_objects - 1))(
                 objects))[:, 0])
         if question:
-            words = keras.layers.Embedding(vocab_size, 16, mask_zero=question == "masked mean")(token_ids)
-            parts.append(keras.layers.GlobalAveragePooling1D()(words) if question != "flatten"
-                         else keras.layers.Flatten()(words))
-        fused = keras.layers.Concatenate()(parts) if len(parts) > 1 else parts[0]
+            words = keras.layers.Embedding(vocab_size, 32, mask_zero=question in ("masked mean", "max"))(token_ids)
+            pool = {"flatten": keras.layers.Flatten, "max": keras.layers.GlobalMaxPooling1D}.get(
+                question, keras.layers.GlobalAveragePooling1D)
+            parts.append(pool()(words))
+        join = {"concatenate": keras.layers.Concatenate, "multiply": keras.layers.Multiply}[fuse]
+        fused = join()(parts) if len(parts) > 1 else parts[0]
         features = keras.layers.Dense(64, activation=hidden_activation)(fused) if hidden else fused
         output = keras.layers.Dense(answers or num_answers, activation=head)(features)
         if names != ("objects", "token_ids"):              # a list of inputs is matched to the dict by name
@@ -177,6 +184,7 @@ def _cross_entropy(logits: np.ndarray, answers: np.ndarray) -> float:
         "max-pools the objects (cannot count them)": _fusion_answer(image="max"),
         "averages the padding into the question vector (no mask_zero)": _fusion_answer(question="plain mean"),
         "flattens the word embeddings instead of averaging them": _fusion_answer(question="flatten"),
+        "max-pools the real words instead of averaging them": _fusion_answer(question="max"),
         "a list of inputs named 'image' and 'question'": _fusion_answer(names=("image", "question")),
         "flattens the object tokens instead of averaging them": _fusion_answer(image="flatten"),
         "no ReLU on the object tokens' Dense layer": _fusion_answer(object_activation=None),
@@ -184,6 +192,7 @@ def _cross_entropy(logits: np.ndarray, answers: np.ndarray) -> float:
         "no ReLU on the hidden layer": _fusion_answer(hidden_activation=None),
         "no hidden layer: the logits read the concatenation": _fusion_answer(hidden=False),
         "sums the object tokens instead of averaging them": _fusion_answer(image="sum"),
+        "multiplies the image and question vectors instead of concatenating them": _fusion_answer(fuse="multiply"),
     },
 )
 def _check_fusion_model(c: Checker) -> None:
@@ -216,6 +225,12 @@ def _check_fusion_model(c: Checker) -> None:
                          "and the question only add up, so the answer to one cannot depend on the other",
                "after the concatenation, a hidden Dense layer with a ReLU, then the Dense layer of the logits")
     c.passed.append("the head mixes image and question non-linearly")
+    empty = c.expect_array("logits for empty scenes (every object feature 0)", logits["empty scene"], probe.shape)
+    if np.allclose(c.expect_array("logits", logits["empty scene, question changed"], probe.shape), empty, atol=1e-6):
+        c.fail("fusion", "for an empty scene (every object feature 0, so a zero image vector) the logits do not "
+                         "change with the question: the two vectors are multiplied, not concatenated",
+               "concatenate the image vector and the question vector, so each reaches the hidden layer on its own")
+    c.passed.append("the image and question vectors are concatenated")
     once = c.expect_array("logits for scenes of one object", logits["one object"], probe.shape)
     if np.allclose(c.expect_array("logits", logits["the object twice"], probe.shape), once, atol=1e-6):
         c.fail("image vector", "the logits do not change when a copy of the scene's object fills an empty slot, so "
@@ -249,6 +264,12 @@ def _check_fusion_model(c: Checker) -> None:
                                   "of real words is the same",
                "the question vector is the mean over the real words only: the padding (id 0) must not count, "
                "and neither must word positions")
+    pair = c.expect_array("logits for a question of two words", logits["two words"], probe.shape)
+    if np.allclose(c.expect_array("logits", logits["second word repeated"], probe.shape), pair, atol=1e-6):
+        c.fail("question vector", "the logits for 'x y y' equal those for 'x y', although their means of real "
+                                  "words differ",
+               "average the real words: a max over the words, or reading one word, does not change when a word "
+               "is repeated")
     c.passed.append("the question is the mean of its real words")
     _check_training(c, _fusion_report(c, c.scenario(_FUSION_LABELS[1], _fusion_steps(train=True))))
 

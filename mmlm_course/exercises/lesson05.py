@@ -12,6 +12,7 @@ import numpy as np
 
 from mmlm_course import losses, metrics
 from mmlm_course.exercises import Checker, draw_cases, exercise
+from mmlm_course.exercises.lesson07 import as_array_answer
 
 _MIN_TEMPERATURE = 0.01        # LearnedTemperature's clip: the logit scale 1/T never exceeds 100
 
@@ -88,6 +89,8 @@ def _clip_floor(got: np.ndarray, expected: np.ndarray) -> float | None:
         "clips the result at -100": lambda z: np.maximum(_log_softmax64(z), -100.0).astype(np.float32),
         "subtracts the mean instead of the max": lambda z: z - z.mean(-1, keepdims=True)
             - np.log(np.exp(z - z.mean(-1, keepdims=True)).sum(-1, keepdims=True)),
+        "subtracts the max in place (logits -= ...)": lambda z: np.subtract(z, z.max(-1, keepdims=True), out=z)
+            - np.log(np.exp(z).sum(-1, keepdims=True)),
     },
 )
 def _check_log_softmax(c: Checker) -> None:
@@ -104,8 +107,10 @@ def _check_log_softmax(c: Checker) -> None:
     cases += [(f"logits of shape {z.shape} with values up to {float(np.abs(z).max()):.4g}", z) for z in _drawn_logits()]
     for what, logits in cases:
         label = f"log_softmax of {what}"
-        array = c.expect_array(label, c.call(logits), logits.shape,
-                               hint="keep the shape (B, C): normalise each row over the class axis (axis=-1)")
+        hint = "keep the shape (B, C): normalise each row over the class axis (axis=-1)"
+        got = c.call(logits, read_only=True)
+        got = as_array_answer(c, label, got, hint) if isinstance(got, (list, tuple)) else got   # rows as lists
+        array = c.expect_array(label, got, logits.shape, hint=hint)
         bad = np.argwhere(~np.isfinite(array.astype(np.float64)))
         if len(bad):
             c.fail(label, f"row {int(bad[0][0])} contains inf or NaN",
@@ -167,14 +172,16 @@ def _masked_cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
             lambda values, mask: float((values * mask).sum() / max(np.count_nonzero(values * mask), 1)),
         "np.mean(values[mask]): NaN without real tokens": lambda values, mask: float(np.mean(values[mask])),
         "returns the per-sequence sums": lambda values, mask: (values * mask).sum(axis=1),
+        "zeroes the padding in place (values *= mask)": lambda values, mask: float(
+            np.multiply(values, mask, out=values).sum() / max(mask.sum(), 1)),
     },
 )
 def _check_masked_mean(c: Checker) -> None:
     hint = "average over the real tokens only: padded positions must not count in the sum or in the count"
     for what, values, mask in _masked_cases():
         label = f"masked mean with {what}"
-        got = c.expect_number(label, c.call(values, mask), "return one number: the mean loss over all real "
-                              "tokens of the batch")
+        got = c.expect_number(label, c.call(values, mask, read_only=True),
+                              "return one number: the mean loss over all real tokens of the batch")
         if not np.isfinite(got):
             c.fail(label, f"got {got}", "a row or a batch without real tokens must not produce NaN or inf: "
                    "guard the division")
@@ -185,7 +192,7 @@ def _check_masked_mean(c: Checker) -> None:
             c.fail(label, f"expected {expected:.6g}, got {got:.6g}", hint + extra)
         c.passed.append(label)
     values = np.full((2, 4), 30.0, np.float32)
-    got = c.expect_number("masked mean of a fully padded batch", c.call(values, np.zeros((2, 4), bool)),
+    got = c.expect_number("masked mean of a fully padded batch", c.call(values, np.zeros((2, 4), bool), read_only=True),
                           "return one number")
     if got != 0.0:
         c.fail("masked mean of a fully padded batch", f"expected 0.0, got {got}",
@@ -270,12 +277,14 @@ def _info_nce_cases() -> list[tuple[str, np.ndarray, np.ndarray, float]]:
         "subtracts the largest logit of the whole matrix, not of each row": _global_max_info_nce,
         "normalises over the batch axis": _info_nce_axis0,
         "returns the per-pair losses": lambda i, t, temp: np.full(len(i), _info_nce64(i, t, temp)),
+        "L2-normalises the embeddings in place (image /= ...)": lambda i, t, temp: _info_nce64(
+            np.divide(i, np.linalg.norm(i, axis=1, keepdims=True), out=i), t, temp),
     },
 )
 def _check_symmetric_info_nce(c: Checker) -> None:
     for name, image, text, temperature in _info_nce_cases():
         what = f"InfoNCE for {name}"
-        got = c.expect_number(what, c.call(image, text, temperature),
+        got = c.expect_number(what, c.call(image, text, temperature, read_only=True),
                               "return one number: the mean of the two directions' mean cross-entropies")
         if not np.isfinite(got):
             c.fail(what, f"got {got}", "the logits reach 1/T: exp() of them overflows (float32 above 88, "
@@ -375,6 +384,7 @@ def _diagonal_recall(scores, targets, k):
 _RECALL_DIAGNOSES = (
     (lambda s, t, k: float(np.sum(_ranks(s, t)[0] <= k)),
      "recall is the fraction of the queries that are hits (between 0 and 1), not their number"),
+    (lambda s, t, k: 100 * _recall64(s, t, k), "recall is a fraction between 0 and 1, not a percentage"),
     (_diagonal_recall, "the true candidate of query i is targets[i], not candidate i: use the targets"),
     (lambda s, t, k: float(np.mean(_ranks(s, t)[0] < k)),
      "check the boundary: the best rank is 1 (not 0), and a true item at rank exactly k is a hit"),
@@ -416,13 +426,14 @@ def _recall_hint(cases, answers, ties_checked: bool) -> str:
         "ignores the targets: takes candidate i as query i's true one":
             lambda s, t, k: _recall64(s, np.arange(len(s)), k),
         "top k of the lowest scores": _bottom_k,
+        "returns a percentage (x 100)": lambda s, t, k: 100 * _recall64(s, t, k),
         "ranks the query among the queries (axis 0)":
             lambda s, t, k: float(np.mean((s[:, t] >= s[np.arange(len(s)), t][None, :]).sum(0) <= k)),
     },
 )
 def _check_recall_at_k(c: Checker) -> None:
     for ties_checked, cases in ((False, _tie_free_cases()), (True, _tie_cases())):
-        answers = [c.expect_number(f"recall@{k} on {what}", c.call(scores, targets, k),
+        answers = [c.expect_number(f"recall@{k} on {what}", c.call(scores, targets, k, read_only=True),
                                    "return one number: the fraction of queries whose true item is in the top k")
                    for what, scores, targets, k in cases]
         for (what, scores, targets, k), got in zip(cases, answers):
@@ -519,6 +530,9 @@ def _same(got, expected: np.ndarray) -> bool:
         np.allclose(array.astype(np.float64), expected, rtol=1e-4, atol=1e-6 * float(np.abs(expected).max(initial=0)))
 
 
+_ADAM_RESULTS = ("new_param", "new_m", "new_v")
+
+
 @exercise(
     "05.adam_step",
     reference=_adam64,
@@ -533,6 +547,7 @@ def _same(got, expected: np.ndarray) -> bool:
         "returns the bias-corrected moments m_hat, v_hat": _adam_variant(return_hats=True),
         "steps with the old moments": _adam_variant(old_moments=True),
         "ignores the keyword arguments": _adam_variant(defaults=True),
+        "returns (new_m, new_v, new_param)": lambda *args, **kw: (lambda p, m, v: (m, v, p))(*_adam64(*args, **kw)),
     },
 )
 def _check_adam_step(c: Checker) -> None:
@@ -549,6 +564,10 @@ def _check_adam_step(c: Checker) -> None:
             c.fail(f"result of {what}", f"expected 3 values (new_param, new_m, new_v), got {len(got)}",
                    "return all three: the caller keeps m and v for the next step")
         expected = _adam64(*args, **kwargs)
+        order = [next((name for name, e in zip(_ADAM_RESULTS, expected) if _same(g, e)), None) for g in got]
+        if None not in order and order != list(_ADAM_RESULTS):
+            c.fail(f"result of {what}", f"the right values, in the order ({', '.join(order)})",
+                   "return them in the order (new_param, new_m, new_v)")
         defaults = _adam64(*args)
         if kwargs and not all(_same(e, d) for e, d in zip(expected, defaults)) and \
                 all(_same(g, d) for g, d in zip(got, defaults)):

@@ -28,6 +28,12 @@ def _logits64(images, texts, temperature):
     return _unit64(images) @ _unit64(texts).T / temperature
 
 
+def _normalised_in_place(images, texts, temperature):
+    images /= np.linalg.norm(images, axis=1, keepdims=True)  # changes the caller's embeddings
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    return images @ texts.T / temperature
+
+
 def _embedding_pairs():
     """(what, images, texts, temperature): rows of lengths from 0.001 to 1000, T from CLIP's clip limit
     0.01 (logits up to 100) to 1, a square batch, a batch of one, texts equal to the images."""
@@ -66,13 +72,14 @@ def _embedding_pairs():
         "computes in float16": lambda i, t, temp: (
             _unit64(i).astype(np.float16) @ _unit64(t).astype(np.float16).T / np.float16(temp)),
         "cosine distance (1 - cos) / T": lambda i, t, temp: (1.0 - _unit64(i) @ _unit64(t).T) / temp,
+        "L2-normalises the embeddings in place (images /= ...)": _normalised_in_place,
     },
 )
 def _check_similarity_logits(c: Checker) -> None:
     for what, images, texts, temperature in _embedding_pairs():
         what = f"logits for {what}"
         batch = len(images)
-        got = as_array_answer(c, what, c.call(images.copy(), texts.copy(), temperature),
+        got = as_array_answer(c, what, c.call(images, texts, temperature, read_only=True),
                               "return the (B, B) matrix: one row per image and one column per text")
         got = c.expect_array(what, got, (batch, batch), hint="one row per image and one column per text: (B, B)")
         expected = _logits64(images, texts, temperature)
@@ -168,7 +175,7 @@ def _check_caption_hits(c: Checker) -> None:
     for caps, scs in cases:
         what = f"hits for {len(caps)} caption(s) x {len(scs)} scene(s)"
         expected = shapeworld.caption_truth_matrix(caps, scs)
-        array = as_array_answer(c, what, c.call(list(caps), list(scs)), hint)
+        array = as_array_answer(c, what, c.call(list(caps), list(scs), read_only=True), hint)
         array = c.expect_array(what, array, expected.shape, hint=hint)
         if array.dtype != bool:
             c.fail(what, f"expected dtype bool, got {array.dtype}",
@@ -203,6 +210,13 @@ def _argsort_recall(scores, hits, k):
 def _precision_at_k(scores, hits, k):
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float(np.mean(np.take_along_axis(hits, top, axis=1).mean(axis=1)))
+
+
+def _non_hits_dropped_in_place(scores, hits, k):
+    """Mistake: overwrites the caller's scores to find the best hit."""
+    best = scores.copy()
+    scores[~hits] = -np.inf
+    return float(np.mean(1 + ((best >= scores.max(axis=1, keepdims=True)) & ~hits).sum(axis=1) <= k))
 
 
 def _first_hit_recall(scores, hits, k):
@@ -278,12 +292,13 @@ def _recall_cases():
         "rank < k (off by one)": lambda s, h, k: float(np.mean(_ranks64(s, h) < k)),
         "best hit read as scores * hits (a negative best hit becomes 0)": lambda s, h, k: float(np.mean(
             1 + ((s >= (s * h).max(1, keepdims=True)) & ~h).sum(1) <= k)),
+        "writes -inf into the scores in place to find the best hit": _non_hits_dropped_in_place,
     },
 )
 def _check_recall_with_hits(c: Checker) -> None:
     for what, scores, hits, k, (too_high, too_low) in _recall_cases():
         label = f"recall@{k} on {what}"
-        got = c.expect_number(label, c.call(scores.copy(), hits.copy(), k),
+        got = c.expect_number(label, c.call(scores, hits, k, read_only=True),
                               "return one number: the fraction of queries with a hit among their top k")
         expected = float(np.mean(_ranks64(scores, hits) <= k))
         if not abs(got - expected) < 1e-6:
@@ -351,7 +366,7 @@ def _check_zero_shot_predict(c: Checker) -> None:
         what = f"predictions for {what}"
         images, prompts = images.astype(np.float32), prompts.astype(np.float32)
         expected = _reference_zero_shot(images, prompts, classes)
-        array = as_array_answer(c, what, c.call(images.copy(), prompts.copy(), classes.copy()), hint)
+        array = as_array_answer(c, what, c.call(images, prompts, classes, read_only=True), hint)
         array = c.expect_array(what, array, expected.shape, hint=hint)
         if not np.issubdtype(array.dtype, np.integer):
             c.fail(what, f"expected integer class ids, got dtype {array.dtype}",

@@ -37,6 +37,8 @@ def as_array_answer(c: Checker, what: str, value, hint: str) -> np.ndarray:
             c.fail(what, "the rows have different lengths", hint)
         if value.dtype.kind not in "biuf":
             c.fail(what, f"expected numbers, got a list of {value.dtype}", hint)
+    if not hasattr(value, "shape"):
+        c.fail(what, f"expected an array, got {type(value).__name__} {value!r:.40}", hint)
     return c.expect_array(what, value, np.shape(value), hint=hint)
 
 
@@ -183,8 +185,9 @@ def _check_top_k_filter(c: Checker) -> None:
             c.fail(what, f"row {row} keeps the wrong tokens",
                    "find the threshold per row (axis -1): the k-th largest value of that row")
         row = int(np.argmax(np.any(kept & (array != expected), axis=-1)))
-        c.fail(what, f"row {row}: the kept values changed",
-               "return logits, not probabilities: the kept entries stay exactly as they were")
+        column = int(np.argmax(kept[row] & (array[row] != expected[row])))
+        c.fail(what, f"row {row}: the kept entry {column} is {array[row, column]:g}, expected {expected[row, column]:g}",
+               "the kept entries stay exactly as they were: no softmax, no scaling, no cast to a smaller float type")
 
 
 # --------------------------------------------------------------------------- 07.temperature_probabilities
@@ -233,7 +236,9 @@ def _check_temperature_probabilities(c: Checker) -> None:
         array = c.expect_array(what, as_array_answer(c, what, c.call(x.copy(), temperature), hint), x.shape, hint=hint)
         dtype, array = array.dtype, array.astype(np.float64)
         expected = _softmax(x.astype(np.float64) / temperature)
-        if np.allclose(array, expected, atol=1e-5, rtol=1e-5):
+        # float32 rounds logits / T (and a log-sum-exp of it) to about eps * |logits / T|: allow that per row
+        rtol = 1e-5 + 4 * np.finfo(np.float32).eps * np.abs(x.astype(np.float64) / temperature).max(-1, keepdims=True)
+        if np.all(np.abs(array - expected) <= 1e-5 + rtol * np.abs(expected)):
             c.passed.append(what)
             continue
         if dtype == np.float16:
@@ -309,6 +314,8 @@ def _assigns_into_cache(cache, new, position):
         "writes at the end of the cache": lambda cache, new, p: _numpy_update(
             cache, new, cache.shape[1] - new.shape[1]),
         "assigns into the cache (cache[:, p:p + T] = new: fails on a tensor)": _assigns_into_cache,
+        "returns a float64 copy (np.array(cache, dtype=float))": lambda cache, new, p: _numpy_update(
+            cache.astype(np.float64), new, p),
     },
 )
 def _check_update_cache(c: Checker) -> None:
@@ -357,13 +364,17 @@ def _compare_cache(c: Checker, what: str, array, cache, new, position) -> None:
         c.fail(what, f"time step {t} is wrong", "time steps position .. position + T_new - 1 hold the new "
                "entries" if inside else "every time step outside position .. position + T_new - 1 keeps "
                "its old value")
+    if array.dtype != cache.dtype:
+        c.fail(what, f"expected the cache's dtype {cache.dtype}, got {array.dtype}",
+               "the buffer keeps its dtype as well as its shape: start from the cache itself (a copy, or "
+               "keras.ops.slice_update), not from a new array of another dtype")
     c.passed.append(what)
 
 
 # --------------------------------------------------------------------------- 07.decoder_lm
 
-_GPT_SIZES = (11, 12, 16, 2, 2)                     # vocab_size, max_length, dim, num_layers, num_heads
-_GPT_LABEL = ("MiniGPT(vocab_size=11, max_length=12, dim=16, num_layers=2, num_heads=2) with random weights, called "
+_GPT_SIZES = (11, 12, 16, 2, 4)       # vocab_size, max_length, dim, num_layers, num_heads (num_layers != num_heads)
+_GPT_LABEL = ("MiniGPT(vocab_size=11, max_length=12, dim=16, num_layers=2, num_heads=4) with random weights, called "
               "on token_ids (3, 8), on the same with tokens 5..7 changed, and on one token repeated (1, 6)")
 _GPT_LAYERS = ("token_embedding", "position_embedding", "final_norm", "head")
 _GPT_NEVER_CALLED = types.MappingProxyType({
@@ -389,14 +400,17 @@ class _ReferenceGPT(keras.Model):
         return _gpt_forward(self, token_ids)
 
 
-def _gpt_built_as(shared=False, mlp=4, heads=None, position_rows="max_length"):
-    """The reference model with __init__ slips: sizes the text fixes, built otherwise."""
+def _gpt_built_as(shared=False, mlp=4, heads=None, position_rows="max_length", count="num_layers"):
+    """The reference model with __init__ slips: sizes the text fixes, built otherwise (``heads`` and
+    ``count``: a number, or the name of the argument used for it)."""
     def __init__(self, vocab_size, max_length, dim, num_layers, num_heads, **kwargs):
         _ReferenceGPT.__init__(self, vocab_size, max_length, dim, num_layers, num_heads, **kwargs)
         self.position_embedding = keras.layers.Embedding(vocab_size if position_rows == "vocab" else max_length, dim)
-        block = attention.TransformerBlock(dim, heads or num_heads, mlp * dim, causal=True)
-        self.blocks = [block] * num_layers if shared else [
-            attention.TransformerBlock(dim, heads or num_heads, mlp * dim, causal=True) for _ in range(num_layers)]
+        sizes = {"num_layers": num_layers, "num_heads": num_heads}
+        block_heads, blocks = sizes.get(heads, heads or num_heads), sizes[count]
+        block = attention.TransformerBlock(dim, block_heads, mlp * dim, causal=True)
+        self.blocks = [block] * blocks if shared else [
+            attention.TransformerBlock(dim, block_heads, mlp * dim, causal=True) for _ in range(blocks)]
     return type("SizedGPT", (_ReferenceGPT,), {"__init__": __init__})
 
 
@@ -448,6 +462,8 @@ def _gpt_inputs() -> dict:
         "one block shared by every layer ([block] * num_layers)": _gpt_built_as(shared=True),
         "the MLP 2 * dim wide": _gpt_built_as(mlp=2),
         "num_heads ignored (one head)": _gpt_built_as(heads=1),
+        "num_heads blocks (range(num_heads) instead of range(num_layers))": _gpt_built_as(count="num_heads"),
+        "num_layers heads per block (the two sizes mixed up)": _gpt_built_as(heads="num_layers"),
         "a position table of vocab_size rows": _gpt_built_as(position_rows="vocab"),
         "the head before the final LayerNorm": type("LateNormGPT", (_ReferenceGPT,), {
             "call": lambda self, ids: self.final_norm(self.head(self.blocks[1](self.blocks[0](

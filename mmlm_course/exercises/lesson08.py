@@ -63,6 +63,13 @@ def _masks_inputs_too(ids, lengths):
     return inputs, targets
 
 
+def _masks_prompt_words(ids, lengths):
+    inputs, targets = instructions.answer_only_targets(ids, lengths)
+    prompt_words = [set(row[:n].tolist()) for row, n in zip(np.asarray(ids), np.asarray(lengths))]
+    return inputs, np.array([[0 if t in words else t for t in row] for row, words in zip(targets, prompt_words)],
+                            np.int32)
+
+
 def _instruction_batch() -> tuple[np.ndarray, np.ndarray]:
     """Two rows: a caption (prompt 2 tokens) and a question (prompt 7 tokens), the longer row second."""
     ids = np.array([[2, 4, 11, 12, 13, 14, 3, 0, 0, 0],
@@ -92,7 +99,9 @@ def _target_cases() -> list:
     cases = [("the lesson's two rows", ids, lengths),
              ("int64 ids (the result is still int32)", ids.astype(np.int64), lengths.astype(np.int64)),
              ("one row whose prompt is all but <eos>", np.array([[2, 5, 9, 8, 7, 6, 3]]), np.array([6])),
-             ("one row with a prompt of one token", np.array([[2, 17, 18, 3, 0]]), np.array([1]))]
+             ("one row with a prompt of one token", np.array([[2, 17, 18, 3, 0]]), np.array([1])),
+             ("an answer that repeats a word of its prompt", np.array([[2, 5, 21, 22, 23, 6, 30, 21, 3, 0]]),
+              np.array([6]))]
     return cases + [(f"drawn batch {i} of shape {ids.shape}", ids, lengths)
                     for i, (ids, lengths) in enumerate(_drawn_batches())]
 
@@ -111,13 +120,15 @@ def _target_cases() -> list:
         "zeroes the prompt in the inputs too": _masks_inputs_too,
         "drops the <eos> target": lambda ids, n: (lambda i, t: (i, np.where(t == 3, 0, t).astype(np.int32)))(
             *instructions.answer_only_targets(ids, n)),
+        "masks every target that is a word of the prompt (by value, not position)": _masks_prompt_words,
     },
 )
 def _check_answer_only_targets(c: Checker) -> None:
     for what, ids, lengths in _target_cases():
         got = c.call(ids.copy(), lengths.copy())
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
-            c.fail(f"result for {what}", f"expected a tuple (inputs, targets), got {type(got).__name__}",
+            got_what = f"a {type(got).__name__} of {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__
+            c.fail(f"result for {what}", f"expected a tuple of two (inputs, targets), got {got_what}",
                    "return both arrays: `return inputs, targets`")
         inputs, targets = _expected_targets(ids, lengths)
         got_inputs = _array(c, f"inputs for {what}", got[0], inputs.shape,
@@ -175,7 +186,9 @@ def _compare_targets(c: Checker, what: str, ids, lengths, got: np.ndarray, targe
                    + ("the row's last token (<eos>), which belongs to the answer" if last else "an answer token"),
                    "the last prompt position predicts the first answer token: keep it" if t + 1 == lengths[row]
                    else "<eos> is part of the answer (the model must learn to stop): keep its target" if last
-                   else "only targets that are prompt tokens become 0; every answer token stays")
+                   else "only targets that are prompt tokens become 0; every answer token stays"
+                   + (" (this word also occurs in the prompt: the position decides, not the word)"
+                      if ids[row, t + 1] in ids[row, :lengths[row]] else ""))
         wrong = np.flatnonzero(got[row] != targets[row])
         if wrong.size:
             c.fail(where, f"position {wrong[0]} has target {got[row, wrong[0]]}, expected {targets[row, wrong[0]]}",

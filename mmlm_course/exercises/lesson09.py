@@ -15,8 +15,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 from mmlm_course import audio_lm, shapeworld
-from mmlm_course.exercises import Checker, draw_cases, exercise
+from mmlm_course.exercises import CheckFailed, Checker, draw_cases, exercise
 from mmlm_course.exercises import lesson09_mistakes as mistake
+from mmlm_course.exercises.checker import error_message
 
 # --------------------------------------------------------------------------- 09.stack_frames
 
@@ -160,6 +161,8 @@ def _row_of(value: float, x: np.ndarray) -> int:
     reference=audio_lm.stack_frames,
     mistakes={
         "drops the frames that do not fill a token (floor instead of ceil)": _stack_floor,
+        "reshapes without padding (T must be a multiple of k)":
+            lambda x, k: np.reshape(x, (x.shape[0], -1, k * x.shape[2])),
         "pads at the start of time": _stack_pad_start,
         "interleaves the features of the k frames": _stack_interleaved,
         "reshapes to (B, k, T / k, D): frames T / k apart": _stack_strided,
@@ -174,7 +177,14 @@ def _check_stack_frames(c: Checker) -> None:
         batch, time, width = x.shape
         expected = _stack64(x, k)
         what = f"tokens of frames {x.shape} with k={k}"
-        got = c.call(x, k, read_only=True)
+        try:
+            got = c.call(x, k, read_only=True)
+        except CheckFailed as error:               # a reshape that needs T to be a multiple of k: say so
+            message = str(error)
+            if not (time % k and message.startswith("09.stack_frames: your function raised") and "reshape" in message):
+                raise
+            raise CheckFailed(f"{message} Hint: {time} frames do not split into groups of {k}: complete the last "
+                              "token with zeros (pad the end of the time axis) before the reshape") from None
         array = _as_array(c, what, got, expected.shape, _shape_hint(got, batch, time, width, k))
         if array.dtype.kind != "f" or array.dtype.itemsize < 4:        # float16 rounds the frames' values
             c.fail(what, f"expected float values, got dtype {array.dtype}",
@@ -231,7 +241,8 @@ def _labels(c: Checker, what: str, got) -> list[int]:
     """A list / tuple / 1-D integer array of labels as a list of Python ints."""
     if isinstance(got, (set, frozenset, dict)):
         c.fail(what, f"expected a list of labels, got a {type(got).__name__}",
-               "a set loses the order and the repeats: return a list in the order the labels are spoken")
+               "return a list in the order the labels are spoken, repeats included (a set or a dict keeps each "
+               "label once)")
     if isinstance(got, np.ndarray):
         if got.ndim != 1:
             c.fail(what, f"expected one label after another, got an array of shape {got.shape}",
@@ -267,6 +278,8 @@ def _shown(labels: list) -> str:
         "compares frame 0 with the last frame (ids[i - 1] at i = 0)": mistake.first_compared_with_last,
         "starts with previous = 0 (a first frame of label 0 is lost when the blank is not 0)": mistake.previous_zero,
         "returns a set": lambda ids, blank=0: set(audio_lm.ctc_greedy_decode(ids, blank)),
+        "another default blank (the last label, as tf.nn.ctc_greedy_decoder)":
+            lambda ids, blank=11: audio_lm.ctc_greedy_decode(ids, blank),
     },
 )
 def _check_ctc_greedy_decode(c: Checker) -> None:
@@ -293,6 +306,18 @@ def _check_ctc_greedy_decode(c: Checker) -> None:
         if sorted(got) == got and sorted(set(expected)) == got:
             c.fail(what, message, "keep the labels in the order they are spoken, with their repeats")
         c.fail(what, message, "each run of equal frame labels gives its label once, then the blanks are dropped")
+    what = "decoding of frame labels [0, 3, 3, 0, 3, 5, 5] (int64 array, `blank` left out)"
+    try:
+        got = _labels(c, what, c.call(np.array([0, 3, 3, 0, 3, 5, 5], np.int64), read_only=True))
+    except CheckFailed as error:               # no default at all: every call site passes the blank, so it is fine
+        if "your function raised TypeError" in str(error) and "required" in str(error) \
+                and "argument: 'blank'" in str(error):
+            return
+        raise
+    if got != [3, 3, 5]:
+        c.fail(what, f"expected [3, 3, 5], got {_shown(got)}",
+               "the signature is ctc_greedy_decode(frame_ids, blank=0): without `blank`, the blank is label 0")
+    c.passed.append(what)
 
 
 # --------------------------------------------------------------------------- 09.caption_is_true_of_sound
@@ -319,11 +344,14 @@ _ORDER = ("left and right come from the objects' x, not from their order in scen
 _MARGIN = "a relation holds for any difference in x, however small (no margin): the tones play in that order"
 _TIE = ("two objects at the same x (one above the other) are neither to the left nor to the right of each other: "
         "compare the centres' x strictly")
+_EDGES = ("a large shape's left edge lies further left than a small one's at the same x, yet the two are one above "
+          "the other: compare the centres' x, not the edges")
 _NOTES = {"a blue triangle is to the right of a yellow circle": _ORDER, "a square is to the left of a triangle": _ORDER,
           "a yellow circle is to the right of a blue triangle": _ORDER,
           "a red square is to the right of a yellow circle": _MARGIN,
           "a yellow circle is to the left of a red square": _MARGIN,
-          "a red circle is to the left of a green square": _TIE, "a green square is to the right of a circle": _TIE}
+          "a red circle is to the left of a green square": _TIE, "a green square is to the right of a circle": _TIE,
+          "a green square is to the left of a red circle": _EDGES}
 
 # (caption, scene, true of the scene): the verdict for the sound is False as well when it states "above" / "below"
 _CAPTIONS = (
@@ -367,6 +395,8 @@ _CAPTIONS = (
     ("a green square is to the left of a purple triangle", "column", True),
     ("a red circle is above a green square", "column", True),
     ("there are three objects", "column", True),
+    ("a green square is to the left of a red circle", "column", False),      # its left edge is further left
+    ("there are two objects", "column", False),
 )
 
 _UNPARSABLE = ("the red circle is left of the blue square", "a red circle is near a blue square", "",
@@ -470,7 +500,8 @@ def _verdict_hint(caption: str, true_of_scene: bool, got: bool) -> str:
     if caption in _NOTES:
         return _NOTES[caption]
     if caption.startswith("there are") and " and " not in caption:
-        return "'there are N objects' counts every object of the scene, whatever its shape or colour" + case
+        return "'there are N objects' counts every object of the scene, whatever its shape or colour: exactly N, " \
+            "not at least N" + case
     if got:
         return "the caption must also be true of this scene: look at where the objects are" + case
     if any(relation in caption.lower() for relation in _AUDIBLE):
@@ -488,7 +519,7 @@ def _answer_or_error(caption: str, fields):
         except NotImplementedError:
             raise
         except Exception as error:             # reported with a hint, not as a crash
-            return {"raised": f"{type(error).__name__}: {str(error)[:120]}"}
+            return {"raised": f"{type(error).__name__}: {error_message(error)[:120]}"}
     return steps
 
 
@@ -519,6 +550,8 @@ def _expect_verdict(c: Checker, what: str, got) -> bool:
         "reads left to right from the order of scene.objects": mistake.LISTED_ORDER,
         "counts objects at the same x as left / right (<= for <)": mistake.TIES_COUNT,
         "wants the centres shapeworld.RELATION_MARGIN apart": mistake.WITH_MARGIN,
+        "compares the left edges of the shapes, not their centres": mistake.LEFT_EDGES,
+        "reads 'there are N objects' as at least N": mistake.AT_LEAST_N,
         "compares places in the order the tones play (ties ordered too)": mistake.PLAYED_ORDER,
     },
 )

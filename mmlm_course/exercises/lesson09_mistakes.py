@@ -82,8 +82,9 @@ def ignores_the_scene(caption, scene):
     return all(s[0] != "relation" or s[2] in audio_lm.SOUND_RELATIONS for s in statements)
 
 
-def verifier_with(left_of):
-    """A verifier written by hand whose "a is to the left of b" is ``left_of(scene, a, b)``."""
+def verifier_with(left_of, at_least: bool = False):
+    """A verifier written by hand whose "a is to the left of b" is ``left_of(scene, a, b)`` (and whose "there
+    are N objects" holds for N or more objects when ``at_least``)."""
     def fits(obj, attributes):
         return all(getattr(obj, key) == value for key, value in attributes.items())
 
@@ -91,7 +92,7 @@ def verifier_with(left_of):
         if statement[0] == "exists":
             return any(fits(o, statement[1]) for o in scene.objects)
         if statement[0] == "count":
-            return len(scene.objects) == statement[1]
+            return len(scene.objects) >= statement[1] if at_least else len(scene.objects) == statement[1]
         _, first, relation, second = statement
         if relation not in audio_lm.SOUND_RELATIONS:
             return False
@@ -116,5 +117,7 @@ def _played_order(scene):
 LISTED_ORDER = verifier_with(lambda scene, a, b: scene.objects.index(a) < scene.objects.index(b))
 TIES_COUNT = verifier_with(lambda scene, a, b: a.x <= b.x)
 WITH_MARGIN = verifier_with(lambda scene, a, b: a.x < b.x - shapeworld.RELATION_MARGIN)
+LEFT_EDGES = verifier_with(lambda scene, a, b: a.x - a.radius < b.x - b.radius)
+AT_LEAST_N = verifier_with(lambda scene, a, b: a.x < b.x, at_least=True)
 PLAYED_ORDER = verifier_with(lambda scene, a, b: _played_order(scene).index(scene.objects.index(a))
                              < _played_order(scene).index(scene.objects.index(b)))

@@ -19,6 +19,7 @@ import numpy as np
 
 from mmlm_course import shapeworld
 from mmlm_course.exercises import Checker, draw_cases, exercise
+from mmlm_course.exercises.checker import error_message
 
 # --------------------------------------------------------------------------- 10.resume_position
 
@@ -64,7 +65,7 @@ def _check_resume_position(c: Checker) -> None:
             if isinstance(value, np.ndarray) and value.shape == ():
                 value = value[()]
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(value) or value != int(value):
+                    or isinstance(value, (float, np.floating)) and not (np.isfinite(value) and value == int(value)):
                 c.fail(what, f"the {name} is {value!r}, not a whole number",
                        "an epoch and a batch are counted in whole steps: integer division (//) and remainder (%)")
             values.append(int(value))
@@ -135,7 +136,7 @@ def _second_data():
 
 
 def _third_data():
-    return {"step": 360, "stage": 2, "losses": [], "best": None, "done": True}
+    return {"step": 360, "stage": 2, "losses": [], "done": True}        # no "best": the old file's must not stay
 
 
 class _Unserializable:
@@ -175,12 +176,9 @@ def _one_save(write, target: Path, data) -> dict:
     except NotImplementedError:
         raise
     except Exception as error:
-        try:
-            message = str(error).splitlines()[0] if str(error) else ""
-            for prefix in {str(target.parents[2]), os.path.realpath(target.parents[2])}:   # the random folder
-                message = message.replace(prefix, "...")
-        except Exception:
-            message = ""
+        message = error_message(error)
+        for prefix in {str(target.parents[2]), os.path.realpath(target.parents[2])}:   # the random folder
+            message = message.replace(prefix, "...")
         message = message[:200]
         raised = [type(error).__name__, message]
     finally:
@@ -330,6 +328,11 @@ def _exclusive_temporary(path, data):
     os.replace(str(path) + ".tmp", path)
 
 
+def _merges_into_the_old_file(path, data):
+    old = json.loads(Path(path).read_text(encoding="utf-8")) if os.path.exists(path) else {}
+    _reference_write_json_atomically(path, {**old, **data})
+
+
 def _writes_empty_on_error(path, data):
     try:
         text = json.dumps(data)
@@ -350,7 +353,8 @@ def _writes_empty_on_error(path, data):
               "renames before closing the temporary file": _renames_before_closing,
               "copies the temporary file over the target": _copies_over,
               "opens the temporary file exclusively ('x'): a leftover blocks later saves": _exclusive_temporary,
-              "saves {} when the data cannot be serialised": _writes_empty_on_error},
+              "saves {} when the data cannot be serialised": _writes_empty_on_error,
+              "merges the data into the previous file": _merges_into_the_old_file},
 )
 def _check_write_json_atomically(c: Checker) -> None:
     saves = c.scenario("four saves into a temporary folder", _saves)
@@ -374,9 +378,12 @@ def _check_write_json_atomically(c: Checker) -> None:
             c.passed.append(f"`path` after {what}")
             continue
         if raised:
-            hint = ("a temporary file left over by a failed save must not block the next save"
-                    if index > _BROKEN else "`path` is a pathlib.Path; write a temporary file next to it, then "
-                    "os.replace(temporary, path)")
+            if index > _BROKEN:
+                hint = "a temporary file left over by a failed save must not block the next save"
+            elif "Path" in raised[1]:
+                hint = "`path` is a pathlib.Path; write a temporary file next to it, then os.replace(temporary, path)"
+            else:
+                hint = "this data holds only what JSON can hold (numbers, lists, dicts, None): this save must succeed"
             c.fail(what, f"your function raised {raised[0]}: {raised[1]}", hint)
         written = _decoded(c, f"`path` after {what}", save,
                            "the data must end up in `path` itself: rename the temporary file onto it")
@@ -395,14 +402,50 @@ def _reference_caption_truth_rate(captions, scenes):
 
 
 def _truth_cases() -> list:
+    """(what, captions, scenes, truths): the truths are worked out here, before any learner code runs."""
     data = shapeworld.generate(40, "test", seed=5)
     captions, scenes = list(data.captions), list(data.scenes)
     shuffled = captions[1:] + captions[:1]                   # mostly false for their scene, true for another
     nonsense = ["the picture shows a red circle"] * 5 + ["a circle is a circle"] * 5
-    return [("true captions", captions, scenes), ("captions of other scenes", shuffled, scenes),
-            ("captions outside the grammar", nonsense, scenes[:10]),
-            ("a mix of true and shifted captions", captions[:5] + shuffled[5:12], scenes[:12]),
-            ("one caption", captions[:1], scenes[:1]), ("one shifted caption", shuffled[:1], scenes[:1])]
+    other = next((s for s in scenes if not shapeworld.caption_is_true(captions[0], s)), scenes[1])
+    cases = [("true captions", captions, scenes), ("captions of other scenes", shuffled, scenes),
+             ("captions outside the grammar", nonsense, scenes[:10]),
+             ("a mix of true and shifted captions", captions[:5] + shuffled[5:12], scenes[:12]),
+             ("one caption", captions[:1], scenes[:1]), ("one shifted caption", shuffled[:1], scenes[:1]),
+             ("true captions and captions outside the grammar", captions[:6] + nonsense[:4], scenes[:10]),
+             ("repeated captions (the same caption for several scenes)",
+              captions[:1] * 3 + captions[1:2] * 2, [scenes[0], scenes[0], other, scenes[1], scenes[1]])]
+    return [(what, caps, scns, [bool(shapeworld.caption_is_true(c, s)) for c, s in zip(caps, scns)])
+            for what, caps, scns in cases]
+
+
+def _distinct_captions_rate(captions, scenes):
+    """Each distinct caption counted once (with the last scene it came with)."""
+    return _reference_caption_truth_rate(*zip(*dict(zip(captions, scenes)).items()))
+
+
+def _rate_among_parsing(captions, scenes):
+    parsing = [(c, s) for c, s in zip(captions, scenes) if shapeworld.caption_parses(c)]
+    return _reference_caption_truth_rate(*zip(*parsing)) if parsing else 0.0
+
+
+def _truth_hint(got: float, captions: list, scenes: list, truths: list) -> str:
+    expected = sum(truths) / len(truths)
+    parsing = [t for c, t in zip(captions, truths) if shapeworld.caption_parses(c)]
+    once = [{c: t for c, t in zip(captions, truths)}, {(c, s): t for c, s, t in zip(captions, scenes, truths)}]
+    if got > 1 and abs(got - sum(truths)) <= 1e-6:
+        return "that is the number of true captions: return their share of all captions"
+    if got > 1 and abs(got - 100 * expected) <= 1e-4:
+        return "that is a percentage: return the share, a float in [0, 1]"
+    if len(parsing) < len(truths) and parsing and abs(got - sum(parsing) / len(parsing)) <= 1e-6:
+        return ("a caption outside the grammar is a caption the model got wrong: it counts as false, and the share is "
+                "of all captions")
+    if any(len(distinct) < len(truths) and abs(got - sum(distinct.values()) / len(distinct)) <= 1e-6
+           for distinct in once):
+        return ("a caption can occur several times, with its own scene or another one: count every caption of the "
+                "list, repeats included")
+    return ("a caption counts only when shapeworld.caption_is_true says every statement holds in its own scene; the "
+            "rate is the share of such captions")
 
 
 @exercise(
@@ -419,25 +462,20 @@ def _truth_cases() -> list:
         "share of false captions": lambda caps, scenes: 1 - _reference_caption_truth_rate(caps, scenes),
         "divides by the number of scenes plus one": lambda caps, scenes: float(
             sum(shapeworld.caption_is_true(c, s) for c, s in zip(caps, scenes)) / (len(scenes) + 1)),
+        "counts each distinct caption once (a dict of caption -> scene)": _distinct_captions_rate,
+        "leaves the captions outside the grammar out of the share": _rate_among_parsing,
     },
 )
 def _check_caption_truth_rate(c: Checker) -> None:
-    for what, captions, scenes in _truth_cases():
+    for what, captions, scenes, truths in _truth_cases():
         got = c.call(list(captions), list(scenes))
         if isinstance(got, np.ndarray) and got.shape == ():
             got = got[()]
         if isinstance(got, (bool, np.bool_)) or not isinstance(got, (int, float, np.integer, np.floating)):
             c.fail(what, f"expected a float share in [0, 1], got {type(got).__name__} {str(got)[:60]}",
                    "return the mean of the per-caption truths")
-        truths = [bool(shapeworld.caption_is_true(caption, scene)) for caption, scene in zip(captions, scenes)]
         expected, got = sum(truths) / len(truths), float(got)
         if not abs(got - expected) <= 1e-6:
-            hint = ("a caption counts only when shapeworld.caption_is_true says every statement holds in its own "
-                    "scene; the rate is the share of such captions")
-            if got > 1 and abs(got - sum(truths)) <= 1e-6:
-                hint = "that is the number of true captions: return their share of all captions"
-            elif got > 1 and abs(got - 100 * expected) <= 1e-4:
-                hint = "that is a percentage: return the share, a float in [0, 1]"
             c.fail(f"truth rate of {what}", f"got {got:.6g}, expected {expected:.6g} ({sum(truths)} of "
-                   f"{len(truths)} captions true of their own scene)", hint)
+                   f"{len(truths)} captions true of their own scene)", _truth_hint(got, captions, scenes, truths))
         c.passed.append(f"truth rate of {what}")
