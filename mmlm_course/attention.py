@@ -142,6 +142,10 @@ class MultiHeadAttention(keras.layers.Layer):
         if not same_dim(query.shape[0], c_shape[0]):
             raise ValueError(f"{self.name}: query and context must have the same batch size, got "
                              f"{query.shape[0]} and {c_shape[0]}.")
+        for name, x, kernel in (("query", query, self.query_kernel), ("context", context, self.key_kernel)):
+            if not same_dim(x.shape[-1], kernel.shape[0]):
+                raise ValueError(f"{self.name}: {name} must have {kernel.shape[0]} features, as when the layer was "
+                                 f"built, got shape {tuple(x.shape)}.")
         if cache is not None and not (self_attention and self.use_causal_mask):
             raise ValueError(f"{self.name}: a key-value cache is for causal self-attention (generating one step at "
                              "a time): build the layer with use_causal_mask=True and call it without context.")
@@ -245,6 +249,7 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_out.build(tuple(x_shape[:-1]) + (self.mlp_dim,))
 
     def call(self, x, mask=None, cache=None, position=0, return_attention_scores=False, training=None):
+        require_float_dtype(x, "x")
         attended, weights, *new_cache = self.attention(self.norm1(x), mask=mask, cache=cache, position=position,
                                                        return_attention_scores=True, training=training)
         x = x + self.dropout1(attended, training=training)                           # (B, T, D)

@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from mmlm_course.shapeworld import SOUND_SAMPLE_RATE
-from mmlm_course.validation import positive_int, require_array_budget, require_choice, require_float, require_int
+from mmlm_course.validation import (positive_int, require_array_budget, require_bool, require_choice, require_float,
+                                    require_int)
 
 COURSE_SAMPLE_RATE = SOUND_SAMPLE_RATE  # 16 kHz, the rate every lesson works at
 FRAME_LENGTH = 400  # 25 ms at 16 kHz
@@ -181,7 +182,7 @@ def decimate(signal, factor: int, antialias: bool = True, num_taps: int = 101) -
     folded to lower frequencies that were never in the sound.
     """
     x = validate_waveform(signal, "signal")
-    factor = positive_int(factor, "factor")
+    factor, antialias = positive_int(factor, "factor"), require_bool(antialias, "antialias")
     if factor == 1:
         return x.copy()
     if antialias:
@@ -232,7 +233,7 @@ def num_frames(num_samples: int, frame_length: int, hop_length: int, pad_end: bo
     ``pad_end``."""
     num_samples = require_int(num_samples, "num_samples", 0)
     frame_length, hop_length = positive_int(frame_length, "frame_length"), positive_int(hop_length, "hop_length")
-    if pad_end:
+    if require_bool(pad_end, "pad_end"):
         return -(-num_samples // hop_length)
     return 0 if num_samples < frame_length else 1 + (num_samples - frame_length) // hop_length
 
@@ -274,7 +275,7 @@ def hann_window(frame_length: int, periodic: bool = True) -> np.ndarray:
     require_array_budget((frame_length,), 8, "frame_length")
     if frame_length == 1:
         return np.ones(1, np.float32)
-    denominator = frame_length if (periodic and frame_length % 2 == 0) else frame_length - 1
+    denominator = frame_length if (require_bool(periodic, "periodic") and frame_length % 2 == 0) else frame_length - 1
     n = np.arange(frame_length)
     return (0.5 - 0.5 * np.cos(2 * np.pi * n / denominator)).astype(np.float32)
 
@@ -393,9 +394,9 @@ def log_mel(spectrogram, mel_matrix, eps: float = LOG_EPS) -> np.ndarray:
         raise ValueError(f"mel_matrix: expected shape (bins, mels) with bins = {spec.shape[-1]} to match the "
                          f"spectrogram's last axis, got {mel.shape}"
                          + (" (transposed?)" if mel.ndim == 2 and mel.shape[1] == spec.shape[-1] else "") + ".")
-    if np.any(spec < 0):
-        raise ValueError("spectrogram: expected non-negative magnitudes or powers, got negative values "
-                         "(is it already a log spectrogram?).")
+    if np.any(spec < 0) or np.any(mel < 0):
+        raise ValueError("spectrogram and mel_matrix: expected non-negative powers and filter weights, got negative "
+                         "values (is the spectrogram already a log spectrogram?).")
     eps = require_float(eps, "eps", low=0.0, low_open=True)
     return np.log(spec.astype(np.float64) @ mel.astype(np.float64) + eps).astype(np.float32)
 

@@ -7,13 +7,14 @@ itself (resampling, spectrograms) lives in `audio`.
 
 from __future__ import annotations
 
+import warnings
 import wave
 from pathlib import Path
 
 import numpy as np
 
 from mmlm_course.audio import COURSE_SAMPLE_RATE, resample, validate_waveform
-from mmlm_course.validation import positive_int
+from mmlm_course.validation import positive_int, require_bool, require_file, require_int, require_path, write_error
 
 PCM16_SCALE = 32768.0  # float -> int16 sample (and back, as tf.audio.decode_wav and soundfile)
 
@@ -24,9 +25,12 @@ def save_wav(path, signal, sample_rate: int = COURSE_SAMPLE_RATE) -> Path:
     ``signal``: float, shape (num_samples,) for mono or (num_samples, channels), values
     in [-1, 1] (anything outside raises: scale it first).
     """
-    sample_rate = positive_int(sample_rate, "sample_rate")
+    path, sample_rate = require_path(path), require_int(sample_rate, "sample_rate", 1, 2**32 - 1)   # a 32-bit field
     array = np.asarray(signal)
     if array.ndim == 2:
+        if array.shape[1] > 16:
+            raise ValueError(f"signal: expected (num_samples, channels) with at most 16 channels, got shape "
+                             f"{array.shape}; channels first? pass signal.T.")
         array = validate_waveform(array.T, "signal", max_ndim=2).T
     else:
         array = validate_waveform(array, "signal")
@@ -36,12 +40,14 @@ def save_wav(path, signal, sample_rate: int = COURSE_SAMPLE_RATE) -> Path:
                          f"scale it first (signal / np.abs(signal).max()).")
     channels = 1 if array.ndim == 1 else array.shape[1]
     pcm = np.clip(np.round(array * PCM16_SCALE), -32768, 32767).astype("<i2")
-    path = Path(path)
-    with wave.open(str(path), "wb") as file:
-        file.setnchannels(channels)
-        file.setsampwidth(2)
-        file.setframerate(sample_rate)
-        file.writeframes(pcm.tobytes())
+    try:
+        with open(path, "wb") as raw, wave.open(raw, "wb") as file:
+            file.setnchannels(channels)
+            file.setsampwidth(2)
+            file.setframerate(sample_rate)
+            file.writeframes(pcm.tobytes())
+    except OSError as error:
+        raise write_error(path, error) from None
     return path
 
 
@@ -54,27 +60,32 @@ def load_audio(path, sample_rate: int | None = COURSE_SAMPLE_RATE, mono: bool = 
     (num_samples, channels); values in [-1, 1]. The file is resampled to ``sample_rate``
     (default: the course rate, 16 kHz) with `audio.resample`; ``None`` keeps the file's rate.
     Raises FileNotFoundError for a missing file, and ValueError, naming the file, for a
-    folder, a file that is no audio, or a WAV file cut short (libsndfile would silently
-    return the part that is there).
+    folder, a file that is no audio, a WAV file cut short (libsndfile would silently
+    return the part that is there) or NaN samples. Float samples past full scale are divided
+    by their peak, with a warning.
     """
     import soundfile
 
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a sound file: pass the path of one file.")
-    if not path.is_file():
-        raise FileNotFoundError(f"No sound file at {path}.")
+    path, mono = require_file(path, "sound"), require_bool(mono, "mono")
+    if sample_rate is not None:
+        sample_rate = positive_int(sample_rate, "sample_rate")
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)   # (num_samples, channels)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise ValueError(f"{path} is not a readable sound file ({error}); expected WAV, FLAC, OGG or MP3: "
                          "convert it to WAV (for example `ffmpeg -i FILE out.wav`) or copy it again.") from None
     _check_wav_complete(path)
+    if not np.isfinite(samples).all():
+        raise ValueError(f"{path} holds NaN or infinite samples: it is no usable sound; write it again.")
+    peak = float(np.abs(samples).max(initial=0.0))
+    if peak > 1.0:                             # a float file may go past full scale; the course needs [-1, 1]
+        warnings.warn(f"{path}: float samples reach {peak:.3g}, past full scale; divided by {peak:.3g} "
+                      "to fit [-1, 1].", stacklevel=2)
+        samples = samples / peak
     if mono:
         samples = samples.mean(axis=1)
     if sample_rate is None:
         return samples
-    sample_rate = positive_int(sample_rate, "sample_rate")
     if samples.shape[0] == 0 or rate == sample_rate:
         return samples
     if samples.ndim == 1:

@@ -32,9 +32,9 @@ import numpy as np
 from keras import ops
 
 from mmlm_course import attention
-from mmlm_course.validation import (as_array, dtype_name, int_tuple, is_int, positive_int, require_bool_mask,
-                                    require_choice, require_float_dtype, require_int, require_rank, require_rate,
-                                    same_dim)
+from mmlm_course.validation import (as_array, concrete_values, dtype_name, int_tuple, is_int, positive_int,
+                                    require_bool_mask, require_choice, require_float_dtype, require_int, require_rank,
+                                    require_bool, require_rate, same_dim)
 
 __all__ = [
     "masked_mean_pool", "patchify", "conv2d_param_count", "shape_trace", "PositionEmbedding",
@@ -58,7 +58,7 @@ def conv2d_param_count(kernel_size: int, in_channels: int, filters: int, use_bia
     k = positive_int(kernel_size, "kernel_size")
     c = positive_int(in_channels, "in_channels")
     f = positive_int(filters, "filters")
-    return k * k * c * f + (f if use_bias else 0)
+    return k * k * c * f + (f if require_bool(use_bias, "use_bias") else 0)
 
 
 def masked_mean_pool(x, mask=None):
@@ -327,11 +327,16 @@ class PatchEmbedding(keras.layers.Layer):
 # --------------------------------------------------------------------------- text encoders
 
 
-def _check_token_ids(token_ids, max_length: int | None = None):
-    """Integer ids (batch, time) (rank checked by each layer's InputSpec), at most ``max_length`` long."""
+def _check_token_ids(token_ids, vocab_size: int, max_length: int | None = None):
+    """Integer ids (batch, time) in [0, vocab_size) (rank checked by each layer's InputSpec), at most
+    ``max_length`` long. The range is checked where the values exist (eagerly, not in a traced graph)."""
     if not is_int(token_ids):
         raise TypeError(f"token_ids: expected integer token ids (batch, time), got dtype {dtype_name(token_ids)}; "
                         "use Tokenizer.encode_batch, which returns int32 ids.")
+    values = concrete_values(token_ids)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
+        raise ValueError(f"token_ids must lie in [0, {vocab_size}) (vocab_size), got values in [{values.min()}, "
+                         f"{values.max()}]; encode with the tokenizer the encoder was built for.")
     length = token_ids.shape[1]
     if max_length is not None and length is not None and length > max_length:
         raise ValueError(f"token_ids: {length} tokens is longer than max_length={max_length}; truncate with "
@@ -371,7 +376,7 @@ class BagOfEmbeddings(keras.layers.Layer):
         self.embedding.build(token_ids_shape)
 
     def call(self, token_ids, mask=None):
-        _check_token_ids(token_ids)
+        _check_token_ids(token_ids, self.vocab_size)
         return masked_mean_pool(self.embedding(token_ids), _text_mask(token_ids, mask))  # (B, D)
 
     def compute_mask(self, token_ids, mask=None):
@@ -417,7 +422,7 @@ class RecurrentTextEncoder(keras.layers.Layer):
         self.rnn.build(tuple(token_ids_shape) + (self.embed_dim,))
 
     def call(self, token_ids, mask=None):
-        _check_token_ids(token_ids)
+        _check_token_ids(token_ids, self.vocab_size)
         mask = _text_mask(token_ids, mask)
         return self.rnn(self.embedding(token_ids), mask=mask)
 
@@ -475,7 +480,7 @@ class TransformerTextEncoder(keras.layers.Layer):
         self.final_norm.build(sequence_shape)
 
     def call(self, token_ids, mask=None, training=None):
-        _check_token_ids(token_ids, self.max_length)
+        _check_token_ids(token_ids, self.vocab_size, self.max_length)
         mask = _text_mask(token_ids, mask)
         x = self.position_embedding(self.token_embedding(token_ids))  # (B, T, D)
         for block in self.blocks:

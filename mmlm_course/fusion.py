@@ -40,8 +40,8 @@ import keras
 from keras import ops
 
 from mmlm_course import attention, encoders
-from mmlm_course.validation import (as_array, dtype_name, positive_int, require_bool_mask, require_choice,
-                                    require_float, require_float_dtype, require_rank, same_dim, static_shape)
+from mmlm_course.validation import (as_array, positive_int, require_bool_mask, require_choice, require_float,
+                                    require_float_dtype, require_rank, require_same_dtype, same_dim, static_shape)
 
 __all__ = [
     "early_fusion", "concat_fusion", "product_fusion", "film", "late_fusion",
@@ -108,8 +108,7 @@ def early_fusion(image, text):
     i_shape = _float_input(image, "image", (3, 4), "(batch, H, W, C) or (batch, N, C)")
     t_shape = _float_input(text, "text", (2,), "(batch, D)")
     require_same_batch(i_shape, t_shape, "image", "text")
-    if dtype_name(image) != dtype_name(text):
-        raise TypeError(f"image and text must share one float dtype, got {dtype_name(image)} and {dtype_name(text)}.")
+    require_same_dtype(image, text, "image", "text")
     batch = ops.shape(image)[0]
     spatial = i_shape[1:-1]
     tiled = ops.reshape(text, (-1,) + (1,) * len(spatial) + (t_shape[-1],))  # (B, 1, [1,] D)
@@ -185,6 +184,7 @@ def late_fusion(image_logits, text_logits, image_weight=0.5):
     i_shape = _float_input(image_logits, "image_logits", (2,), "(batch, num_answers)")
     t_shape = _float_input(text_logits, "text_logits", (2,), "(batch, num_answers)")
     require_same_batch(i_shape, t_shape, "image_logits", "text_logits")
+    require_same_dtype(image_logits, text_logits, "image_logits", "text_logits")
     if not same_dim(i_shape[-1], t_shape[-1]):
         raise ValueError(f"both models must score the same answers, got {i_shape[-1]} image and {t_shape[-1]} "
                          "text answer logits.")
@@ -203,9 +203,7 @@ def _attention_inputs(queries, context, context_mask):
     if not same_dim(q_shape[-1], c_shape[-1]):
         raise ValueError(f"queries and context must have the same feature size D to be compared, got "
                          f"{q_shape[-1]} and {c_shape[-1]}; project one of them with Dense({q_shape[-1]}).")
-    if dtype_name(queries) != dtype_name(context):
-        raise TypeError(f"queries and context must share one float dtype, got {dtype_name(queries)} and "
-                        f"{dtype_name(context)}.")
+    require_same_dtype(queries, context, "queries", "context")
     if context_mask is not None:
         context_mask = require_token_mask(context_mask, c_shape, "context_mask", "context")
     return queries, context, context_mask

@@ -156,6 +156,14 @@ def score(captions: Sequence[str], answers: Sequence[str], data, verifier=shapew
     finds wholly true of the scene), ``caption_parses`` (share that follow the grammar),
     ``qa_exact_match`` (answer == reference), ``qa_by_type`` (dict: every question type
     of ``data`` -> exact match), ``captions`` and ``answers``."""
+    if not all(hasattr(data, field) for field in ("scenes", "answers", "question_types")):
+        raise TypeError(f"data must be a dataset with scenes, answers and question_types (shapeworld.generate(...)), "
+                        f"got {type(data).__name__}.")
+    for name, texts, size in (("captions", captions, len(data.scenes)), ("answers", answers, len(data.answers))):
+        length = len(texts) if hasattr(texts, "__len__") and not isinstance(texts, (str, dict)) else None
+        if length != size or not size or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"{name} must be a list of {size} str, one per example of data (at least one), "
+                             f"got {type(texts).__name__} of length {length}.")
     truth = [verifier(c, s) for c, s in zip(captions, data.scenes)]
     correct = np.array([a == b for a, b in zip(answers, data.answers)])
     types = np.array(data.question_types)

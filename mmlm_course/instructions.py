@@ -107,7 +107,7 @@ def answer_only_targets(token_ids, prompt_lengths, pad_id: int = 0) -> tuple[np.
     Target ``t`` is token ``t + 1``, so row b keeps targets ``t >= prompt_lengths[b] - 1``:
     the last prompt position predicts the first answer token.
     """
-    ids, lengths, pad_id = np.asarray(token_ids), np.asarray(prompt_lengths), require_int(pad_id, "pad_id", 0)
+    ids, lengths, pad_id = np.asarray(token_ids), np.asarray(prompt_lengths), require_int(pad_id, "pad_id", 0, 2**31 - 1)
     if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
         raise ValueError(f"token_ids: ids are >= 0, got {ids.min()}.")
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -217,5 +217,7 @@ def instruction_texts(captions: Sequence[str] | None = None,
         if caption:
             texts.append(f"{CAPTION} {caption}")
         if pair:
+            if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(text, str) for text in pair):
+                raise TypeError(f"qa: expected (question, answer) pairs of str (or None), got {pair!r:.60}.")
             texts.append(f"{QUESTION} {pair[0]} {ANSWER} {pair[1]}")
     return texts

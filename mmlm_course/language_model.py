@@ -35,8 +35,8 @@ from keras import ops
 
 from mmlm_course import attention, preprocessing, shapeworld
 from mmlm_course.losses import masked_sequence_loss
-from mmlm_course.validation import (as_array, concrete_values, dtype_name, is_float, is_int, require_float,
-                                    require_instance, require_int, static_shape)
+from mmlm_course.validation import (as_array, concrete_values, dtype_name, is_float, is_int, require_array_budget,
+                                    require_bool, require_float, require_instance, require_int, static_shape)
 
 TASK_TOKENS = ("<caption>", "<question>")
 CAPTION, QUESTION = TASK_TOKENS
@@ -66,6 +66,7 @@ class DecoderLM(keras.Model):
         self.dim = require_int(dim, "dim", 1)
         self.num_layers = require_int(num_layers, "num_layers (blocks are built at once)", 1, 256)
         self.num_heads = require_int(num_heads, "num_heads", 1)
+        vocab_size, max_length, dim, num_heads = self.vocab_size, self.max_length, self.dim, self.num_heads
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (each head gets dim // num_heads).")
         self.mlp_dim = 4 * dim if mlp_dim is None else require_int(mlp_dim, "mlp_dim", 1)
@@ -169,8 +170,7 @@ def attention_weights(model: DecoderLM, token_ids, block_index: int = 0, prefix_
     mask). The weights are those the block's attention layer computed
     (`DecoderLM.decode_embeddings` with ``return_attention_scores=True``).
     """
-    if not isinstance(model, DecoderLM):
-        raise TypeError(f"model must be a DecoderLM, got {type(model).__name__}.")
+    require_instance(model, DecoderLM, "model", "build one with DecoderLM(vocab_size)")
     ids = check_token_ids(token_ids, vocab_size=model.vocab_size)
     block_index = require_int(block_index, "block_index", 0, model.num_layers - 1)
     x = model.embed(ids)                                                         # (B, T, dim)
@@ -284,11 +284,13 @@ def perplexity(model: DecoderLM, token_ids, prefix_embeddings=None, pad_id: int 
     optionally conditions each row. A model that guesses uniformly scores vocab_size; a
     perfect one scores 1.
     """
+    require_instance(model, DecoderLM, "model", "build one with DecoderLM(vocab_size)")
     ids = check_token_ids(token_ids, vocab_size=model.vocab_size)
     if prefix_embeddings is not None:
         prefix_embeddings = np.asarray(prefix_embeddings)
         _check_prefix(prefix_embeddings, ids.shape[0], model.dim)
     batch_size = require_int(batch_size, "batch_size", 1)
+    pad_id = require_int(pad_id, "pad_id", 0, model.vocab_size - 1)
     inputs, targets = next_token_pairs(ids)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(ids), batch_size):
@@ -450,11 +452,14 @@ def generate(model: DecoderLM, prompt_ids, max_new_tokens: int, *, prefix_embedd
     n <= max_new_tokens, or ``(tokens, logits)`` with float32 logits (B, n, vocab_size)
     when ``return_logits``.
     """
-    if not isinstance(model, DecoderLM):
-        raise TypeError(f"model must be a DecoderLM, got {type(model).__name__}.")
+    require_instance(model, DecoderLM, "model", "build one with DecoderLM(vocab_size)")
     ids = check_token_ids(prompt_ids, "prompt_ids", model.vocab_size)
     batch, prompt_length = ids.shape
     max_new_tokens = require_int(max_new_tokens, "max_new_tokens", 1)
+    use_cache, return_logits, compiled = (require_bool(v, n) for v, n in ((use_cache, "use_cache"),
+                                          (return_logits, "return_logits"), (compiled, "compiled")))
+    pad_id, seed = require_int(pad_id, "pad_id"), None if seed is None else require_int(seed, "seed", 0)
+    stop_id = None if stop_id is None else require_int(stop_id, "stop_id", 0, model.vocab_size - 1)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
     if top_k is not None:
@@ -513,10 +518,14 @@ def sample_texts(model: DecoderLM, tokenizer: preprocessing.Tokenizer, task_toke
                  seed: int = 0, batch_size: int = 64) -> list[str]:
     """Sample ``count`` texts that start with ``<bos> task_token`` (e.g. ``"<caption>"``),
     each decoded up to its first ``<eos>``; generated ``batch_size`` at a time."""
+    require_instance(tokenizer, preprocessing.Tokenizer, "tokenizer", "make one with Tokenizer.for_shapeworld(...)")
+    require_instance(model, DecoderLM, "model", "build one with DecoderLM(vocab_size)")
     if task_token not in tokenizer.token_to_id:
         raise ValueError(f"task_token {task_token!r} is not in the tokenizer's vocabulary; expected one of {TASK_TOKENS}.")
-    count = require_int(count, "count", 1)
+    count, seed = require_int(count, "count", 1), require_int(seed, "seed", 0)
     batch_size = require_int(batch_size, "batch_size", 1)
+    max_new_tokens = require_int(max_new_tokens, "max_new_tokens", 1)
+    require_array_budget((count, max_new_tokens), 64, "count and max_new_tokens")   # texts of max_new_tokens words
     texts = []
     for first in range(0, count, batch_size):
         rows = min(batch_size, count - first)

@@ -260,7 +260,7 @@ def _check_embeddings(image_embeddings, text_embeddings):
 
 
 def _temperature(temperature, dtype):
-    if isinstance(temperature, (int, float, np.floating, np.integer)):
+    if isinstance(temperature, (int, float, complex, np.number)):      # a complex one is refused here
         require_float(temperature, "temperature", low=0.0, low_open=True)
     t = ops.convert_to_tensor(as_array(temperature, "temperature"))
     if len(static_shape(t)) != 0:

@@ -27,7 +27,7 @@ from keras import ops
 
 from mmlm_course.losses import check_labels, check_mask, float_tensor, masked_mean
 from mmlm_course.preprocessing import split_words
-from mmlm_course.validation import (as_array, concrete_values, positive_int, require_choice, require_float, require_int,
+from mmlm_course.validation import (as_array, concrete_values, require_choice, require_float, require_int,
                                     require_int_dtype, static_shape)
 
 # --------------------------------------------------------------------------- classification
@@ -114,6 +114,8 @@ def recall_at_k(scores, targets=None, k: int = 1):
     scores = ops.convert_to_tensor(as_array(scores, "scores"))
     num_candidates = static_shape(scores)[-1] if len(static_shape(scores)) == 2 else None
     k = require_int(k, "k", low=1)
+    if static_shape(scores)[:1] == (0,):                  # the mean of no queries would be NaN
+        raise ValueError(f"scores: expected at least one query row, got shape {static_shape(scores)}.")
     if num_candidates is not None and k > num_candidates:
         raise ValueError(f"k must lie in [1, N] = [1, {num_candidates}] (N candidates per query), got k={k}.")
     ranks = retrieval_ranks(scores, targets)
@@ -198,7 +200,7 @@ def corpus_bleu_details(references: Sequence, hypotheses: Sequence, max_order: i
     """
     max_order = require_int(max_order, "max_order", 1, 100)  # the longest n-gram (4 for BLEU-4)
     require_choice(smoothing, SMOOTHING, "smoothing")
-    if isinstance(hypotheses, str) or isinstance(references, str):
+    if isinstance(hypotheses, (str, dict)) or isinstance(references, (str, dict)):
         raise TypeError("corpus_bleu expects lists: references (one entry per hypothesis) and hypotheses; "
                         "for one sentence use sentence_bleu(reference, hypothesis).")
     if len(references) != len(hypotheses):
@@ -272,7 +274,7 @@ def corpus_cider(references: Sequence, hypotheses: Sequence, sigma: float = 6.0)
 
     references / hypotheses: as `corpus_bleu` (one entry of references per hypothesis).
     """
-    if isinstance(hypotheses, str) or isinstance(references, str):
+    if isinstance(hypotheses, (str, dict)) or isinstance(references, (str, dict)):
         raise TypeError("corpus_cider expects lists: references (one entry per hypothesis) and hypotheses.")
     if len(references) != len(hypotheses):
         raise ValueError(f"references and hypotheses must have the same length (one entry of references per "

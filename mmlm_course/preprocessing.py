@@ -16,13 +16,12 @@ import json
 import re
 import warnings
 from collections import Counter
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from mmlm_course.validation import (int_tuple, positive_int, require_array_budget, require_choice, require_int,
-                                    require_str)
+from mmlm_course.validation import (int_tuple, positive_int, require_array_budget, require_bool, require_choice,
+                                    require_file, require_int, require_path, require_str, write_error)
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3, as in Keras TextVectorization (0 pad, 1 unk)
@@ -116,22 +115,19 @@ def load_image(path, size: int | tuple[int, int] | None = None) -> np.ndarray:
     Every common mode is converted: greyscale and palette images become three equal or
     looked-up channels, CMYK and YCbCr are converted, transparent pixels (RGBA, LA, a
     palette with transparency) are laid over white, and 16-bit or 32-bit greyscale is scaled
-    from its own range (0..65535) to 0..255 rather than clipped. Raises FileNotFoundError
+    from its own range (0..65535) to 0..255 rather than clipped; a photo's EXIF orientation
+    is applied and an animated image gives its first frame. Raises FileNotFoundError
     for a missing file and ValueError, naming the file, for a folder, an empty or truncated
     file, or anything that is not an image.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image file: pass the path of one image.")
-    if not path.exists():
-        raise FileNotFoundError(f"No image file at {path}.")
+    path = require_file(path, "image")
     try:
         with Image.open(path) as img:
             img.load()
-            array = _to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as error:   # Pillow's errors for empty, truncated, non-image files
+            array = _to_rgb(ImageOps.exif_transpose(img))       # a photo's EXIF orientation, as viewers show it
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:   # empty, truncated, no image
         raise ValueError(f"{path} is not a readable image ({type(error).__name__}: {error}); expected a complete "
                          "image file Pillow can open (PNG, JPEG, ...): copy or download it again.") from None
     return array if size is None else resize_image(array, size)
@@ -284,6 +280,7 @@ class Tokenizer:
         """Text -> list of int ids, with ``<bos>`` / ``<eos>`` around it if asked. Empty or
         blank text raises a ValueError; unknown words follow ``unknown`` (None: the
         tokenizer's own setting, see the class docstring)."""
+        add_bos, add_eos = require_bool(add_bos, "add_bos"), require_bool(add_eos, "add_eos")
         words = split_words(text)
         if not words:
             raise ValueError(f"Cannot encode empty text {text!r}: give at least one word.")
@@ -314,7 +311,7 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Ids -> text; stops at the first ``<eos>`` when ``skip_special`` is True."""
-        words = []
+        skip_special, words = require_bool(skip_special, "skip_special"), []
         for i in np.asarray(list(ids), dtype=np.int64).tolist():
             if not 0 <= i < len(self.id_to_token):
                 raise ValueError(f"Token id {i} is outside the vocabulary [0, {len(self.id_to_token)}).")
@@ -327,14 +324,23 @@ class Tokenizer:
 
     def save(self, path) -> None:
         """Write the vocabulary and the ``unknown`` setting as JSON."""
-        Path(path).write_text(json.dumps({"tokens": self.id_to_token, "unknown": self.unknown}, indent=0))
+        path = require_path(path)
+        try:
+            path.write_text(json.dumps({"tokens": self.id_to_token, "unknown": self.unknown}, indent=0))
+        except OSError as error:
+            raise write_error(path, error) from None
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
         """Read a vocabulary written by `save` (a file without ``unknown`` maps unknown words to ``<unk>``)."""
-        saved = json.loads(Path(path).read_text())
-        tokens = saved["tokens"]
-        if tokens[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS):
+        path = require_file(path, "vocabulary")
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a vocabulary written by Tokenizer.save ({error}).") from None
+        tokens = saved.get("tokens") if isinstance(saved, dict) else None
+        if (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)
+                or tokens[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS)):
             raise ValueError(f"{path}: not a course vocabulary (it must start with {SPECIAL_TOKENS}).")
         n_special = next((i for i, t in enumerate(tokens) if not (t.startswith("<") and t.endswith(">"))), len(tokens))
         return cls(tokens[n_special:], tokens[len(SPECIAL_TOKENS):n_special], saved.get("unknown", "unk"))
@@ -354,7 +360,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], max_length: int | None = N
     if min(lengths) == 0:
         raise ValueError(f"sequence {lengths.index(0)} is empty; every sequence needs at least one token.")
     length = max(lengths) if max_length is None else positive_int(max_length, "max_length")
-    pad_id = require_int(pad_id, "pad_id")
+    pad_id = require_int(pad_id, "pad_id", -2**31, 2**31 - 1)             # ids are int32
     require_array_budget((len(sequences), length), 5, "sequences and max_length")
     ids = np.full((len(sequences), length), pad_id, np.int32)
     mask = np.zeros((len(sequences), length), bool)
@@ -458,9 +464,21 @@ def make_image_text_dataset(images: np.ndarray, token_ids: np.ndarray, batch_siz
 
     images = validate_image(images, "images")
     scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0      # float images are already in [0, 1]
-    if len(images) != len(token_ids):
-        raise ValueError(f"images and token_ids must have the same batch size, got {len(images)} images "
+    try:
+        ids = np.asarray(token_ids)
+    except (TypeError, ValueError):                               # ragged rows
+        ids = np.asarray(None)
+    if ids.dtype.kind not in "iu" or ids.ndim != 2:
+        raise TypeError(f"token_ids: expected an int array (N, T) as Tokenizer.encode_batch returns, got "
+                        f"{type(token_ids).__name__} of dtype {ids.dtype} and shape {ids.shape}.")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"token_ids: ids are >= 0, got a minimum of {ids.min()}.")
+    token_ids = ids
+    if images.ndim != 4 or len(images) != len(token_ids):
+        raise ValueError(f"images and token_ids must have the same batch size, got images of shape {images.shape} "
                          f"and {len(token_ids)} token rows.")
+    batch_size, seed = positive_int(batch_size, "batch_size"), require_int(seed, "seed", 0)
+    shuffle, cache = require_bool(shuffle, "shuffle"), require_bool(cache, "cache")
     dataset = tf.data.Dataset.from_tensor_slices((images, token_ids))
     if cache:
         dataset = dataset.cache()

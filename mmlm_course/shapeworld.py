@@ -435,11 +435,12 @@ def caption_is_true(caption: str, scene: Scene) -> bool:
     A noun phrase is existential: "a red circle is above a square" is true when *some*
     red circle is above *some* (other) square. Relations compare object centres.
     """
+    scene = require_scene(scene)
     try:
         statements = parse_caption(caption)
     except CaptionParseError:
         return False
-    return all(_holds(statement, require_scene(scene)) for statement in statements)
+    return all(_holds(statement, scene) for statement in statements)
 
 
 def _holds(statement: tuple, scene: Scene) -> bool:

@@ -10,6 +10,8 @@ argument, says what was expected, shows what was received and, where it helps, h
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Sequence
 
 import keras
@@ -18,6 +20,9 @@ import numpy as np
 
 def dtype_name(x) -> str:
     """The Keras name of an array's or tensor's dtype, e.g. ``"float32"`` or ``"int64"``."""
+    if not hasattr(x, "dtype"):
+        raise TypeError(f"expected an array or tensor, got {type(x).__name__} {x!r:.60}; "
+                        "convert it with np.asarray(...) first.")
     return keras.backend.standardize_dtype(x.dtype)
 
 
@@ -107,6 +112,47 @@ def int_tuple(values, name: str) -> tuple[int, ...]:
     if not values:
         raise ValueError(f"{name} must hold at least one value, got an empty sequence.")
     return tuple(positive_int(v, f"{name}[{i}]") for i, v in enumerate(values))
+
+
+def require_bool(value, name: str) -> bool:
+    """``value`` as a Python bool (NumPy bools and the integers 0 and 1 accepted, None read as
+    False, as the course's flags always have); TypeError for anything else, so that ``"no"`` or
+    ``2`` is not taken as True."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.60}.")
+    return bool(value)
+
+
+def require_path(value, name: str = "path") -> Path:
+    """``value`` (a str or os.PathLike, not empty) as a Path; TypeError / ValueError otherwise."""
+    if not isinstance(value, (str, os.PathLike)) or isinstance(os.fspath(value), bytes):
+        raise TypeError(f"{name} must be a file path (str or pathlib.Path), got {type(value).__name__} {value!r:.60}.")
+    if not os.fspath(value):
+        raise ValueError(f"{name} must be a file path, got an empty string.")
+    return Path(value)
+
+
+def require_file(value, what: str, name: str = "path") -> Path:
+    """``value`` as the Path of an existing file; ``what`` names the kind, e.g. ``"sound"``.
+
+    TypeError for a non-path, ValueError for a folder or a name the system refuses (too
+    long, ...), FileNotFoundError for a missing file.
+    """
+    path = require_path(value, name)
+    try:
+        if path.is_dir():
+            article = "an" if what[:1] in "aeiou" else "a"
+            raise ValueError(f"{path} is a folder, not {article} {what} file: pass the path of one file.")
+        if not path.is_file():
+            raise FileNotFoundError(f"No {what} file at {path}.")
+    except (FileNotFoundError, ValueError):
+        raise
+    except OSError as error:                       # e.g. a name longer than the system allows
+        raise ValueError(f"{name}: cannot open {str(path)[:80]!r} ({error.strerror}); "
+                         "pass the path of one file.") from None
+    return path
 
 
 def require_str(value, name: str, allow_empty: bool = False) -> str:
@@ -241,6 +287,18 @@ def require_int_dtype(x, name: str, what: str = "integer token ids") -> None:
     if not is_int(x):
         raise TypeError(f"{name}: expected {what}, got dtype {dtype_name(x)}; convert it with "
                         f"keras.ops.cast({name}, 'int32').")
+
+
+def write_error(path: Path, error: OSError) -> ValueError:
+    """The ValueError to raise when writing ``path`` failed with ``error`` (a missing folder, ...)."""
+    return ValueError(f"Cannot write {str(path)[:80]!r} ({error.strerror}): does its folder exist?")
+
+
+def require_same_dtype(a, b, a_name: str, b_name: str) -> None:
+    """TypeError unless two tensors share one dtype (TensorFlow would refuse to add them)."""
+    if dtype_name(a) != dtype_name(b):
+        raise TypeError(f"{a_name} and {b_name} must share one float dtype, got {dtype_name(a)} and {dtype_name(b)}; "
+                        f"cast one with keras.ops.cast({b_name}, '{dtype_name(a)}').")
 
 
 def require_bool_mask(mask, name: str) -> None:

@@ -9,7 +9,8 @@ wrong rank / shape, wrong dtype, out-of-range ids). Each module's calls run in a
 process, each call under a 10 s alarm; a worker that stops answering for 30 s is killed, the
 call counted as a hang and the worker restarted after it. Outcomes:
 
-* clear:  ValueError / TypeError raised from a frame inside mmlm_course, non-empty message;
+* clear:  ValueError / TypeError (or FileNotFoundError for a missing file) raised from a frame inside
+          mmlm_course, non-empty message;
 * raw:    any other exception, or one raised from inside NumPy / TF / Keras / the stdlib;
 * silent: the call returned although the input is invalid (a value that is actually valid,
           e.g. 0 where 0 makes sense, is listed in VALID_BAD below with the reason: "fine");
@@ -22,13 +23,16 @@ NaN / inf input that gives a finite result (e.g. an accuracy of 0.5) is silent.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -52,7 +56,7 @@ SKIPPED = {
     "run_data.load_run_data": "downloads / builds the capstone data", "run_data.evaluate_photos": "needs photos",
     "run_data.RunData": "plain record", "datasets.load_flickr8k": "needs a dataset folder",
     "datasets.load_coco_captions": "needs dataset files", "datasets.load_vqa": "needs dataset files",
-    "datasets.read_images": "needs image files", "datasets.safe_extract": "needs an archive",
+    "datasets.safe_extract": "needs an archive",
     "datasets.load_records": "needs dataset files", "datasets.ImageTextRecord": "plain record",
     "datasets.LoadedImages": "plain record", "datasets.DatasetFormatError": "exception class",
     "shapeworld.CaptionParseError": "exception class", "metrics.BleuScore": "plain record (result type)",
@@ -61,8 +65,10 @@ SKIPPED = {
     "audio_lm.evaluate": "needs a trained model", "audio_lm.generate_texts": "needs a trained model",
     "audio_lm.transcribe": "needs a trained model", "detector.pretrain_object_encoder": "training loop",
     "detector.attribute_accuracy": "needs a trained detector", "detector.load_detector": "needs a trained detector",
-    "generation.*": "decoding with a trained MLLM (each call builds and runs the model)",
-    "language_model.sample_texts": "decoding loop", "language_model.time_generation": "timing loop",
+    "generation.generate_texts": "decoding with a trained MLLM", "generation.decode_prompts": "needs a trained MLLM",
+    "generation.greedy_recompute": "needs a trained MLLM", "generation.evaluate": "needs a trained MLLM",
+    "generation.object_hallucination": "covered by tests/test_mllm.py", "generation.image_attention": "needs an MLLM",
+    "language_model.time_generation": "timing loop",
     "qa.fit_qa_model": "training loop", "qa.predict_answers": "needs a trained model",
     "qa.inputs_for": "needs a built QA model", "retrieval.embed_images": "needs a built dual encoder",
     "retrieval.embed_texts": "needs a built dual encoder", "retrieval.retrieval_scores": "needs a dual encoder",
@@ -76,9 +82,6 @@ SKIPPED = {
     "qa.Objectness": "no arguments", "qa.TokenMask": "no arguments", "qa.MaskedMean": "no arguments",
     "encoders.shape_trace": "takes callables (display helper)",
     "language_model.attention_weights": "needs a built DecoderLM per call (covered by DecoderLM)",
-    "language_model.perplexity": "needs a built DecoderLM", "language_model.generate": "needs a built DecoderLM",
-    "audio_io.save_wav": "file-system", "audio_io.load_audio": "file-system",
-    "preprocessing.load_image": "file-system", "preprocessing.make_image_text_dataset": "tf.data pipeline",
     "capstone.build_run_model": "builds a whole model", "audiovisual.AudioVisualData": "plain record",
     "audiovisual.AudioVisualLLaVA": "builds a whole model", "audiovisual.build_model": "builds a whole model",
     "audiovisual.generate_texts": "needs a trained model", "audiovisual.evaluate": "needs a trained model",
@@ -98,6 +101,25 @@ VALID_BAD = {
     ("metrics.sentence_bleu", "*", "item_type"): "BLEU counts n-grams of any hashable tokens (ids included)",
     ("metrics.sentence_bleu", "*", "empty_item"): "an empty-string token is a token",
     ("instructions.answer_only_targets", "pad_id", "huge"): "no vocabulary size is given: any pad id >= 0",
+    ("audio_io.save_wav", "path", "unknown"): "a new file name is valid (the worker runs in a scratch folder)",
+    ("audio_io.save_wav", "sample_rate", "huge"): "a WAV file stores any rate up to 2**32 - 1",
+    ("audio_io.load_audio", "sample_rate", "none"): "documented: None keeps the file's own rate",
+    ("preprocessing.load_image", "size", "none"): "documented: None keeps the image's own size",
+    ("preprocessing.make_image_text_dataset", "token_ids", "out_of_range"): "no vocabulary is given: any id >= 0",
+    ("preprocessing.make_image_text_dataset", "batch_size", "huge"): "a batch larger than the data is one batch",
+    ("preprocessing.make_image_text_dataset", "seed", "zero"): "any seed >= 0 is valid",
+    ("preprocessing.make_image_text_dataset", "seed", "huge"): "any seed >= 0 is valid",
+    ("generation.score", "captions", "empty_item"): "an empty generated caption is a caption (one that is false)",
+    ("generation.score", "answers", "empty_item"): "an empty generated answer is an answer (a wrong one)",
+    ("language_model.perplexity", "pad_id", "zero"): "0 is the course's pad id",
+    ("language_model.perplexity", "batch_size", "huge"): "a batch larger than the data is one batch",
+    ("language_model.generate", "temperature", "zero"): "documented: temperature 0 is greedy decoding",
+    ("language_model.generate", "temperature", "huge"): "a huge temperature samples uniformly: valid",
+    ("language_model.generate", "seed", "none"): "documented: None draws a fresh seed",
+    ("language_model.generate", "stop_id", "none"): "documented: None generates max_new_tokens tokens",
+    ("language_model.generate", "stop_id", "zero"): "any id of the vocabulary can stop generation",
+    ("language_model.*", "seed", "zero"): "any seed >= 0 is valid", ("language_model.*", "seed", "huge"): "any seed >= 0 is valid",
+    ("language_model.sample_texts", "batch_size", "huge"): "a batch larger than count is one batch",
     ("encoders.ConvImageEncoder", "filters", "wrong_type"): "documented: one int is one layer",
     ("grid_encoder.GridImageEncoder", "filters", "wrong_type"): "documented: one int is one layer",
     ("detector.object_grid_targets", "scenes", "empty"): "no scenes give zero-row targets",
@@ -647,6 +669,31 @@ def build_cases():
 
     m = datasets
     case("datasets.parse_data_spec", m.parse_data_spec, lambda: dict(spec="shapeworld"))
+
+    # Files, tf.data and decoding (issue #16, part 2: the reviewer's fuzzer found raw errors here).
+    from PIL import Image
+
+    from mmlm_course import audio_io, generation
+    folder = Path(tempfile.mkdtemp(prefix="sweep16-"))
+    atexit.register(shutil.rmtree, folder, True)
+    sound_file, image_file = str(audio_io.save_wav(folder / "tone.wav", wave)), str(folder / "image.png")
+    Image.fromarray(data.images[0]).save(image_file)
+    case("audio_io.load_audio", audio_io.load_audio, lambda: dict(path=sound_file, sample_rate=8000, mono=True))
+    case("audio_io.save_wav", audio_io.save_wav, lambda: dict(path=str(folder / "out.wav"), signal=wave, sample_rate=8000))
+    case("preprocessing.load_image", preprocessing.load_image, lambda: dict(path=image_file, size=16))
+    case("preprocessing.make_image_text_dataset", preprocessing.make_image_text_dataset,
+         lambda: dict(images=data.images[:2], token_ids=ids, batch_size=2, shuffle=True, seed=0, cache=True))
+    case("datasets.read_images", datasets.read_images,
+         lambda: dict(records=[datasets.ImageTextRecord(Path(image_file), ["a caption"])], size=16))
+    lm = language_model.DecoderLM(len(tok), max_length=12, dim=16, num_layers=1, num_heads=2)
+    case("language_model.perplexity", language_model.perplexity,
+         lambda: dict(model=lm, token_ids=ids, pad_id=0, batch_size=8))
+    case("language_model.generate", lambda **kw: language_model.generate(**kw),
+         lambda: dict(model=lm, prompt_ids=ids[:, :2], max_new_tokens=3, temperature=0.5, seed=0, stop_id=2,
+                      use_cache=True, compiled=False))
+    case("language_model.sample_texts", language_model.sample_texts,
+         lambda: dict(model=lm, tokenizer=tok, task_token="<caption>", count=2, max_new_tokens=3, seed=0, batch_size=2))
+    case("generation.score", generation.score, lambda: dict(captions=data.captions, answers=data.answers, data=data))
     return C
 
 
@@ -733,7 +780,7 @@ def classify_exception(exc) -> tuple[str, str]:
     inside = str(PACKAGE) in str(Path(where).resolve()) if where else False
     message = str(exc).strip()
     kind = type(exc).__name__
-    if isinstance(exc, (ValueError, TypeError)) and inside and message:
+    if isinstance(exc, (ValueError, TypeError, FileNotFoundError)) and inside and message:   # a missing file: documented
         return "clear", f"{kind}: {message[:160]}"
     short = where.replace(str(ROOT) + "/", "")
     return "raw", f"{kind} at {short}:{tb[-1].lineno if tb else '?'}: {message[:160]}"
@@ -753,6 +800,8 @@ def worker(module: str, skip: int) -> None:
     import warnings
     warnings.filterwarnings("ignore")
     calls = [c for c in enumerate_calls() if c[0].split(".")[0] == module]
+    os.chdir(tempfile.mkdtemp(prefix="sweep-cwd-"))          # a file name such as "no-such-value" is written here
+    atexit.register(shutil.rmtree, os.getcwd(), True)
     signal.signal(signal.SIGALRM, _on_alarm)
     for index, (name, arg, label, fn, kwargs) in enumerate(calls):
         if index < skip:
@@ -801,7 +850,7 @@ def enumerate_calls():
 
 MODULES = ["shapeworld", "preprocessing", "audio", "audio_lm", "audiovisual", "attention", "encoders", "fusion", "losses", "metrics",
            "language_model", "instructions", "mllm", "grid_encoder", "detector", "qa", "relation_head", "retrieval",
-           "retrieval_training", "training", "capstone", "datasets"]
+           "retrieval_training", "training", "capstone", "datasets", "audio_io", "generation"]
 
 
 def run_module(module: str) -> list[dict]:

@@ -464,3 +464,47 @@ def test_huge_or_absurd_arguments_raise_clear_errors(call, error, word):
 def test_frequency_response_needs_a_positive_sample_rate():
     with pytest.raises(ValueError, match="sample_rate"):
         audio.frequency_response(np.ones(5) / 5, 0)
+
+
+# Issue #16, part 2: every common sound encoding and rate, and files that are not sound.
+@pytest.mark.parametrize("rate", [8000, 44100, 48000])
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"),
+                                         ("WAV", "FLOAT"), ("WAV", "DOUBLE"), ("WAVEX", "PCM_16"), ("FLAC", "PCM_16"),
+                                         ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")])
+def test_load_audio_reads_every_encoding_and_rate(tmp_path, rate, fmt, subtype):
+    import soundfile
+
+    tone = sine(440, 0.25, rate)
+    path = tmp_path / f"tone.{fmt.lower()}"
+    soundfile.write(str(path), np.stack([tone, tone], axis=1), rate, format=fmt, subtype=subtype)
+    raw = audio_io.load_audio(path, sample_rate=None, mono=False)
+    assert raw.dtype == np.float32 and raw.shape[1] == 2 and np.abs(raw).max() <= 1.0
+    if fmt in ("WAV", "WAVEX", "FLAC"):                               # lossless: the samples themselves
+        assert raw.shape[0] == len(tone) and np.abs(raw[:, 0] - tone).max() < (0.01 if subtype == "PCM_U8" else 1e-3)
+    course = audio_io.load_audio(path)
+    assert course.ndim == 1 and abs(len(course) - round(raw.shape[0] * RATE / rate)) <= 1
+
+
+def test_load_audio_refuses_out_of_range_floats_and_bad_arguments(tmp_path):
+    import soundfile
+
+    soundfile.write(str(tmp_path / "loud.wav"), np.array([0.5, -3.0, 1.5]), RATE, subtype="FLOAT")
+    soundfile.write(str(tmp_path / "nan.wav"), np.array([0.1, np.nan, 0.2]), RATE, subtype="FLOAT")
+    with pytest.warns(UserWarning, match="loud.wav: float samples reach 3, past full scale"):
+        loud = audio_io.load_audio(tmp_path / "loud.wav", sample_rate=None)
+    np.testing.assert_allclose(loud, [0.5 / 3, -1.0, 0.5])
+    with pytest.raises(ValueError, match="nan.wav holds NaN or infinite samples"):
+        audio_io.load_audio(tmp_path / "nan.wav")
+    soundfile.write(str(tmp_path / "zero.wav"), np.zeros(0), 8000, subtype="PCM_16")
+    assert audio_io.load_audio(tmp_path / "zero.wav").shape == (0,)
+    ok = audio_io.save_wav(tmp_path / "ok.wav", sine(440, 0.1))
+    with pytest.raises(TypeError, match="mono must be True or False"):
+        audio_io.load_audio(ok, mono="no")
+    with pytest.raises(ValueError, match="sample_rate must be >= 1"):
+        audio_io.load_audio(ok, sample_rate=0)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        audio_io.load_audio(None)
+    with pytest.raises(ValueError, match="does its folder exist"):
+        audio_io.save_wav(tmp_path / "no" / "such.wav", sine(440, 0.1))
+    with pytest.raises(ValueError, match="sample_rate must be <= 4294967295"):
+        audio_io.save_wav(tmp_path / "fast.wav", sine(440, 0.1), sample_rate=10**18)

@@ -311,3 +311,69 @@ _IMG = np.zeros((8, 8, 3), np.uint8)
 def test_bad_inputs_raise_clear_errors(call, error, word):
     with pytest.raises(error, match=word):
         call()
+
+
+# Issue #16, part 2: media files and paths a reviewer's fuzzer tried.
+@pytest.mark.parametrize("name,make,pixel", [
+    ("dark16.png", lambda: Image.fromarray(np.full((3, 4), 1000, np.uint16)), (4, 4, 4)),   # 16-bit stays dark
+    ("int32.tif", lambda: Image.fromarray(np.full((3, 4), 32896, np.int32)), (128, 128, 128)),
+    ("float255.tif", lambda: Image.fromarray(np.full((3, 4), 200.0, np.float32)), (200, 200, 200)),
+    ("bits.png", lambda: Image.new("1", (4, 3), 1), (255, 255, 255)),
+    ("palette_alpha.png", lambda: Image.new("P", (4, 3), 0), (255, 255, 255)),        # index 0 is transparent
+])
+def test_load_image_scales_deep_and_odd_modes(tmp_path, name, make, pixel):
+    options = {"transparency": 0} if name.startswith("palette") else {}
+    array = pp.load_image(_saved(tmp_path, name, make(), **options))
+    assert array.dtype == np.uint8 and array.shape == (3, 4, 3)
+    assert np.abs(array[1, 1].astype(int) - pixel).max() <= 1, array[1, 1]
+
+
+def test_load_image_applies_exif_rotation_and_reads_the_first_gif_frame(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                  # "rotate 90 degrees to display"
+    Image.new("RGB", (16, 8), (200, 10, 10)).save(tmp_path / "phone.jpg", exif=exif)
+    assert pp.load_image(tmp_path / "phone.jpg").shape == (16, 8, 3)   # as a photo viewer shows it
+    frames = [Image.new("RGB", (4, 4), (v, v, v)) for v in (10, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert abs(int(pp.load_image(tmp_path / "anim.gif")[0, 0, 0]) - 10) <= 3
+
+
+def test_load_image_refuses_bombs_and_bad_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)               # so a 20 x 20 image counts as a bomb
+    Image.new("L", (20, 20)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="bomb.png is not a readable image.*DecompressionBombError"):
+        pp.load_image(tmp_path / "bomb.png")
+    for path in (None, 5, b"x.png"):
+        with pytest.raises(TypeError, match="path must be a file path"):
+            pp.load_image(path)
+    with pytest.raises(ValueError, match="cannot open"):
+        pp.load_image("x" * 5000)                                     # longer than the system allows
+
+
+def test_tokenizer_save_and_load_name_bad_files(tmp_path):
+    tok = pp.Tokenizer.for_shapeworld()
+    with pytest.raises(ValueError, match="does its folder exist"):
+        tok.save(tmp_path / "no" / "such" / "vocab.json")
+    (tmp_path / "junk.json").write_bytes(b"\xff\xfe junk")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name in ("junk.json", "list.json"):
+        with pytest.raises(ValueError, match=f"{name}: not a"):
+            pp.Tokenizer.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="No vocabulary file"):
+        pp.Tokenizer.load(tmp_path / "missing.json")
+    with pytest.raises(TypeError, match="path must be a file path"):
+        tok.save(None)
+
+
+@pytest.mark.parametrize("change,error,word", [
+    (dict(token_ids=np.full((2, 3), 0.5)), TypeError, "token_ids: expected an int array"),
+    (dict(token_ids=[[1, 2], [3]]), TypeError, "token_ids: expected an int array"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(batch_size=None), TypeError, "batch_size"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(shuffle="no"), TypeError, "shuffle must be True or False"),
+])
+def test_tf_data_pipeline_checks_its_arguments(change, error, word):
+    args = dict(images=np.zeros((2, 4, 4, 3), np.uint8), token_ids=np.zeros((2, 3), np.int32), batch_size=2)
+    with pytest.raises(error, match=word):
+        pp.make_image_text_dataset(**{**args, **change})

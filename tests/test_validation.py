@@ -94,6 +94,16 @@ from mmlm_course import validation as V  # noqa: E402
     (lambda: V.require_relations(["sideways"]), ValueError, "relations"),
     (lambda: V.as_array(np.array(["a", "b"]), "ids"), TypeError, "strings"),
     (lambda: V.static_shape(None), TypeError, "array or tensor"),
+    (lambda: V.dtype_name({"a": 1}), TypeError, "array or tensor"),
+    (lambda: V.require_bool("no", "shuffle"), TypeError, "shuffle must be True or False"),
+    (lambda: V.require_bool(2, "shuffle"), TypeError, "True or False"),
+    (lambda: V.require_path(None), TypeError, "file path"),
+    (lambda: V.require_path(b"a.png"), TypeError, "file path"),
+    (lambda: V.require_path(""), ValueError, "empty"),
+    (lambda: V.require_file("/", "image"), ValueError, "is a folder, not an image file"),
+    (lambda: V.require_file("/no/such/file.wav", "sound"), FileNotFoundError, "No sound file"),
+    (lambda: V.require_file("x" * 5000, "image"), ValueError, "cannot open"),
+    (lambda: V.require_same_dtype(np.zeros(2, "float32"), np.zeros(2), "a", "b"), TypeError, "share one float dtype"),
 ])
 def test_sweep_helpers_raise_clear_errors(call, error, word):
     with pytest.raises(error, match=word):
@@ -104,3 +114,6 @@ def test_sweep_helpers_pass_valid_values_through():
     assert V.require_str("a", "x") == "a" and V.require_str("", "x", allow_empty=True) == ""
     assert V.require_rng(None, optional=True) is None
     V.require_finite(np.arange(3.0), "x"), V.require_array_budget((64, 64, 3), 1, "x")
+    assert V.require_bool(np.bool_(True), "x") is True and V.require_bool(None, "x") is False   # None reads as False
+    assert V.require_bool(1, "x") is True and V.require_bool(np.int64(0), "x") is False       # 0 / 1 as flags
+    assert V.require_path("a/b.png") == V.require_path(V.Path("a/b.png"))
