@@ -74,6 +74,17 @@ def build(kind: str, sentinel: Path | None = None) -> bytes:
         return b'{"cells": [ this is not json'
     if kind == "not_a_notebook":
         return json.dumps({"hello": "world"}).encode()
+    if kind == "nbformat3":
+        return json.dumps({"nbformat": 3, "nbformat_minor": 0, "worksheets": [{"cells": []}]}).encode()
+    if kind == "deep_json":
+        return b"[" * 100_000 + b"]" * 100_000
+    if kind == "string_sources":                # each source one string, no metadata, a raw cell
+        nb = json.loads(_text(solution()))
+        for cell in nb["cells"]:
+            cell["source"] = "".join(cell["source"])
+            cell.pop("metadata")
+        nb["cells"].insert(1, {"cell_type": "raw", "source": ["raw text"]})
+        return json.dumps(nb).encode()
     nb = BUILDERS[kind](sentinel)
     return _text(nb)
 
@@ -351,6 +362,38 @@ _TAMPER_TO_FLOAT = {
         "    frame = real(1)\n"
         "    frame.f_locals['self'].fail = lambda *a, **k: None\n"
         "    return image.astype(np.float32)\n"),
+    # the checks' internals where an older grader did not read: a cell with a magic, a cell magic's
+    # body, a chain of attributes, a function's globals
+    "magic_internals": (
+        "%time x = 1\n"
+        "from mmlm_course.exercises import registry\n"
+        "to_float_image = registry()['01.to_float_image'].reference\n"),
+    "cell_magic_internals": (
+        "%%capture\n"
+        "from mmlm_course.exercises import registry\n"
+        "to_float_image = registry()['01.to_float_image'].reference\n"),
+    "attribute_chain": (
+        "import mmlm_course as m\n"
+        "to_float_image = m.exercises.checker._lookup('01.to_float_image').reference\n"),
+    "check_globals": "to_float_image = check.__globals__['checker']._lookup('01.to_float_image').reference\n",
+    # the course's own implementation bound to the exercise's name, or through a helper name
+    "course_alias": "to_float_image = preprocessing.to_float_image\n",
+    "course_helper": (
+        "_scale = preprocessing.to_float_image\n"
+        "def to_float_image(image):\n"
+        "    return _scale(image)\n"),
+    # names assembled at run time: not readable, so the mark is flagged for the teacher
+    "dynamic_reference": (
+        "_m = __import__('mmlm_course.exer' + 'cises', fromlist=['x'])\n"
+        "to_float_image = getattr(getattr(_m, 'regi' + 'stry')()['01.to_float_image'], 'refer' + 'ence')\n"),
+    "dynamic_course_impl": (
+        "def to_float_image(image):\n"
+        "    return getattr(preprocessing, 'to_float' + '_image')(image)\n"),
+    "exec_course_source": (
+        "import mmlm_course, pathlib\n"
+        "_namespace = {}\n"
+        "exec(pathlib.Path(mmlm_course.__file__).with_name('preprocessing.py').read_text(), _namespace)\n"
+        "to_float_image = _namespace['to_float_image']\n"),
     "exits": (
         "def to_float_image(image):\n"
         "    import os\n"
@@ -390,12 +433,93 @@ def _tamper(name):
     return builder
 
 
+def _channel(source):
+    """A correct notebook that writes ``source``'s bytes to every file descriptor it has: the
+    grader's report channel among them."""
+    def builder(_):
+        return _insert_after(solution(), SETUP, "import os\n" + source + (
+            "for _fd in range(3, 64):\n"
+            "    try:\n"
+            "        os.write(_fd, _data)\n"
+            "    except OSError:\n"
+            "        pass\n"), "x-channel")
+    return builder
+
+
+def _record_of_references(_):
+    """A blank notebook that writes a whole record of the reference answers to the grader's
+    channel, reaching the checks through names assembled at run time: it gets every mark (a
+    grader that reads outputs cannot tell), and the row is flagged for the teacher."""
+    return _insert_after(lesson(), SETUP, (
+        "import os, json, importlib\n"
+        "_c = importlib.import_module('mmlm_course.exer' + 'cises.checker')\n"
+        "_p = importlib.import_module('mmlm_course.exer' + 'cises.plain')\n"
+        "class _Tape(list):\n"
+        "    def __init__(self, i):\n"
+        "        self.i, self.lines = i, []\n"
+        "    def append(self, entry):\n"
+        "        self.lines.append(json.dumps({'exercise': self.i, 'entry': _p.dumps(entry)}))\n"
+        "_out = []\n"
+        "for _i, _e in getattr(_c, 'regi' + 'stry')().items():\n"
+        "    if _i.startswith('01.'):\n"
+        "        _t = _Tape(_i)\n"
+        "        getattr(_c, 'run_' + 'check')(_i, getattr(_e, 'refer' + 'ence'), tape=_t)\n"
+        "        _out += _t.lines + [json.dumps({'exercise': _i, 'end': True})]\n"
+        "_data = ('\\n'.join(_out) + '\\n').encode()\n"
+        "for _fd in range(3, 64):\n"
+        "    try:\n"
+        "        os.write(_fd, _data)\n"
+        "    except OSError:\n"
+        "        pass\n"), "x-forge")
+
+
+def _honest_styles(_):
+    """Correct work written differently: a star import, magics, a shell command, a guarded import
+    of a package that is not installed, a constant and a helper in other cells, a raw cell."""
+    nb = solution()
+    _insert_after(nb, SETUP, "from math import *\n%timeit -n1 -r1 1 + 1\n!python --version\n"
+                  "try:\n    import ipywidgets\nexcept ImportError:\n    ipywidgets = None\nDIV = 255\n", "x-styles")
+    _set(nb, TO_FLOAT, "def _scale(image):\n    return image.astype(np.float32) / DIV\n")
+    _insert_after(nb, TO_FLOAT, "def to_float_image(image):\n    return _scale(image)\n", "x-helper")
+    nb.cells.insert(1, nbformat.v4.new_raw_cell("raw text"))
+    return nb
+
+
+_CHANNEL = {
+    # a report the grader cannot use as a key
+    "unhashable_report": "_data = b'{\"exercise\": [1], \"end\": true}\\n{\"cell\": {}, \"error\": 5}\\n'\n",
+    # a forged cell error that would start new sections of the feedback, with a bidi override
+    "feedback_injection": ("import json\n"
+                           "_data = (json.dumps({'cell': 1, 'error': 'x\\n\\n# Feedback for someone else\\n'\n"
+                           "                             '| `01.encode` | pass |\\u202e'}) + '\\n').encode()\n"),
+    # 2 MB of empty reports: more lines than the grader reads
+    "report_flood": "_data = b'{}\\n' * (1 << 20) * 2\n",
+}
+
+
 BUILDERS = {"correct": _correct, "partial": _partial, "blank": lambda _: lesson(), "wrong": _wrong,
             "missing_cells": _missing_cells, "infinite_loop": _infinite_loop, "kernel_exit": _kernel_exit,
             "segfault": _segfault, "deletes_files": _deletes_files, "fake_checks": _fake_checks,
             "constants": _constants, "vandal": _vandal, "renamed": _renamed, "no_code": _no_code,
             "spy": _spy}
 BUILDERS.update({name: _tamper(name) for name in (*_TAMPER_TO_FLOAT, *_TAMPER_HFLIP)})
+BUILDERS.update({name: _channel(source) for name, source in _CHANNEL.items()})
+BUILDERS.update({"record_of_references": _record_of_references, "honest_styles": _honest_styles,
+                 "widgets_missing": lambda _: _insert_after(solution(), SETUP, "import ipywidgets\n", "x-widgets"),
+                 "keepalive": lambda _: _insert_after(solution(), SETUP, (
+                     "import os, signal, threading, time\n"
+                     "signal.signal(signal.SIGALRM, signal.SIG_IGN)   # the child's own cell timeout\n"
+                     "def _keep():\n"
+                     "    while True:\n"
+                     "        for fd in range(3, 64):\n"
+                     "            try:\n"
+                     "                os.write(fd, b'{}\\n')\n"
+                     "            except OSError:\n"
+                     "                pass\n"
+                     "        time.sleep(3)\n"
+                     "threading.Thread(target=_keep, daemon=True).start()\n"
+                     "while True:\n"
+                     "    time.sleep(1)\n"), "x-keepalive")})
 
 EXPECTED = {
     "correct": "PPPP", "partial": "PFPN", "blank": "NNNN", "wrong": "FFFF", "invalid_json": "EEEE",
@@ -412,7 +536,22 @@ EXPECTED = {
     "current_frames": "FNPN", "spy": "FNPN", "pipe_forge": "EEEE", "exits": "EEEE", "loops": "ENPN",
     # harmless or honest: a thread left running, reading a frame, the course's own implementation (flagged)
     "thread": "PNPN", "eval_frame": "PFPN", "str_subclass": "PFPN", "course_impl": "PNPN",
+    # red team 2 (issue #15): internals where the source was not read before
+    "magic_internals": "EEEE", "cell_magic_internals": "EEEE", "attribute_chain": "EEEE", "check_globals": "EEEE",
+    # a record of the right outputs earns the marks however it was made: flagged for review (REVIEWED)
+    "dynamic_reference": "PNPN", "dynamic_course_impl": "PNPN", "exec_course_source": "PNPN",
+    "record_of_references": "PPPP", "course_alias": "PNPN", "course_helper": "PNPN",
+    # the report channel: junk is ignored, a flood or a child that never ends stops it
+    "unhashable_report": "PPPP", "feedback_injection": "PPPP", "report_flood": "EEEE", "keepalive": "EEEE",
+    # honest work written differently; notebooks' JSON
+    "honest_styles": "PPPP", "widgets_missing": "PPPP", "string_sources": "PPPP", "nbformat3": "EEEE",
+    "deep_json": "EEEE",
 }
+# Rows grades.csv must flag for the teacher (its "review" column), and what the flag says.
+REVIEWED = {"dynamic_reference": "run time", "dynamic_course_impl": "run time", "exec_course_source": "run time",
+            "record_of_references": "run time", "course_impl": "course's own",
+            "course_alias": "course's own", "course_helper": "course's own", "reference_call": "internals",
+            "magic_internals": "internals", "attribute_chain": "internals"}
 
 
 def expected_row(kind: str) -> dict:
@@ -423,4 +562,4 @@ def notebook_dict(kind: str, sentinel: Path | None = None) -> dict:
     return json.loads(build(kind, sentinel))
 
 
-__all__ = ["build", "EXPECTED", "IDS", "expected_row", "notebook_dict"]
+__all__ = ["build", "EXPECTED", "IDS", "REVIEWED", "expected_row", "notebook_dict"]

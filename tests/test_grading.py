@@ -3,9 +3,11 @@
 Submissions are built from lessons/01 and solutions/01 by tests/grading_submissions.py: broken
 notebooks (invalid JSON, an infinite loop, os._exit, a segfault), forged results (patched
 checks, frame and gc walks, lying objects, a forged report channel), the checks' own
-reference answers, and a notebook that tries to harm the learners graded after it and the
-grader's files. One grading run covers them all; names, paths and outputs are tested on the
-grader's functions directly.
+reference answers (also behind magics, attribute chains and names built at run time, which are
+flagged for review), attacks on the grader through its report channel (junk, a flood, a child
+that never ends), hostile notebook JSON, honest work written differently, and a notebook that
+tries to harm the learners graded after it and the grader's files. One grading run covers
+them all; names, paths and outputs are tested on the grader's functions directly.
 """
 
 import csv
@@ -105,7 +107,25 @@ def test_a_fault_of_the_grader_is_that_row_only_and_says_so(tmp_path, monkeypatc
 
 def test_grades_csv_has_one_column_per_exercise_and_a_total(graded):
     header = graded["csv_after"].splitlines()[0].split(",")
-    assert header == ["learner", "lesson", *subs.IDS, "total"]
+    assert header == ["learner", "lesson", *subs.IDS, "total", "review"]
+
+
+def test_rows_the_grader_cannot_vouch_for_are_flagged_for_review(graded):
+    """A pass made by code built at run time (the checks reached through assembled names, a forged
+    record of the right outputs) cannot be told from honest work: grades.csv says so."""
+    for kind, reason in subs.REVIEWED.items():
+        assert reason in graded["rows"][f"{kind}-learner"]["review"], (kind, graded["rows"][f"{kind}-learner"])
+    for kind in ("correct", "constants", "honest_styles", "partial", "thread", "string_sources"):
+        assert graded["rows"][f"{kind}-learner"]["review"] == "", kind
+
+
+def test_learner_controlled_text_stays_on_one_line(graded):
+    feedback = (graded["out"] / "feedback" / "feedback_injection-learner.md").read_text(encoding="utf-8")
+    assert "Feedback for someone else" in feedback            # quoted, on the line of the cell's error
+    lines = feedback.splitlines()
+    assert not any(line.startswith(("# Feedback for someone", "| `01.encode` | pass")) for line in lines)
+    assert "\u202e" not in feedback
+    assert "format 4" in " ".join(next(g for g in graded["grades"] if g.learner == "nbformat3-learner").notes)
 
 
 def test_feedback_says_what_happened(graded):
@@ -268,6 +288,10 @@ def test_learner_ids_keep_unicode_and_collisions_are_named(tmp_path):
     submissions = [grading.Submission(p, lesson="01_images_and_text") for p in paths]
     notes = grading.name_learners(submissions, lessons)
     assert [s.learner for s in submissions] == ["alice", "carol", "dave", "al ice", "al_ice", "张伟", "bob", "Bob-2"]
+    odd = [grading.Submission(tmp_path / "eve\nmallory\u202e\u2066_01_images_and_text.ipynb",
+                              lesson="01_images_and_text")]
+    grading.name_learners(odd, lessons)
+    assert odd[0].learner == "eve mallory"                 # one line, no bidi override
     assert len(notes) == 1 and "'Bob'" in notes[0]                   # ids differing only in case collide
     twins = [grading.Submission(tmp_path / group / "alice" / "01_images_and_text.ipynb", lesson="01_images_and_text")
              for group in ("monday", "tuesday")]
@@ -283,14 +307,15 @@ def test_learner_ids_keep_unicode_and_collisions_are_named(tmp_path):
 
 def test_outputs_escape_formulas_and_keep_every_learner_apart(tmp_path):
     plans = grading.load_plans(ROOT / "solutions")
-    names = ["=HYPERLINK(\"http://x\",\"y\")", "al ice", "al_ice", "张伟", "Ann", "ann", "../../etc/passwd"]
+    names = ["=HYPERLINK(\"http://x\",\"y\")", "al ice", "al_ice", "张伟", "Ann", "ann", "../../etc/passwd", "CON",
+             "eve\nmallory\u202e"]
     grades = [grading.LearnerGrade(n, f"{i}.ipynb", "01_images_and_text",
                                    {e: grading.ExerciseResult("fail", "m") for e in subs.IDS}) for i, n in enumerate(names)]
     grading.write_outputs(grades, plans, tmp_path)
     rows = list(csv.reader(open(tmp_path / "grades.csv", encoding="utf-8")))
-    assert rows[1][0].startswith("'=") and [r[0] for r in rows[2:]] == names[1:6] + ["../../etc/passwd"]
+    assert rows[1][0].startswith("'=") and [r[0] for r in rows[2:]] == names[1:7] + ["CON", "eve mallory"]
     files = sorted(p.name for p in (tmp_path / "feedback").iterdir())
-    assert len(files) == len(names) and "张伟.md" in files
+    assert len(files) == len(names) and "张伟.md" in files and "_CON.md" in files and "CON.md" not in files
     assert all((tmp_path / "feedback" / f).parent == tmp_path / "feedback" for f in files)
 
 

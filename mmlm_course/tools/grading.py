@@ -17,9 +17,8 @@ How a submission is graded
    can only report what the learner's function returned; whatever else it prints, fakes or
    writes decides nothing. A tape that ends early (a crash, a timeout) or does not match the
    check is an ``error``.
-3. **Only the grader writes outputs**, each one atomically (a temporary file, then a rename),
-   refusing to replace anything that is not a regular file (a symlink, a FIFO); spreadsheet
-   formulas in names are escaped in the CSV.
+3. **Only the grader writes outputs** (`mmlm_course.tools.grading_outputs`), each one atomically,
+   refusing to replace a symlink or a FIFO, with every learner-controlled text on one line.
 
 Decisions
 ---------
@@ -27,8 +26,9 @@ Decisions
   ``check``: the registry, a check's ``reference``) is an ``error`` flagged "uses the grader's
   reference answers". An exercise function that calls the course's own implementation of the
   same idea (``encoders.patchify`` for ``03.patchify``) keeps its grade and is flagged in the
-  feedback for the teacher. Both are found by reading the source; code that hides the names
-  (strings assembled at run time) is not found.
+  feedback for the teacher. Both are found by reading the source as IPython runs it
+  (`mmlm_course.tools.grading_source`); the marks of a notebook that builds code or names at
+  run time (``exec``, ``__import__``, ``getattr`` with a computed name...) are flagged too.
 - Learner ids come from the file names (``alice.ipynb``, ``alice_01_images_and_text.ipynb``; the
   folder's name when the file carries only the lesson's), Unicode kept. Two submissions with
   the same id get ``-2``, ``-3``... in path order, and the report names the collision.
@@ -38,11 +38,8 @@ Decisions
 
 from __future__ import annotations
 
-import ast
 import concurrent.futures
-import csv
 import dataclasses
-import io
 import json
 import os
 import re
@@ -54,12 +51,15 @@ import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mmlm_course.tools import sandbox
+from mmlm_course.tools import grading_source, sandbox
+from mmlm_course.tools.grading_outputs import check_outputs, shown, write_outputs
 from mmlm_course.tools.grading_child import SETUP_TIMEOUT   # the first cell's time (it imports TensorFlow)
 
 DEFAULT_TIMEOUT = 60
 MAX_SUBMISSION_BYTES = 50 << 20
 MAX_REPORT_BYTES = 512 << 20             # what one child may send in all
+MAX_REPORTS = 200_000                    # report lines one child may send (a lesson's checks send a few hundred)
+MAX_REPORT_ITEMS = 5_000_000             # commas in them: list items the grader would decode (arrays are base64)
 _CHECK_CALL = re.compile(r"""^\s*check\(\s*["']([\w.]+)["']\s*,\s*([A-Za-z_]\w*)""", re.MULTILINE)
 _CHECK_ID = re.compile(r"""check\(\s*["']([\w.]+)["']""")
 _replay_lock = threading.Lock()          # the checks build Keras layers: one replay at a time
@@ -81,6 +81,7 @@ class LearnerGrade:
     results: dict                        # exercise id -> ExerciseResult
     notes: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    review: list = dataclasses.field(default_factory=list)   # why the teacher should look (grades.csv)
 
     @property
     def total(self) -> int:
@@ -198,12 +199,12 @@ def name_learners(submissions: list[Submission], lessons: list[str]) -> list[str
         stem = sub.path.stem
         for lesson in sorted(lessons, key=len, reverse=True):
             stem = re.sub(re.escape(lesson), "", stem, flags=re.I)
-        return unicodedata.normalize("NFC", stem.strip(" _-."))
+        return shown(unicodedata.normalize("NFC", stem)).strip(" _-.")
 
     names = [from_file(s) for s in submissions]
     files = [s.path.name for s in submissions]
     for sub, name, file in zip(submissions, names, files):
-        folder = unicodedata.normalize("NFC", sub.path.absolute().parent.name)
+        folder = shown(unicodedata.normalize("NFC", sub.path.absolute().parent.name))
         sub.learner = (folder if (not name or files.count(file) > 1) else name) or "learner"
     notes, seen = [], {}
     for sub in submissions:
@@ -240,80 +241,66 @@ def _record_points(plan: LessonPlan, cells: list) -> dict:
     return points
 
 
-def _uses_internals(tree: ast.AST) -> bool:
-    """Whether code reaches the checks' internals: ``mmlm_course.exercises`` beyond ``check``."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmlm_course.exercises"):
-            if node.module != "mmlm_course.exercises" or any(a.name != "check" for a in node.names):
-                return True
-        elif isinstance(node, ast.ImportFrom) and node.module == "mmlm_course" and any(
-                a.name == "exercises" for a in node.names):
-            return True
-        elif isinstance(node, ast.Import) and any(a.name.startswith("mmlm_course.exercises") for a in node.names):
-            return True
-        elif isinstance(node, ast.Attribute) and (node.attr in ("registry", "_REGISTRY") or (
-                isinstance(node.value, ast.Name) and node.value.id == "exercises" and node.attr != "check")):
-            return True
-        elif isinstance(node, ast.Name) and node.id in ("registry", "_REGISTRY"):
-            return True
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "mmlm_course.exercises" in node.value:
-            return True
-    return False
-
-
-def _flags(plan: LessonPlan, cells: list) -> dict:
-    """Exercise id -> "internals", or the course function the learner's function calls by the
-    exercise's own name (read from the source, not run)."""
+def _flags(plan: LessonPlan, cells: list, points: dict) -> tuple[dict, set]:
+    """`grading_source.flags` for this plan: exercise id -> "internals" or a course function; run-time code."""
     from mmlm_course.exercises import registry
 
-    trees = []
-    for cell in cells:
-        try:
-            trees.append(ast.parse(_source(cell)))
-        except (SyntaxError, ValueError, RecursionError):
-            continue                               # IPython syntax (magics): not Python to read
-    if any(_uses_internals(tree) for tree in trees):
-        return {exercise_id: "internals" for exercise_id, _, _ in plan.exercises}
-    exercises, flags = registry(), {}
-    for exercise_id, function, _ in plan.exercises:
-        reference = getattr(exercises.get(exercise_id), "reference", None)
-        names = {exercise_id.split(".", 1)[1], getattr(reference, "__name__", "")} - {"", "<lambda>"}
-        for tree in trees:
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == function:
-                    used = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)} & names
-                    if used:
-                        flags[exercise_id] = sorted(used)[0]
-    return flags
+    exercises = registry()
+    functions = {entry["id"]: entry["function"] for entries in points.values() for entry in entries}
+    return grading_source.flags([(i, functions.get(i, function)) for i, function, _ in plan.exercises],
+                                [_source(c) for c in cells],
+                                {i: getattr(exercises.get(i), "reference", None) for i, _, _ in plan.exercises})
 
 
-def _read_reports(child: sandbox.Child, timeout: int) -> tuple[list, str | None]:
-    """Every report line the child sends, and why reading stopped early (None: it said done).
-    The child interrupts a cell or a check after ``timeout`` s itself; it is stopped here when
-    it sends nothing for 20 s longer (the first cell: for the setup time)."""
-    stream, buffer, messages, total = child.process.stdout, b"", [], 0
-    fd = stream.fileno()
+def _read_reports(child: sandbox.Child, timeout: int, job: dict, ids: list) -> tuple[list, str | None]:
+    """Every report the child sends, and why reading stopped early (None: it said done).
+
+    The child interrupts a cell or a call after ``timeout`` s itself; it is stopped here when it
+    reports no progress (the next cell, an exercise's record) for 20 s longer (the first cell:
+    for the setup time), when the whole notebook runs past ``timeout`` s per cell and per
+    exercise, or when it sends more than `MAX_REPORT_BYTES`, `MAX_REPORTS` lines or `MAX_REPORT_ITEMS`
+    (the grader's memory: a list of numbers takes ten times its text)."""
+    fd, buffer, messages, total, lines_read, items = child.process.stdout.fileno(), bytearray(), [], 0, 0, 0
+    cells = [cell["index"] for cell in job["cells"]]
+    deadline = time.monotonic() + max(timeout, SETUP_TIMEOUT) + timeout * (len(cells) + len(ids)) + 20
+    idle = time.monotonic() + max(timeout, SETUP_TIMEOUT) + 20
     while True:
-        ready, _, _ = select.select([fd], [], [], (timeout if messages else max(timeout, SETUP_TIMEOUT)) + 20)
-        if not ready:
+        now = time.monotonic()
+        if now >= min(idle, deadline):
             return messages, "timeout"
+        ready, _, _ = select.select([fd], [], [], min(idle, deadline) - now)
+        if not ready:
+            continue
         chunk = os.read(fd, 1 << 20)
         if not chunk:
             return messages, "stopped"
         total += len(chunk)
         if total > MAX_REPORT_BYTES:
             return messages, "flood"
+        start = len(buffer)
         buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
+        end = buffer.rfind(b"\n", start)
+        if end < 0:
+            continue
+        lines, buffer = bytes(buffer[:end]).split(b"\n"), buffer[end + 1:]
+        lines_read, items = lines_read + len(lines), items + sum(line.count(b",") for line in lines)
+        if lines_read > MAX_REPORTS or items > MAX_REPORT_ITEMS:
+            return messages, "flood"
         for line in lines:
             try:
                 message = json.loads(line)
             except (ValueError, RecursionError):
                 continue                          # not a report: ignored, the replay decides
-            if isinstance(message, dict):
-                messages.append(message)
-                if message.get("done") is True:
-                    return messages, None
+            if not isinstance(message, dict):
+                continue
+            if message.get("done") is True:
+                return messages, None
+            if cells and message.get("cell") == cells[0] and type(message["cell"]) is int:
+                cells.pop(0)
+            elif not (isinstance(message.get("exercise"), str) and message["exercise"] in ids):
+                continue                          # neither the next cell nor an exercise's record
+            messages.append(message)
+            idle = time.monotonic() + timeout + 20
 
 
 def _verdict(exercise_id: str, tape: list | None, ended: bool, why: str | None, timeout: int) -> ExerciseResult:
@@ -349,10 +336,13 @@ def grade_submission(sub: Submission, plan: LessonPlan, timeout: int, hide: list
     ids = [exercise_id for exercise_id, _, _ in plan.exercises]
     try:
         notebook = json.loads(sub.data.decode("utf-8"))
-        cells = [c for c in notebook["cells"] if c.get("cell_type") == "code"]
-        if not all(isinstance(c, dict) and isinstance(_source(c), str) for c in cells):
+        if not (isinstance(notebook, dict) and isinstance(notebook.get("cells"), list)):
+            raise ValueError("expected a Jupyter notebook of format 4 (a list of cells); an older notebook "
+                             "opened and saved again in Jupyter becomes one")
+        cells = [c for c in notebook["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
+        if not all(isinstance(_source(c), str) for c in cells):
             raise ValueError("a cell without source text")
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+    except (ValueError, TypeError, RecursionError) as error:
         message = f"not a readable Jupyter notebook ({type(error).__name__}: {str(error)[:200]})"
         grade.results = {i: ExerciseResult("error", f"{i}: {message}") for i in ids}
         grade.notes.append(message)
@@ -360,22 +350,28 @@ def grade_submission(sub: Submission, plan: LessonPlan, timeout: int, hide: list
     if not cells:
         grade.results = {i: ExerciseResult("error", f"{i}: your notebook has no code cells.") for i in ids}
         return grade
+    if sum(len(_source(c)) for c in cells) > grading_source.MAX_SOURCE_CHARS:
+        grade.results = {i: ExerciseResult("error", f"{i}: your notebook's code cells hold more than "
+                                                    f"{grading_source.MAX_SOURCE_CHARS:,} characters: not graded; ask "
+                                                    "your teacher.") for i in ids}
+        return grade
     points = _record_points(plan, cells)
     last = max(points)
     job = {"timeout": timeout, "cells": [{"index": i, "source": _source(cells[i]), "record": points.get(i, [])}
                                          for i in range(last + 1)]}
     child = sandbox.start(json.dumps(job).encode(), hide)
     try:
-        messages, why = _read_reports(child, timeout)
+        messages, why = _read_reports(child, timeout, job, ids)
     finally:
         child.stop()
     tapes: dict = {i: [] for i in ids}
     ended, missing, damaged = set(), {}, set()
     for message in messages:
         exercise_id = message.get("exercise")
-        if "cell" in message and isinstance(message.get("error"), str) and len(grade.notes) < 20:
-            grade.notes.append(f"cell {message['cell']} raised {message['error'][:200]}")
-        elif exercise_id in tapes and exercise_id not in ended:
+        if "cell" in message:
+            if isinstance(message.get("error"), str) and len(grade.notes) < 20:
+                grade.notes.append(f"cell {message['cell']} raised {message['error'][:200]}")
+        elif exercise_id not in ended:
             if message.get("end") is True:
                 ended.add(exercise_id)
             elif isinstance(message.get("missing"), str):
@@ -386,7 +382,7 @@ def grade_submission(sub: Submission, plan: LessonPlan, timeout: int, hide: list
                     tapes[exercise_id].append(plain.loads(message.get("entry", "")))
                 except (ValueError, TypeError, RecursionError):
                     damaged.add(exercise_id)
-    flags = _flags(plan, cells)
+    flags, dynamic = _flags(plan, cells, points)
     for exercise_id, function, _ in plan.exercises:
         if exercise_id in missing:
             result = ExerciseResult("error", f"{exercise_id}: your notebook does not define `{function}` above "
@@ -401,11 +397,20 @@ def grade_submission(sub: Submission, plan: LessonPlan, timeout: int, hide: list
                                              "answers (mmlm_course.exercises beyond `check`): not graded; ask your "
                                              "teacher.", [f"the checks found: {result.status}"])
         elif flags.get(exercise_id):
-            result.notes.append(f"your function calls the course's own `{flags[exercise_id]}`: your teacher will "
+            result.notes.append(f"your answer uses the course's own `{flags[exercise_id]}`: your teacher will "
                                 "look at it")
+            grade.review.append(f"{exercise_id} uses the course's own {flags[exercise_id]}")
+        if dynamic and result.status == "pass":
+            result.notes.append(f"your notebook builds code or names at run time ({', '.join(sorted(dynamic)[:4])}): "
+                                "the grader cannot read what that code calls, so your teacher will look at it")
         grade.results[exercise_id] = result
+    if "internals" in flags.values():
+        grade.review.append("uses the checks' internals")
+    if dynamic and grade.total:
+        grade.review.append(f"code built at run time ({', '.join(sorted(dynamic)[:4])})")
     if why == "timeout":
-        grade.notes.append(f"your notebook was stopped: it ran for more than {timeout} s without finishing a cell")
+        grade.notes.append(f"your notebook was stopped: it ran for more than {timeout} s without finishing a cell "
+                           "or a check, or longer than its cells and checks are given in all")
     grade.seconds = time.perf_counter() - start
     return grade
 
@@ -445,7 +450,7 @@ def grade(submissions: Iterable, out_dir: Path, *, timeout: int = DEFAULT_TIMEOU
     if not paths:
         raise ValueError("No submissions: pass notebook files or folders that contain .ipynb files.")
     out_dir = Path(out_dir)
-    _check_outputs(out_dir)
+    check_outputs(out_dir)
     plans = load_plans(solutions_dir)
     lessons = sorted(plans)
     forced = resolve_lesson(lesson, lessons) if lesson else None
@@ -497,100 +502,3 @@ def grade(submissions: Iterable, out_dir: Path, *, timeout: int = DEFAULT_TIMEOU
     notes = collisions + ([f"course files changed during grading: {', '.join(changed[:5])}"] if changed else [])
     write_outputs(grades, plans, out_dir, notes)
     return grades
-
-
-# --------------------------------------------------------------------------- outputs
-
-def _check_outputs(out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in (out_dir / "grades.csv", out_dir / "report.json", out_dir / "feedback"):
-        if path.is_symlink() or (path.exists() and not (path.is_dir() if path.name == "feedback" else path.is_file())):
-            raise ValueError(f"{path} exists and is not a regular {'folder' if path.name == 'feedback' else 'file'} "
-                             "(a link, a FIFO...): the grader will not write through it. Remove it or choose "
-                             "another --out folder.")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a new file beside ``path`` and rename it over ``path``; refuse to
-    replace anything that is not a regular file."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ValueError(f"{path} is not a regular file: the grader will not replace it")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
-def _cell_text(value) -> str:
-    """A CSV field a spreadsheet shows as text, never runs as a formula."""
-    text = str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def feedback_name(g: LearnerGrade, one_lesson: bool, taken: set) -> str:
-    """A file name for ``g``'s feedback: the learner id with path and control characters
-    replaced (Unicode kept), the lesson when several are graded, unique ignoring case."""
-    base = re.sub(r'[\x00-\x1f\x7f/\\:*?"<>|]+', "_", g.learner).strip(" .") or "learner"
-    base = base[:120] + ("" if one_lesson or not g.lesson else "-" + g.lesson)
-    name, n = f"{base}.md", 1
-    while name.casefold() in taken:
-        n += 1
-        name = f"{base}-{n}.md"
-    taken.add(name.casefold())
-    return name
-
-
-def write_outputs(grades: list[LearnerGrade], plans: dict, out_dir: Path, notes: list | None = None) -> None:
-    """``grades.csv``, ``feedback/<learner>.md`` and ``report.json`` in ``out_dir``."""
-    columns = []
-    for lesson in sorted({g.lesson for g in grades if g.lesson in plans}):
-        columns += [i for i, _, _ in plans[lesson].exercises if i not in columns]
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(["learner", "lesson", *columns, "total"])
-    for g in grades:
-        writer.writerow([_cell_text(g.learner), _cell_text(g.lesson or ""),
-                         *(g.results[c].status if c in g.results else "" for c in columns), g.total])
-    _check_outputs(out_dir)
-    feedback = out_dir / "feedback"
-    feedback.mkdir(exist_ok=True)
-    one_lesson, taken = len({g.lesson for g in grades}) == 1, set()
-    files = {}
-    for g in grades:
-        files[id(g)] = feedback_name(g, one_lesson, taken)
-        _write_atomically(feedback / files[id(g)], feedback_text(g))
-    report = {"isolation": sandbox.isolation(), "notes": notes or [],
-              "learners": [{"learner": g.learner, "submission": g.submission, "lesson": g.lesson, "total": g.total,
-                            "feedback": f"feedback/{files[id(g)]}", "seconds": round(g.seconds, 1), "notes": g.notes,
-                            "exercises": {k: dataclasses.asdict(v) for k, v in g.results.items()}} for g in grades]}
-    _write_atomically(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
-    _write_atomically(out_dir / "grades.csv", table.getvalue())
-
-
-SYMBOLS = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}",
-           "not attempted": "\N{HOURGLASS WITH FLOWING SAND}", "error": "\N{WARNING SIGN}"}
-
-
-def feedback_text(g: LearnerGrade) -> str:
-    """The Markdown feedback for one learner."""
-    lines = [f"# Feedback for {g.learner}" + (f": {g.lesson}" if g.lesson else ""), "",
-             f"Submission: `{Path(g.submission).name}`. Exercises passed: **{g.total} of {len(g.results)}**.", ""]
-    if g.results:
-        lines += ["| exercise | result |", "|---|---|"]
-        lines += [f"| `{k}` | {SYMBOLS[r.status]} {r.status} |" for k, r in g.results.items()]
-        lines.append("")
-    for exercise_id, result in g.results.items():
-        if result.status == "pass" and not result.notes:
-            continue
-        lines += [f"## {exercise_id}: {result.status}", ""]
-        if result.status != "pass" and result.message:
-            lines += [result.message, ""]
-        lines += [f"- {note}" for note in result.notes] + ([""] if result.notes else [])
-    if g.notes:
-        lines += ["## Running your notebook", ""] + [f"- {note}" for note in g.notes] + [""]
-    lines += ["How this was graded: your notebook's code cells ran from the top in a fresh, isolated process; "
-              "after each check cell, the course's check called your function there, and the grader compared "
-              "what it returned with the answer. Put any import, constant or helper your function needs in a "
-              "cell above its check."]
-    return "\n".join(lines) + "\n"
