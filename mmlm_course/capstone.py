@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from mmlm_course import env, shapeworld
-from mmlm_course.checkpoints import CheckpointStore
+from mmlm_course.checkpoints import CheckpointStore, replace_atomically, require_space, write_atomically
 from mmlm_course.run_data import evaluate_photos, load_run_data, save_photo_samples, save_samples
 from mmlm_course.datasets import parse_data_spec
 from mmlm_course.validation import require_choice, require_float, require_int, require_str
@@ -207,29 +207,47 @@ class RunFolder:
     model_path = property(lambda self: self.root / "model.keras")
     samples_path = property(lambda self: self.root / "samples.png")
 
-    def start(self, config: RunConfig) -> bool:
+    def start(self, config: RunConfig, log=print) -> bool:
         """Create or reopen the folder and take its lock; True when resuming. A folder that
         holds another config is refused rather than mixed with this one, and so is a folder
         another process is training in (the lock is the operating system's ``flock`` on
-        ``.lock``: a killed process drops it, so its run can be resumed at once)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        ``.lock``: a killed process drops it, so its run can be resumed at once). A damaged or
+        missing ``config.json`` is rewritten from the copy in the latest checkpoint (or, with
+        no checkpoint yet, from ``config``: nothing trained is lost)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"cannot use {self.root} as the run folder ({error.strerror or error}): give --out a "
+                             "folder you can write to.") from None
         self._take_lock()
-        text = json.dumps(dataclasses.asdict(config), indent=1, sort_keys=True)
-        if self.config_path.exists():
-            saved = {**_DEFAULTS, **json.loads(self.config_path.read_text())}   # a field added since: its default
-            if saved != json.loads(text):
-                raise ValueError(f"{self.root} holds a run with a different config ({self.config_path}); "
-                                 "resume it with the same options, or choose a new --out.")
-            return True
-        self.config_path.write_text(text)
-        return False
+        wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+        saved, problem = _read_config(self.config_path)
+        latest = self.checkpoints.latest() if saved is None else None
+        if latest is not None or problem:              # checkpoints without a config.json: theirs counts
+            problem = problem or "it is missing"
+            saved = wanted if latest is None else latest[1].get("config")
+            if saved is None:
+                raise ValueError(f"{self.config_path} cannot be read ({problem}) and the checkpoints do not record "
+                                 "the run's config: put the file back, or choose a new --out.")
+            log(f"{self.config_path} cannot be read ({problem}): rewritten from "
+                + ("the options given (no checkpoint yet)" if latest is None else f"checkpoint {latest[0].name}"))
+        if saved is not None and {**_DEFAULTS, **saved} != wanted:     # a field added since: its default
+            raise ValueError(f"{self.root} holds a run with a different config ({self.config_path}); "
+                             "resume it with the same options, or choose a new --out.")
+        if saved is None or problem:
+            write_atomically(self.config_path, json.dumps(wanted, indent=1, sort_keys=True))
+        return saved is not None
 
     def _take_lock(self) -> None:
         try:
             import fcntl
         except ImportError:                      # Windows: no flock; one trainer per folder is then up to you
             return
-        self._lock = open(self.root / ".lock", "a+")
+        try:
+            self._lock = open(self.root / ".lock", "a+")
+        except OSError as error:
+            raise ValueError(f"cannot lock the run folder {self.root} ({error.strerror or error} on "
+                             f"{self.root / '.lock'}): give --out a folder you can write to.") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -253,30 +271,46 @@ class RunFolder:
         """Logged steps 1..up_to_step (later ones were not checkpointed: they are redone)."""
         if not self.history_path.exists():
             return []
-        rows = []
-        for line in self.history_path.read_text().splitlines():
+        rows = {}
+        for line in self.history_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line torn by a kill: its step is redone anyway
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a kill (or damaged): its step is redone anyway
                 continue
-        return [r for r in rows if r["step"] <= up_to_step]
-
-    def rewrite_history(self, rows: list[dict]) -> None:
-        temporary = self.history_path.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(temporary, self.history_path)
-
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and 1 <= row["step"] <= up_to_step:
+                rows[row["step"]] = row
+        return [rows[step] for step in sorted(rows)]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+
+
+def _read_config(path: Path) -> tuple[dict | None, str | None]:
+    """(the saved config dict, None), (None, None) when there is none, or (None, why it cannot be read)."""
+    if not path.exists():
+        return None, None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return None, f"{type(error).__name__}: {error}"
+    if not isinstance(saved, dict) or not set(saved) <= {f.name for f in dataclasses.fields(RunConfig)}:
+        return None, "it is not the config of a run"
+    return saved, None
 
 
 def load_config(run_dir) -> RunConfig:
     """The `RunConfig` saved in a run folder."""
     path = Path(run_dir) / "config.json"
-    if not path.exists():
+    saved, problem = _read_config(path)
+    if problem:
+        raise ValueError(f"{path} cannot be read ({problem}): run `mmlm-course train` with the run's options and "
+                         f"--out {run_dir} to rewrite it from its checkpoints.")
+    if saved is None:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with "
                                 "`mmlm-course train --out DIR`.")
-    return RunConfig(**json.loads(path.read_text()))
+    try:
+        return RunConfig(**saved)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} does not hold a valid run config ({error}).") from None
 
 
 # --------------------------------------------------------------------------- training
@@ -313,6 +347,11 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     folder = RunFolder(out)
     try:
         return _train(config, folder, progress, log)
+    except OSError as error:
+        if error.errno is None:            # one of the course's own messages (a missing dataset file)
+            raise
+        raise ValueError(f"could not read or write {error.filename or folder.root} ({error.strerror}): fix that "
+                         "(free some space, or move what is in the way), then run the same command again to resume.") from None
     finally:
         folder.release()
 
@@ -338,11 +377,10 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     if config.batch_size > rows:
         raise ValueError(f"batch size {config.batch_size} is larger than the {rows} training rows of "
                          f"{config.data!r}: pass --batch-size {rows} or less, or use more data.")
-    resuming = folder.start(config)
-    data.tokenizer.save(folder.vocab_path)
+    resuming = folder.start(config, log)
+    replace_atomically(folder.vocab_path, data.tokenizer.save)
     if data.skipped:
-        (folder.root / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in data.skipped),
-                                                 encoding="utf-8")
+        write_atomically(folder.root / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in data.skipped))
     model = build_run_model(config, data.tokenizer)
     hears, sees = config.modality != "image", config.modality != "audio"
     decoder = model.language_model
@@ -359,7 +397,8 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
 
     state = folder.checkpoints.latest()
     for name, problem in folder.checkpoints.skipped:
-        log(f"checkpoint {name} cannot be read ({problem}): using the one before it")
+        log(f"checkpoint {name} cannot be read ({problem}): "
+            + ("using the one before it" if state else "no readable checkpoint is left: starting from step 0"))
     pretrained_now = False
     uses_detector = sees and model.config.vision == "objects"
     if state is None and (hears or uses_detector or config.pretrain_epochs):
@@ -382,7 +421,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
             stages.pretrain_language_model(model, data.texts, data.tokenizer, epochs=config.pretrain_epochs,
                                            batch_size=config.batch_size, learning_rate=config.stage1_learning_rate)
         compile_stage(1)
-        folder.checkpoints.save(model, model.optimizer, {"step": 0, "stage": 0})
+        folder.checkpoints.save(model, model.optimizer, {"step": 0, "stage": 0, "config": dataclasses.asdict(config)})
         state, pretrained_now = folder.checkpoints.latest(), True
     start_step = state[1]["step"] if state else 0
     stage = 1 if start_step < config.stage1_steps else 2
@@ -397,7 +436,7 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     elif resuming:
         log("no checkpoint yet in this run folder: starting from step 0")
     history = folder.history(start_step)
-    folder.rewrite_history(history)
+    write_atomically(folder.history_path, "".join(json.dumps(row) + "\n" for row in history))
     last_loss = history[-1].get("loss") if history else None
     log(f"stage {stage}: {trainable:,} trainable parameters")
     write_scalars = _tensorboard_writer(folder.root / "tensorboard")
@@ -418,7 +457,8 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
             bar.set_postfix(loss=f"{last_loss:.3f}", stage=stage)
             if done % config.checkpoint_every == 0 or done in (config.stage1_steps, config.total_steps):
                 history_file.flush()
-                folder.checkpoints.save(model, model.optimizer, {"step": done, "stage": stage})
+                folder.checkpoints.save(model, model.optimizer,
+                                        {"step": done, "stage": stage, "config": dataclasses.asdict(config)})
 
         for stage_number, end in ((1, config.stage1_steps), (2, config.total_steps)):
             if start_step >= end:
@@ -435,7 +475,8 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
     log(f"trained {trained_steps} steps in {seconds:.1f} s "
         f"({trained_steps * config.batch_size / max(seconds, 1e-9):.0f} examples/s)")
 
-    model.save(folder.model_path)
+    require_space(folder.root, model.weights)
+    replace_atomically(folder.model_path, model.save)
     metrics = {"steps": config.total_steps, "train_seconds_this_session": round(seconds, 1),
                "examples_per_second": round(trained_steps * config.batch_size / max(seconds, 1e-9), 1),
                "final_loss": last_loss}
@@ -453,11 +494,13 @@ def _train(config: RunConfig, folder: "RunFolder", progress: bool, log) -> dict:
         metrics["held_out"] = evaluate_photos(model, data.tokenizer, data.held_out)
         log("held out: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                      for k, v in metrics["held_out"].items()))
-    folder.metrics_path.write_text(json.dumps(metrics, indent=1))
+    write_atomically(folder.metrics_path, json.dumps(metrics, indent=1))
     if data.eval_sets:
-        save_samples(model, data.tokenizer, data.eval_sets["test"], folder.samples_path)
-    elif data.held_out is not None:
-        save_photo_samples(model, data.tokenizer, data.held_out, folder.samples_path)
+        replace_atomically(folder.samples_path, lambda path: save_samples(model, data.tokenizer,
+                                                                           data.eval_sets["test"], path))
+    else:                                 # photos: held out, or with fewer than 10 images the training ones
+        replace_atomically(folder.samples_path, lambda path: save_photo_samples(model, data.tokenizer,
+                                                                                 data.sample_photos, path))
     return metrics
 
 
@@ -475,27 +518,40 @@ def build_run_model(config: RunConfig, tokenizer):
     return mllm.build_model(mllm.MLLMConfig(**config.model), tokenizer)
 
 
-def load_trained(run_dir):
+def load_trained(run_dir, log=print):
     """(model, tokenizer, config) of a finished run (its ``model.keras``), or of its
-    latest checkpoint when the run was interrupted. For inference: the model comes back
-    without its optimizer (``compile=False``); resuming training reads the checkpoints."""
+    latest checkpoint when the run was interrupted or its ``model.keras`` cannot be read
+    (a note through ``log`` says so). For inference: the model comes back without its
+    optimizer (``compile=False``); resuming training reads the checkpoints."""
     import keras
 
     from mmlm_course import preprocessing
 
     folder = RunFolder(run_dir)
     config = load_config(run_dir)
-    tokenizer = preprocessing.Tokenizer.load(folder.vocab_path)
+    try:
+        tokenizer = preprocessing.Tokenizer.load(folder.vocab_path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder.vocab_path} cannot be read ({type(error).__name__}: {error}): run "
+                         f"`mmlm-course train` with the run's options and --out {run_dir} to write it again.") from None
+    problem = None
     if folder.model_path.exists():
-        return keras.models.load_model(folder.model_path, compile=False), tokenizer, config
+        try:
+            return keras.models.load_model(folder.model_path, compile=False), tokenizer, config
+        except Exception as error:       # keras, zipfile and h5py raise many kinds for a damaged file
+            problem = f"{folder.model_path} cannot be read ({type(error).__name__}: {str(error)[:120]})"
     latest = folder.checkpoints.latest()
     if latest is None:
-        raise FileNotFoundError(f"{run_dir} has neither model.keras nor a checkpoint: train it first.")
-    if latest[1].get("step", 0) == 0:
+        raise FileNotFoundError(f"{problem or f'{run_dir} has no model.keras'} and no readable checkpoint: train "
+                                "it (again) first.")
+    if latest[1]["step"] == 0:
         raise ValueError(f"{run_dir} was stopped before its first training step (only the stage-0 checkpoint "
                          "exists): its answers would be an untrained model's. Resume the run first.")
     model = build_run_model(config, tokenizer)
-    model.load_weights(latest[0] / "model.weights.h5", skip_mismatch=False)
+    model.load_weights(latest[0] / "model.weights.h5")
+    log(f"note: {problem}; answering with checkpoint {latest[0].name} instead." if problem else
+        f"note: the run stopped at step {latest[1]['step']} of {config.total_steps}; answering with its last "
+        "checkpoint (run the same `mmlm-course train` command again to finish it).")
     return model, tokenizer, config
 
 
@@ -507,14 +563,15 @@ def accepted_inputs(config: RunConfig) -> tuple[str, ...]:
     return ("both", "image", "audio") if config.modality_dropout else ("both",)
 
 
-def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20, audio=None) -> str:
+def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20, audio=None, log=print) -> str:
     """Answer ``prompt`` (empty: caption it) about the file at ``path``: an image for an
     image run, a sound file (WAV, FLAC, OGG or MP3) for an audio run (lesson 09). A run of
     both takes the image at ``path`` and the sound at ``audio``; trained with modality
-    dropout, it also answers from one of them (``None`` for the other: black or silent)."""
+    dropout, it also answers from one of them (``None`` for the other: black or silent).
+    ``log`` gets `load_trained`'s note when the answer comes from a checkpoint."""
     from mmlm_course import audio_io, audio_lm, audiovisual, generation, preprocessing
 
-    model, tokenizer, config = load_trained(run_dir)
+    model, tokenizer, config = load_trained(run_dir, log)
     image_file, sound_file = (None, path) if config.modality == "audio" else (path, audio)
     given = {(True, False): "image", (False, True): "audio", (True, True): "both"}.get(
         (image_file is not None, sound_file is not None))
@@ -525,6 +582,8 @@ def generate_from_run(run_dir, path, prompt: str = "", max_new_tokens: int = 20,
     clips = None
     if sound_file is not None:
         wave = audio_io.load_audio(sound_file)                  # any encoding -> float32 mono at 16 kHz
+        if not len(wave):
+            raise ValueError(f"{sound_file} holds no samples: give a sound file with the scene's sound in it.")
         if len(wave) > audio_lm.CLIP_SAMPLES:
             raise ValueError(f"{sound_file} lasts {len(wave) / audio_lm.audio.COURSE_SAMPLE_RATE:.2f} s; the audio "
                              f"model hears clips of up to {audio_lm.CLIP_SAMPLES / audio_lm.audio.COURSE_SAMPLE_RATE} "

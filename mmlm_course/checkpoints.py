@@ -1,17 +1,23 @@
 """Atomic, resumable training checkpoints (used by the capstone and `mmlm-course train`).
 
 A checkpoint is a folder ``step-00001234/`` holding the model weights
-(``model.weights.h5``), the optimizer's variables (``optimizer.npz``, no pickle) and the
-training state (``state.json``: step, epoch, anything JSON-serialisable). It is written
-under a temporary name and renamed into place only when complete, and ``latest.json`` is
-replaced atomically afterwards. A process killed at any moment therefore leaves either
-the previous complete checkpoint or the new complete one as ``latest``, never a torn one.
+(``model.weights.h5``), the optimizer's variables (``optimizer.npz``, no pickle), the
+training state (``state.json``: step, epoch, anything JSON-serialisable) and the SHA-256 of
+those three files (``manifest.json``). It is written under a temporary name and renamed
+into place only when complete, and ``latest.json`` is replaced atomically afterwards. A
+process killed at any moment therefore leaves either the previous complete checkpoint or
+the new complete one as ``latest``, never a torn one; a file damaged later (a disk error,
+a flipped byte, a file copied in from another run) no longer matches its checksum, and
+the checkpoint before it is used instead.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,15 +26,51 @@ import numpy as np
 from mmlm_course.validation import positive_int
 
 LATEST = "latest.json"
+FILES = ("model.weights.h5", "optimizer.npz", "state.json")       # what manifest.json vouches for
+_NAME = re.compile(r"step-\d{8}")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def replace_atomically(path, write) -> None:
+    """Call ``write(temporary)`` (a path beside ``path``, with its suffix), then move that file
+    into ``path``: a kill at any moment leaves the old file or the new one, never a torn one
+    (a folder in its place is removed first)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}-{os.getpid()}{path.suffix}")
+    try:
+        write(temporary)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path, text: str) -> None:
+    """`replace_atomically` for a text file, flushed to the disk before it replaces ``path``."""
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    replace_atomically(path, write)
+
+
+def require_space(folder, variables) -> None:
+    """OSError (no space left) unless the disk of ``folder`` has room for ``variables`` (Keras
+    variables) and a margin. Checked before writing weights: on a full disk h5py, which writes
+    them, can crash the whole process instead of raising an error."""
+    needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables) * 5 // 4 + 2 ** 20
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: {free:,} bytes free, {needed:,} needed", str(folder))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class CheckpointStore:
@@ -51,18 +93,23 @@ class CheckpointStore:
         if not optimizer.built:  # a checkpoint taken before the first step still restores
             optimizer.build(model.trainable_variables)
         try:
+            require_space(self.folder, list(model.weights) + list(optimizer.variables))
             temporary.mkdir()
             model.save_weights(temporary / "model.weights.h5")
             arrays = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
             np.savez(temporary / "optimizer.npz", **arrays)
             (temporary / "state.json").write_text(json.dumps(state, indent=1))
+            manifest = {name: _sha256(temporary / name) for name in FILES}
+            (temporary / "manifest.json").write_text(json.dumps(manifest, indent=1))
             for file in temporary.iterdir():
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
-            if final.exists():
+            if final.is_dir() and not final.is_symlink():
                 shutil.rmtree(final)
+            elif final.exists() or final.is_symlink():
+                final.unlink()
             os.replace(temporary, final)
-            _write_atomically(self.folder / LATEST, json.dumps({"checkpoint": final.name, "step": step}))
+            write_atomically(self.folder / LATEST, json.dumps({"checkpoint": final.name, "step": step}))
         except OSError as error:                 # a full disk, a quota, a folder removed under us
             shutil.rmtree(temporary, ignore_errors=True)
             raise ValueError(f"could not write the checkpoint of step {step} in {self.folder} "
@@ -76,18 +123,21 @@ class CheckpointStore:
 
         ``latest.json`` names the newest; if it (or the pointer itself) is damaged, for
         example by a disk error or a hand-edited file, the checkpoints before it are tried
-        newest first. Each one skipped is recorded in ``self.skipped`` as (name, problem),
+        newest first. Only ``step-NNNNNNNN`` folders inside this store count. Each one skipped is recorded in ``self.skipped`` as (name, problem),
         for the caller to report.
         """
         self.skipped: list[tuple[str, str]] = []
         candidates = []
         try:
-            candidates.append(self.folder / json.loads((self.folder / LATEST).read_text())["checkpoint"])
+            name = json.loads((self.folder / LATEST).read_text())["checkpoint"]
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                raise ValueError(f"it names {name!r}, not a step-NNNNNNNN folder of {self.folder}")
+            candidates.append(self.folder / name)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as error:
             self.skipped.append((LATEST, f"{type(error).__name__}: {error}"))
-        candidates += sorted((p for p in self.folder.glob("step-*") if p.is_dir()), reverse=True)
+        candidates += sorted((p for p in self.folder.glob("step-*") if _NAME.fullmatch(p.name)), reverse=True)
         for folder in dict.fromkeys(candidates):                   # in order, each once
             problem = _unreadable(folder)
             if problem is None:
@@ -129,18 +179,18 @@ class CheckpointStore:
 
 
 def _unreadable(folder: Path) -> str | None:
-    """Why the checkpoint in ``folder`` cannot be restored, or None when every file reads."""
-    import h5py
-
+    """Why the checkpoint in ``folder`` cannot be restored, or None when every file is the
+    one that was written (its SHA-256 is the manifest's) and the state is its step's."""
     try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if not isinstance(manifest, dict) or sorted(manifest) != sorted(FILES):
+            return f"manifest.json lists {sorted(manifest) if isinstance(manifest, dict) else manifest!r}"
+        for name in FILES:
+            if _sha256(folder / name) != manifest[name]:
+                return f"{name} is not the file that was written (its checksum differs)"
         state = json.loads((folder / "state.json").read_text())
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-            return "state.json holds no step"
-        with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:
-            for name in saved.files:
-                saved[name]                                           # reads (and checks) every array
-        with h5py.File(folder / "model.weights.h5", "r") as weights:
-            weights.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
-    except Exception as error:        # h5py, zipfile and numpy raise many kinds for a damaged file
+    except (OSError, ValueError) as error:     # missing, a folder, unreadable, not JSON
         return f"{type(error).__name__}: {str(error)[:160]}"
+    if not isinstance(state, dict) or state.get("step") != int(folder.name[len("step-"):]):
+        return f"state.json is not the state of {folder.name}"
     return None

@@ -21,11 +21,12 @@ import dataclasses
 import json
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from mmlm_course.validation import positive_int
+from mmlm_course.validation import positive_int, require_path
 
 
 @dataclasses.dataclass
@@ -63,11 +64,14 @@ class DatasetFormatError(ValueError):
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"Expected the dataset file {path}, but it does not exist.") from None
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path} is not valid JSON ({error}).") from None
+    except (OSError, ValueError) as error:                # a folder, not UTF-8, not JSON
+        raise DatasetFormatError(f"{path} is not valid JSON ({type(error).__name__}: {error}).") from None
+    if not isinstance(data, dict):
+        raise DatasetFormatError(f"{path}: expected a JSON object, got a {type(data).__name__}.")
+    return data
 
 
 def _find_image_folder(root: Path, candidates: tuple[str, ...]) -> Path:
@@ -85,7 +89,11 @@ def load_flickr8k(root) -> list[ImageTextRecord]:
         raise FileNotFoundError(f"Expected {token_file} (the Flickr8k caption file) in {root}.")
     images = _find_image_folder(root, ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images"))
     records: dict[str, ImageTextRecord] = {}
-    for number, line in enumerate(token_file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = token_file.read_text(encoding="utf-8")
+    except (OSError, ValueError) as error:                # a folder, not UTF-8
+        raise DatasetFormatError(f"{token_file} is not a readable text file ({type(error).__name__}: {error}).") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         key, sep, caption = line.partition("\t")
@@ -101,12 +109,17 @@ def load_coco_captions(annotations_file, image_folder) -> list[ImageTextRecord]:
     data = _read_json(Path(annotations_file))
     if not {"images", "annotations"} <= set(data):
         raise DatasetFormatError(f"{annotations_file}: expected keys 'images' and 'annotations', got {sorted(data)}.")
-    records = {img["id"]: ImageTextRecord(Path(image_folder) / img["file_name"]) for img in data["images"]}
-    for annotation in data["annotations"]:
-        record = records.get(annotation["image_id"])
-        if record is None:
-            raise DatasetFormatError(f"{annotations_file}: caption for unknown image id {annotation['image_id']}.")
-        record.captions.append(annotation["caption"].strip())
+    try:
+        records = {img["id"]: ImageTextRecord(Path(image_folder) / img["file_name"]) for img in data["images"]}
+        for annotation in data["annotations"]:
+            record = records.get(annotation["image_id"])
+            if record is None:
+                raise DatasetFormatError(f"{annotations_file}: caption for unknown image id {annotation['image_id']}.")
+            record.captions.append(annotation["caption"].strip())
+    except (KeyError, TypeError, AttributeError) as error:
+        raise DatasetFormatError(f"{annotations_file}: expected 'images' entries with 'id' and 'file_name' and "
+                                 f"'annotations' entries with 'image_id' and a text 'caption' ({type(error).__name__}: "
+                                 f"{error}).") from None
     return [r for r in records.values() if r.captions]
 
 
@@ -120,13 +133,21 @@ def load_vqa(questions_file, annotations_file, image_folder, image_pattern: str 
     annotations = _read_json(Path(annotations_file)).get("annotations")
     if questions is None or annotations is None:
         raise DatasetFormatError("VQA files need a 'questions' list and an 'annotations' list.")
-    answers = {a["question_id"]: a["multiple_choice_answer"] for a in annotations}
     records: dict[int, ImageTextRecord] = {}
-    for q in questions:
-        if q["question_id"] not in answers:
-            raise DatasetFormatError(f"{annotations_file}: no answer for question id {q['question_id']}.")
-        path = Path(image_folder) / image_pattern.format(split=split, id=q["image_id"])
-        records.setdefault(q["image_id"], ImageTextRecord(path)).qa.append((q["question"], answers[q["question_id"]]))
+    try:
+        answers = {a["question_id"]: a["multiple_choice_answer"] for a in annotations}
+        for q in questions:
+            if q["question_id"] not in answers:
+                raise DatasetFormatError(f"{annotations_file}: no answer for question id {q['question_id']}.")
+            path = Path(image_folder) / image_pattern.format(split=split, id=q["image_id"])
+            records.setdefault(q["image_id"], ImageTextRecord(path)).qa.append((q["question"],
+                                                                                answers[q["question_id"]]))
+    except (KeyError, TypeError, ValueError) as error:   # ValueError: an image id that is not a number
+        if isinstance(error, DatasetFormatError):
+            raise
+        raise DatasetFormatError(f"{questions_file}, {annotations_file}: expected questions with 'question_id', "
+                                 "'image_id' (a number) and 'question', annotations with 'question_id' and "
+                                 f"'multiple_choice_answer' ({type(error).__name__}: {error}).") from None
     return list(records.values())
 
 
@@ -140,6 +161,11 @@ def read_images(records: list[ImageTextRecord], size: int) -> LoadedImages:
     from mmlm_course.preprocessing import load_image
 
     size = positive_int(size, "size")
+    given = records
+    records = list(records) if hasattr(records, "__iter__") and not isinstance(records, (str, bytes, dict)) else None
+    if records is None or not all(isinstance(r, ImageTextRecord) for r in records):
+        raise TypeError(f"records must be a list of ImageTextRecord (from load_flickr8k, load_coco_captions or "
+                        f"load_vqa), got {type(given).__name__} {given!r:.60}.")
     images, kept, skipped = [], [], []
     for record in records:
         try:
@@ -166,24 +192,31 @@ def safe_extract(archive, target, max_bytes: int = MAX_EXTRACT_BYTES,
     Every member is checked before anything is written: only regular files and folders
     (links, hard links, devices and pipes are refused, wherever they point), relative names
     that stay inside ``target`` (no absolute path, drive letter or ``..``), and at most
-    ``max_members`` members and ``max_bytes`` unpacked bytes in all. The files are then
-    written by this function (never by ``extractall``, whose path checks have had holes) into
-    a temporary folder beside ``target``, and moved into ``target`` only when all of them are
-    complete; a refusal, a member larger than it claims or a full disk leaves nothing behind.
-    Every failure is a ValueError that names the archive.
+    ``max_members`` members and ``max_bytes`` unpacked bytes in all (a tar is read only up
+    to the first member past a limit). The files are then written by this function (never by
+    ``extractall``, whose path checks have had holes) into a temporary folder beside
+    ``target``, and moved into ``target`` only when all of them are complete and none would
+    land outside it through a link already in ``target``; a refusal, a member larger than it
+    claims, a corrupt member or a full disk leaves nothing behind. Every failure is a
+    ValueError that names the archive.
     """
     import os
     import shutil
 
-    archive, target = Path(archive), Path(target)
+    archive, target = require_path(archive, "archive"), require_path(target, "target")
     max_bytes, max_members = positive_int(max_bytes, "max_bytes"), positive_int(max_members, "max_members")
     if not archive.is_file():
         raise ValueError(f"{archive}: no such archive file.")
+    limits = (f"the limits are {max_members:,} members and {max_bytes:,} bytes (raise max_members / max_bytes for "
+              "an archive you trust)")
     try:
-        members, open_member, close = _archive_members(archive)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as error:
+        members, open_member, close = _archive_members(archive, max_members, max_bytes)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise ValueError(f"{archive}: not a readable archive ({type(error).__name__}: {error}).") from None
-    staging = None
+    except _TooLarge as error:
+        raise ValueError(f"{archive}: refusing to extract {error}; {limits}.") from None
+    created = [p for p in (target, *target.parents) if not p.exists()]     # removed again if extraction fails
+    staging, done = None, False
     try:
         bad = [name for name, kind, _ in members if kind not in ("file", "dir")]
         bad += [name for name, kind, _ in members if kind in ("file", "dir") and _safe_parts(name) is None]
@@ -193,8 +226,7 @@ def safe_extract(archive, target, max_bytes: int = MAX_EXTRACT_BYTES,
         total = sum(size for _, _, size in members)
         if len(members) > max_members or total > max_bytes:
             raise ValueError(f"{archive}: refusing to extract {len(members):,} members of {total:,} bytes in all; "
-                             f"the limits are {max_members:,} members and {max_bytes:,} bytes (raise max_members / "
-                             "max_bytes for an archive you trust).")
+                             f"{limits}.")
         target.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.extracting-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -216,20 +248,37 @@ def safe_extract(archive, target, max_bytes: int = MAX_EXTRACT_BYTES,
                         raise ValueError(f"{archive}: member {name!r} unpacks to more than the {size:,} bytes it "
                                          "declares; refusing the archive.")
                     sink.write(chunk)
-        for path in sorted(staging.rglob("*")):             # parents before children
+        root, moves = target.resolve(), sorted(staging.rglob("*"))          # parents before children
+        finals = [target / path.relative_to(staging) for path in moves]
+        escapes = [f for f in finals if f.is_symlink()] + [folder for folder in {f.parent for f in finals}
+                                                           if not folder.resolve().is_relative_to(root)]
+        if escapes:
+            raise ValueError(f"{archive}: {escapes[0]} would be written through a link in {target} that leads "
+                             "outside it; refusing the archive (remove the link first).")
+        for path in moves:
             final = target / path.relative_to(staging)
             if path.is_dir():
                 final.mkdir(exist_ok=True)
             else:
                 os.replace(path, final)
+        done = True
         return extracted
-    except OSError as error:                                 # a full disk, a name clash, permissions
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:   # corrupt, disk full
         raise ValueError(f"{archive}: extraction into {target} failed ({type(error).__name__}: {error}); "
                          "nothing was extracted.") from None
     finally:
         close()
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        for folder in created if not done else ():           # folders this call made, deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+class _TooLarge(Exception):
+    """An archive past `safe_extract`'s limits, found while its member list is read."""
 
 
 def _safe_parts(name: str) -> tuple[str, ...] | None:
@@ -240,9 +289,11 @@ def _safe_parts(name: str) -> tuple[str, ...] | None:
     return None if ".." in parts else parts
 
 
-def _archive_members(archive: Path):
+def _archive_members(archive: Path, max_members: int, max_bytes: int):
     """``(members, open_member, close)``: members are ``(name, kind, size)`` with kind
-    "file", "dir" or "other"; ``open_member(i)`` opens member i for reading."""
+    "file", "dir" or "other"; ``open_member(i)`` opens member i for reading. A tar is read
+    lazily and `_TooLarge` is raised at the first member past ``max_members`` or ``max_bytes``
+    (its member list alone could fill the memory)."""
     import stat
 
     if zipfile.is_zipfile(archive):
@@ -257,7 +308,16 @@ def _archive_members(archive: Path):
         return members, lambda i: zf.open(infos[i]), zf.close
     if tarfile.is_tarfile(archive):
         tar = tarfile.open(archive)
-        infos = tar.getmembers()
+        infos, total = [], 0
+        try:
+            for member in tar:
+                infos.append(member)
+                total += member.size if member.isreg() else 0
+                if len(infos) > max_members or total > max_bytes:
+                    raise _TooLarge(f"at least {len(infos):,} members of {total:,} bytes in all")
+        except BaseException:
+            tar.close()
+            raise
         members = [(m.name, "file" if m.isreg() else "dir" if m.isdir() else "other", m.size if m.isreg() else 0)
                    for m in infos]
         return members, lambda i: tar.extractfile(infos[i]), tar.close

@@ -34,6 +34,7 @@ class RunData:
     scenes: object = None      # the training data (ShapeWorld only): the detector and the transcriber learn from it
     held_out: object = None    # photos: datasets.LoadedImages kept out of training, evaluated at the end
     skipped: list = dataclasses.field(default_factory=list)   # photos: (path, reason) of every unreadable image
+    sample_photos: object = None  # photos for samples.png: the held-out ones, or the training ones if none is held out
 
 
 HELD_OUT_SHARE = 0.1  # photos: the share of the images held out for evaluation (none below 10 images)
@@ -111,10 +112,11 @@ def load_run_data(config) -> RunData:
     y = np.concatenate([part[1] for part in parts])
     report = (f"{config.data}: {loaded.report()}; {len(y)} training rows from {len(train_index)} images"
               + (f", {hold} images held out for evaluation" if hold else
-                 ", no images held out (fewer than 10)"))
+                 ", no images held out (fewer than 10): no evaluation, samples.png shows training photos"))
     texts = ((instructions.instruction_texts([c for _, c in caption_rows], None) if caption_rows else [])
              + (instructions.instruction_texts(None, [pair for _, pair in qa_rows]) if qa_rows else []))
-    return RunData(x, y, texts, tokenizer, {}, report, held_out=held_out, skipped=loaded.skipped)
+    return RunData(x, y, texts, tokenizer, {}, report, held_out=held_out, skipped=loaded.skipped,
+                   sample_photos=loaded if held_out is None else held_out)
 
 
 def evaluate_photos(model, tokenizer, held_out) -> dict:

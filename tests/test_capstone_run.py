@@ -239,7 +239,7 @@ def _run_killed_at_step_5_then_resumed(modality, tmp_path, monkeypatch):
 def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monkeypatch):
     """Lesson 09's model as the main job: stage 0 pretrains the audio encoder with CTC, the
     run folder and resume are the image runs', and `generate --audio` reads a WAV file."""
-    from mmlm_course import audio_io, shapeworld
+    from mmlm_course import audio_io, capstone, shapeworld
 
     run, metrics = _run_killed_at_step_5_then_resumed("audio", tmp_path, monkeypatch)
     assert 0.0 <= metrics["test"]["caption_truth"] <= 1.0 and {"test", "compositional"} <= set(metrics)
@@ -258,6 +258,11 @@ def test_an_audio_run_trains_resumes_and_answers_about_a_wav_file(tmp_path, monk
     long = audio_io.save_wav(tmp_path / "long.wav", np.zeros(3 * 16000, np.float32))
     too_long = subprocess.run(generate + ["--audio", str(long)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert too_long.returncode == 2 and "1.6 s" in too_long.stderr
+    import soundfile
+
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)       # a valid WAV of no samples
+    with pytest.raises(ValueError, match="holds no samples"):
+        capstone.generate_from_run(run, tmp_path / "empty.wav")
 
 
 def test_a_run_of_both_sees_and_hears_resumes_and_answers_about_an_image_and_a_sound(tmp_path, monkeypatch):
@@ -310,3 +315,90 @@ def test_too_few_steps_are_refused_with_what_to_pass(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="stage1_steps"):
         capstone.resolve_config("tiny", stage1_steps=1)
+
+
+def test_a_damaged_run_folder_resumes_and_generate_says_what_it_answers_with(tmp_path, monkeypatch):
+    """A torn config.json is rewritten from the checkpoint, damaged history lines are dropped,
+    an unfinished run answers with a note, and an unreadable model.keras falls back to the checkpoint."""
+    from mmlm_course import capstone, training
+
+    config = capstone.resolve_config("tiny", train_examples=96, eval_examples=8, stage1_steps=2, stage2_steps=4,
+                                     checkpoint_every=2)
+    run, lines = tmp_path / "run", []
+    monkeypatch.setattr(training, "train_steps", _killed_at(5))
+    with pytest.raises(KeyboardInterrupt):
+        capstone.train(config, run, progress=False, log=lambda line: None)
+    monkeypatch.undo()
+    capstone.load_trained(run, log=lines.append)
+    assert lines == ["note: the run stopped at step 4 of 6; answering with its last checkpoint (run the same "
+                     "`mmlm-course train` command again to finish it)."]
+    (run / "config.json").write_text((run / "config.json").read_text()[:40])
+    with pytest.raises(ValueError, match="config.json cannot be read"):
+        capstone.load_config(run)
+    with open(run / "history.jsonl", "a") as history:
+        history.write('[1]\n7\n{"loss": 1.0}\n{"step": 3, "sta')
+    capstone.train(config, run, progress=False, log=lines.append)
+    assert any("config.json cannot be read" in line and "rewritten from checkpoint step-00000004" in line
+               for line in lines), lines
+    assert [r["step"] for r in _history(run)] == list(range(1, 7))
+    assert capstone.load_config(run) == config
+    (run / "model.keras").write_bytes(b"PK\x03\x04 a torn zip")
+    lines.clear()
+    capstone.load_trained(run, log=lines.append)
+    assert len(lines) == 1 and "model.keras cannot be read" in lines[0] and "step-00000006" in lines[0]
+    (run / "config.json").unlink()                                  # the checkpoints' config still counts
+    with pytest.raises(ValueError, match="different config"):
+        capstone.train(dataclasses.replace(config, seed=1), run, progress=False, log=lambda line: None)
+
+
+def test_an_unwritable_out_or_a_full_disk_is_one_clear_error_and_the_run_resumes(tmp_path, monkeypatch):
+    import errno
+
+    import keras
+
+    from mmlm_course import capstone
+
+    config = capstone.resolve_config("tiny", train_examples=64, eval_examples=4, stage1_steps=2, stage2_steps=2)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot use .*a-file as the run folder"):
+        capstone.train(config, tmp_path / "a-file", progress=False, log=lambda line: None)
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(keras.Model, "save", full)
+    with pytest.raises(ValueError, match="No space left on device.*run the same command again to resume"):
+        capstone.train(config, tmp_path / "run", progress=False, log=lambda line: None)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == [".lock"]  # no debris
+    lines = []
+    capstone.train(config, tmp_path / "run", progress=False, log=lines.append)
+    assert "resumed from step 4 (step-00000004)" in lines and (tmp_path / "run" / "model.keras").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    from mmlm_course import capstone
+    from mmlm_course.tools import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(capstone, "train", interrupted)
+    assert cli.main(["train", "--preset", "tiny", "--out", str(tmp_path / "run")]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_fewer_than_ten_photos_still_give_samples_of_the_training_photos(tmp_path):
+    from mmlm_course import capstone
+
+    root = tmp_path / "flickr8k"
+    (root / "Images").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (40, 30), (60 * i, 100, 20)).save(root / "Images" / f"p{i}.jpg")
+    (root / "Flickr8k.token.txt").write_text("".join(f"p{i}.jpg#{k}\tphoto {i} view {k}\n" for i in range(3)
+                                                     for k in range(5)))
+    config = capstone.resolve_config("tiny", data=f"flickr8k:{root}", batch_size=8, stage1_steps=2, stage2_steps=2)
+    lines = []
+    metrics = capstone.train(config, tmp_path / "run", progress=False, log=lines.append)
+    assert "held_out" not in metrics and any("samples.png shows training photos" in line for line in lines)
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 0

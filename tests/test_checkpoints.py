@@ -79,3 +79,59 @@ def test_a_full_disk_is_one_clear_error_and_keeps_the_previous_checkpoint(tmp_pa
         store.save(model, optimizer, {"step": 2})
     assert store.latest()[1]["step"] == 1
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest.json", "step-00000001"]   # no debris
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda c: _flip_a_byte(c / "model.weights.h5"),                 # no reader notices: only the checksum does
+    lambda c: _flip_a_byte(c / "optimizer.npz"),
+    lambda c: (c / "state.json").write_text(json.dumps({"step": 99})),
+    lambda c: (c / "manifest.json").unlink(),
+    lambda c: ((c / "state.json").unlink(), (c / "state.json").mkdir()),
+    lambda c: (c / "model.weights.h5").write_bytes((c.parent / "step-00000001" / "model.weights.h5").read_bytes()),
+])
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before(tmp_path, damage):
+    model = _trained_model()
+    store = CheckpointStore(tmp_path)
+    store.save(model, model.optimizer, {"step": 1})
+    model.train_on_batch(np.ones((8, 4), "float32"), np.zeros((8, 1), "float32"))
+    store.save(model, model.optimizer, {"step": 2})
+    damage(tmp_path / "step-00000002")
+    folder, state = store.latest()
+    assert (folder.name, state["step"]) == ("step-00000001", 1)
+    assert store.skipped and store.skipped[0][0] == "step-00000002"
+
+
+def test_latest_json_cannot_point_outside_the_store_and_a_folder_in_its_place_is_replaced(tmp_path):
+    model = _trained_model()
+    store = CheckpointStore(tmp_path / "run")
+    store.save(model, model.optimizer, {"step": 1})
+    CheckpointStore(tmp_path / "other").save(model, model.optimizer, {"step": 7})
+    (tmp_path / "run" / "latest.json").write_text(json.dumps({"checkpoint": "../other/step-00000007", "step": 7}))
+    assert store.latest()[1]["step"] == 1 and store.skipped[0][0] == "latest.json"
+    (tmp_path / "run" / "latest.json").unlink()
+    (tmp_path / "run" / "latest.json").mkdir()
+    (tmp_path / "run" / "step-00000002").write_text("a file where the next checkpoint goes")
+    store.save(model, model.optimizer, {"step": 2})
+    assert json.loads((tmp_path / "run" / "latest.json").read_text())["step"] == 2
+    assert store.latest()[1]["step"] == 2
+
+
+def test_too_little_free_space_is_refused_before_h5py_writes_anything(tmp_path, monkeypatch):
+    """On a full disk h5py can crash the process: the free space is checked first."""
+    import collections
+    import shutil
+
+    model = _trained_model()
+    store = CheckpointStore(tmp_path)
+    store.save(model, model.optimizer, {"step": 1})
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ValueError, match="step 2 .*No space left on device: 1,000 bytes free"):
+        store.save(model, model.optimizer, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step-00000001"]

@@ -196,3 +196,64 @@ def test_safe_extract_merges_into_an_existing_folder_and_names_a_broken_archive(
 def test_parse_data_spec_needs_a_str(spec):
     with pytest.raises(TypeError, match="spec"):
         datasets.parse_data_spec(spec)
+
+
+# Issue #16, part 2: archives a reviewer's fuzzer tried.
+def test_safe_extract_refuses_to_write_through_a_link_already_in_the_target(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "data").symlink_to(tmp_path / "outside")
+    archive = _tar(tmp_path / "a.tar", [("data/evil.txt", tarfile.REGTYPE, 1)])
+    with pytest.raises(ValueError, match="through a link in"):
+        datasets.safe_extract(archive, tmp_path / "out")
+    assert list((tmp_path / "outside").iterdir()) == []
+
+
+def test_safe_extract_stops_reading_a_tar_at_the_first_member_past_a_limit(tmp_path):
+    archive = _tar(tmp_path / "many.tar", [(f"f{i}.txt", tarfile.REGTYPE, 1) for i in range(50)])
+    with pytest.raises(ValueError, match="at least 11 members of 11 bytes"):
+        datasets.safe_extract(archive, tmp_path / "new" / "out", max_members=10)
+    assert not (tmp_path / "new").exists()                       # folders it made are removed again
+
+
+def test_safe_extract_refuses_corrupt_members_and_leaves_nothing(tmp_path):
+    with zipfile.ZipFile(tmp_path / "crc.zip", "w") as zf:
+        zf.writestr("data/a.txt", b"x" * 1000)
+    data = bytearray((tmp_path / "crc.zip").read_bytes())
+    data[data.index(b"x" * 1000)] = ord("y")                     # the CRC no longer matches
+    (tmp_path / "crc.zip").write_bytes(bytes(data))
+    long_name = _tar(tmp_path / "long.tar", [("d/" + "n" * 300, tarfile.REGTYPE, 1)])
+    for archive in (tmp_path / "crc.zip", long_name):
+        with pytest.raises(ValueError, match="nothing was extracted"):
+            datasets.safe_extract(archive, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_safe_extract_and_read_images_check_their_argument_types(tmp_path):
+    with pytest.raises(TypeError, match="archive must be a file path"):
+        datasets.safe_extract(None, tmp_path / "out")
+    for records in ("a.jpg", [None], 5):
+        with pytest.raises(TypeError, match="records must be a list of ImageTextRecord"):
+            datasets.read_images(records, 8)
+
+
+@pytest.mark.parametrize("kind, content, message", [
+    ("coco", {"images": [{"id": 1}], "annotations": []}, "'id' and 'file_name'"),
+    ("coco", {"images": [1, 2], "annotations": []}, "'id' and 'file_name'"),
+    ("coco", [], "expected a JSON object"),
+    ("vqa", {"questions": [{"question_id": 1, "image_id": "x", "question": "?"}],
+             "annotations": [{"question_id": 1, "multiple_choice_answer": "yes"}]}, "'image_id' \\(a number\\)"),
+    ("vqa", {"questions": [{"image_id": 1}], "annotations": []}, "'question_id'"),
+    ("flickr8k", b"a.jpg#0\t\xff\xfe caption\n", "not a readable text file"),
+])
+def test_a_malformed_dataset_file_is_one_clear_error(tmp_path, kind, content, message):
+    (tmp_path / "Images").mkdir()
+    if kind == "flickr8k":
+        (tmp_path / "Flickr8k.token.txt").write_bytes(content)
+        spec = f"flickr8k:{tmp_path}"
+    else:
+        (tmp_path / "data.json").write_text(json.dumps(content))
+        spec = f"coco:{tmp_path / 'data.json'},{tmp_path / 'Images'}" if kind == "coco" else \
+            f"vqa:{tmp_path / 'data.json'},{tmp_path / 'data.json'},{tmp_path / 'Images'}"
+    with pytest.raises(datasets.DatasetFormatError, match=message):
+        datasets.load_records(spec)

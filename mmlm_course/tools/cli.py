@@ -134,9 +134,9 @@ def cmd_grade(args) -> int:
 
 
 def cmd_train(args) -> int:
+    env.quiet_import_tensorflow()              # before capstone's imports load it
     from mmlm_course import capstone
 
-    env.quiet_import_tensorflow()
     overrides = {"seed": args.seed} if args.seed is not None else {}
     if args.batch_size is not None:
         if args.batch_size < 1:
@@ -156,15 +156,20 @@ def cmd_train(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"run folder: {args.out} (metrics.json, samples.png, checkpoints/, tensorboard/)")
-    print(json.dumps({k: v for k, v in metrics.items() if k in ("test", "compositional")}, indent=1))
+    except KeyboardInterrupt:
+        print(f"\nstopped: run the same command again to resume {args.out} from its last checkpoint.", file=sys.stderr)
+        return 130
+    made = [name for name in ("metrics.json", "samples.png", "model.keras", "checkpoints/", "tensorboard/")
+            if (args.out / name).exists()]
+    print(f"run folder: {args.out} ({', '.join(made)})")
+    print(json.dumps({k: v for k, v in metrics.items() if k in ("test", "compositional", "held_out")}, indent=1))
     return 0
 
 
 def cmd_generate(args) -> int:
+    env.quiet_import_tensorflow()              # before capstone's imports load it
     from mmlm_course import capstone
 
-    env.quiet_import_tensorflow()
     given = {(True, False): "image", (False, True): "audio", (True, True): "both"}.get(
         (args.image is not None, args.audio is not None))
     try:
@@ -175,10 +180,13 @@ def cmd_generate(args) -> int:
             got = {"both": "--image and --audio", None: "neither --image nor --audio"}.get(given, f"--{given}")
             model = "image and audio" if config.modality == "both" else config.modality
             raise ValueError(f"{args.run} is a run of the {model} model: give it {wanted}, not {got}.")
+        note = lambda line: print(line, file=sys.stderr)         # noqa: E731 - stdout is the answer alone
         if config.modality == "both":
-            print(capstone.generate_from_run(args.run, args.image, args.prompt, args.max_new_tokens, audio=args.audio))
+            print(capstone.generate_from_run(args.run, args.image, args.prompt, args.max_new_tokens, audio=args.audio,
+                                             log=note))
         else:
-            print(capstone.generate_from_run(args.run, args.audio or args.image, args.prompt, args.max_new_tokens))
+            print(capstone.generate_from_run(args.run, args.audio or args.image, args.prompt, args.max_new_tokens,
+                                             log=note))
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
