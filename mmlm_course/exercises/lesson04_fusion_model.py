@@ -90,6 +90,14 @@ def _wrapped(model, num_objects: int):
     return keras.Model(inputs, model(inputs))
 
 
+def _layer_kinds(layer) -> set[str]:
+    """The class names of ``layer``'s layers, nested models' included."""
+    kinds = set()
+    for inner in getattr(layer, "layers", []):
+        kinds |= {type(inner).__name__} | _layer_kinds(inner)
+    return kinds
+
+
 def _fusion_steps(train: bool):
     """The scenario (runs the learner's code): the model's logits on the probes, or before and after training."""
     def steps(build) -> dict:
@@ -103,6 +111,7 @@ def _fusion_steps(train: bool):
             stage = "calling"
             if not train:
                 report["logits"] = {name: model(inputs, training=False) for name, inputs in _fusion_probes().items()}
+                report["layers"] = sorted(_layer_kinds(model))
                 stage = "building"                        # the same weights for twice the slots
                 keras.utils.set_random_seed(0)
                 wide = _wrapped(build(2 * _SIZES[0], *_SIZES[1:]), 2 * _SIZES[0])
@@ -154,7 +163,8 @@ def _fusion_answer(image: str = "mean", question: str = "masked mean", head: str
             pool = {"flatten": keras.layers.Flatten, "max": keras.layers.GlobalMaxPooling1D}.get(
                 question, keras.layers.GlobalAveragePooling1D)
             parts.append(pool()(words))
-        join = {"concatenate": keras.layers.Concatenate, "multiply": keras.layers.Multiply}[fuse]
+        join = {"concatenate": keras.layers.Concatenate, "multiply": keras.layers.Multiply,
+                "add": keras.layers.Add}[fuse]
         fused = join()(parts) if len(parts) > 1 else parts[0]
         features = keras.layers.Dense(64, activation=hidden_activation)(fused) if hidden else fused
         output = keras.layers.Dense(answers or num_answers, activation=head)(features)
@@ -193,6 +203,7 @@ def _cross_entropy(logits: np.ndarray, answers: np.ndarray) -> float:
         "no hidden layer: the logits read the concatenation": _fusion_answer(hidden=False),
         "sums the object tokens instead of averaging them": _fusion_answer(image="sum"),
         "multiplies the image and question vectors instead of concatenating them": _fusion_answer(fuse="multiply"),
+        "adds the image and question vectors instead of concatenating them": _fusion_answer(fuse="add"),
     },
 )
 def _check_fusion_model(c: Checker) -> None:
@@ -230,6 +241,11 @@ def _check_fusion_model(c: Checker) -> None:
         c.fail("fusion", "for an empty scene (every object feature 0, so a zero image vector) the logits do not "
                          "change with the question: the two vectors are multiplied, not concatenated",
                "concatenate the image vector and the question vector, so each reaches the hidden layer on its own")
+    kinds = report.get("layers", [])
+    if "Add" in kinds and "Concatenate" not in kinds:
+        c.fail("fusion", "the model adds the image and question vectors (keras.layers.Add): the sum mixes them into "
+                         "one vector before any layer can weigh them apart",
+               "the exercise fuses by concatenation: keras.layers.Concatenate()([image_vector, question_vector])")
     c.passed.append("the image and question vectors are concatenated")
     once = c.expect_array("logits for scenes of one object", logits["one object"], probe.shape)
     if np.allclose(c.expect_array("logits", logits["the object twice"], probe.shape), once, atol=1e-6):
