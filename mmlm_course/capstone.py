@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmlm_course import env, shapeworld
+from mmlm_course import env
 from mmlm_course.checkpoints import CheckpointStore, replace_atomically, require_space, write_atomically
 from mmlm_course.run_data import evaluate_photos, load_run_data, save_photo_samples, save_samples
 from mmlm_course.datasets import parse_data_spec

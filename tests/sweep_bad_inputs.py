@@ -354,7 +354,6 @@ def build_cases():
     rng = lambda: np.random.default_rng(0)  # noqa: E731
     f32 = lambda *s: np.random.default_rng(1).normal(size=s).astype("float32")  # noqa: E731
     scene = shapeworld.sample_scene(rng(), num_objects=2)
-    scene3 = shapeworld.sample_scene(np.random.default_rng(5), num_objects=3)
     data = shapeworld.generate(6, seed=0)
     tok = preprocessing.Tokenizer.for_shapeworld(extra_special=instructions.TASK_TOKENS)
     wave = np.sin(np.arange(800) / 5.0).astype("float32")

@@ -193,8 +193,8 @@ def _check_stack_frames(c: Checker) -> None:
         if np.allclose(array, expected, atol=1e-6, rtol=1e-6):
             c.passed.append(what)
             continue
-        for mistake, problem, hint in _STACK_DIAGNOSES:
-            wrong = mistake(x, k).astype(np.float64)
+        for wrong_answer, problem, hint in _STACK_DIAGNOSES:
+            wrong = wrong_answer(x, k).astype(np.float64)
             if wrong.shape == expected.shape and not np.allclose(wrong, expected) and np.allclose(array, wrong):
                 c.fail(what, problem, hint)
         b, j = (int(i) for i in np.argwhere(~np.isclose(array, expected, atol=1e-6, rtol=1e-6).all(axis=2))[0])
