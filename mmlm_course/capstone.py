@@ -350,8 +350,8 @@ def train(config: RunConfig, out, progress: bool = True, log=print) -> dict:
     except OSError as error:
         if error.errno is None:            # one of the course's own messages (a missing dataset file)
             raise
-        raise ValueError(f"could not read or write {error.filename or folder.root} ({error.strerror}): fix that "
-                         "(free some space, or move what is in the way), then run the same command again to resume.") from None
+        raise ValueError(f"could not read or write {error.filename or folder.root} ({error.strerror}): fix that (free "
+                         "space, or move what is in the way), then run the same command again to resume.") from None
     finally:
         folder.release()
 

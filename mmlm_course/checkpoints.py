@@ -123,8 +123,8 @@ class CheckpointStore:
 
         ``latest.json`` names the newest; if it (or the pointer itself) is damaged, for
         example by a disk error or a hand-edited file, the checkpoints before it are tried
-        newest first. Only ``step-NNNNNNNN`` folders inside this store count. Each one skipped is recorded in ``self.skipped`` as (name, problem),
-        for the caller to report.
+        newest first. Only ``step-NNNNNNNN`` folders inside this store count. Each one skipped
+        is recorded in ``self.skipped`` as (name, problem), for the caller to report.
         """
         self.skipped: list[tuple[str, str]] = []
         candidates = []

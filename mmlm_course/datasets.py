@@ -92,7 +92,8 @@ def load_flickr8k(root) -> list[ImageTextRecord]:
     try:
         text = token_file.read_text(encoding="utf-8")
     except (OSError, ValueError) as error:                # a folder, not UTF-8
-        raise DatasetFormatError(f"{token_file} is not a readable text file ({type(error).__name__}: {error}).") from None
+        raise DatasetFormatError(f"{token_file} is not a readable text file "
+                                 f"({type(error).__name__}: {error}).") from None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

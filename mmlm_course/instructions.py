@@ -107,7 +107,8 @@ def answer_only_targets(token_ids, prompt_lengths, pad_id: int = 0) -> tuple[np.
     Target ``t`` is token ``t + 1``, so row b keeps targets ``t >= prompt_lengths[b] - 1``:
     the last prompt position predicts the first answer token.
     """
-    ids, lengths, pad_id = np.asarray(token_ids), np.asarray(prompt_lengths), require_int(pad_id, "pad_id", 0, 2**31 - 1)
+    ids, lengths = np.asarray(token_ids), np.asarray(prompt_lengths)
+    pad_id = require_int(pad_id, "pad_id", 0, 2**31 - 1)
     if ids.size and np.issubdtype(ids.dtype, np.integer) and ids.min() < 0:
         raise ValueError(f"token_ids: ids are >= 0, got {ids.min()}.")
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):

@@ -186,7 +186,8 @@ def _check_top_k_filter(c: Checker) -> None:
                    "find the threshold per row (axis -1): the k-th largest value of that row")
         row = int(np.argmax(np.any(kept & (array != expected), axis=-1)))
         column = int(np.argmax(kept[row] & (array[row] != expected[row])))
-        c.fail(what, f"row {row}: the kept entry {column} is {array[row, column]:g}, expected {expected[row, column]:g}",
+        c.fail(what, f"row {row}: the kept entry {column} is {array[row, column]:g}, "
+                     f"expected {expected[row, column]:g}",
                "the kept entries stay exactly as they were: no softmax, no scaling, no cast to a smaller float type")
 
 

@@ -102,7 +102,8 @@ def write_outputs(grades: list[LearnerGrade], plans: dict, out_dir: Path, notes:
         _write_atomically(feedback / files[id(g)], feedback_text(g))
     report = {"isolation": sandbox.isolation(), "notes": [shown(note) for note in notes or []],
               "learners": [{"learner": g.learner, "submission": g.submission, "lesson": g.lesson, "total": g.total,
-                            "review": g.review, "feedback": f"feedback/{files[id(g)]}", "seconds": round(g.seconds, 1), "notes": g.notes,
+                            "review": g.review, "feedback": f"feedback/{files[id(g)]}",
+                            "seconds": round(g.seconds, 1), "notes": g.notes,
                             "exercises": {k: dataclasses.asdict(v) for k, v in g.results.items()}} for g in grades]}
     _write_atomically(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
     _write_atomically(out_dir / "grades.csv", table.getvalue())
@@ -115,7 +116,8 @@ SYMBOLS = {"pass": "\N{WHITE HEAVY CHECK MARK}", "fail": "\N{CROSS MARK}",
 def feedback_text(g: LearnerGrade) -> str:
     """The Markdown feedback for one learner."""
     lines = [f"# Feedback for {g.learner}" + (f": {g.lesson}" if g.lesson else ""), "",
-             f"Submission: `{shown(Path(g.submission).name)}`. Exercises passed: **{g.total} of {len(g.results)}**.", ""]
+             f"Submission: `{shown(Path(g.submission).name)}`. "
+             f"Exercises passed: **{g.total} of {len(g.results)}**.", ""]
     if g.results:
         lines += ["| exercise | result |", "|---|---|"]
         lines += [f"| `{k}` | {SYMBOLS[r.status]} {r.status} |" for k, r in g.results.items()]
