@@ -380,9 +380,24 @@ def top_k_with_partition(logits, k):
 
 
 def top_k_in_place_per_row(logits, k):
-    for row in logits:                                            # changes its input: the text allows it
+    for row in logits:                                            # changes its input: lesson 03's rule forbids it
         row[row < sorted(row)[-k]] = float("-inf")
     return logits
+
+
+def temperature_dividing_in_place(logits, temperature):
+    logits /= temperature
+    return np.exp(logits - logits.max(-1, keepdims=True)) / np.exp(logits - logits.max(-1, keepdims=True)).sum(
+        -1, keepdims=True)
+
+
+@pytest.mark.parametrize("exercise_id, answer", [("07.top_k_filter", top_k_in_place_per_row),
+                                                 ("07.temperature_probabilities", temperature_dividing_in_place)],
+                         ids=lambda x: x if isinstance(x, str) else x.__name__)
+def test_07_answers_that_change_their_arguments_fail(exercise_id, answer):
+    """Lesson 03's rule holds in lesson 07 too: the logits stay as they are."""
+    with pytest.raises(CheckFailed, match=r"changed its input in place \(`logits`\)"):
+        run_check(exercise_id, answer)
 
 
 def top_k_with_keras_ops(logits, k):
@@ -398,7 +413,7 @@ def top_k_as_nested_lists(logits, k):
     return rows
 
 
-@by_name([top_k_with_partition, top_k_in_place_per_row, top_k_with_keras_ops, top_k_as_nested_lists])
+@by_name([top_k_with_partition, top_k_with_keras_ops, top_k_as_nested_lists])
 def test_07_top_k_filter_other_correct_answers_pass(answer):
     passes("07.top_k_filter", answer)
 

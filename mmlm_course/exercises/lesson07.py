@@ -147,13 +147,15 @@ def _top_k_distinct(logits, k):
             x >= np.sort(x, axis=-1)[:, -k][:, None], x, -1e9).astype(np.float32),
         "float32's lowest number instead of -inf": lambda x, k: np.where(
             x >= np.sort(x, axis=-1)[:, -k][:, None], x, np.finfo(np.float32).min).astype(np.float32),
+        "sets the removed logits to -inf in place (logits[...] = -inf)": lambda x, k: np.putmask(
+            x, x < np.sort(x, axis=-1)[:, -k][:, None], -np.inf) or x,
     },
 )
 def _check_top_k_filter(c: Checker) -> None:
     for name, logits, k in _logit_cases():
         what = f"top-{k} filter on {name} {logits.shape}"
-        hint = "return the logits with the same shape (batch, vocab_size)"
-        array = c.expect_array(what, as_array_answer(c, what, c.call(logits.copy(), k), hint), logits.shape, hint=hint)
+        hint, got = "return the logits with the same shape (batch, vocab_size)", c.call(logits, k, read_only=True)
+        array = c.expect_array(what, as_array_answer(c, what, got, hint), logits.shape, hint=hint)
         array = array.astype(np.float64)
         expected = _top_k_expected(logits, k)
         kept, expected_kept = array > -np.inf, expected > -np.inf   # -inf = removed
@@ -233,8 +235,8 @@ def _temperature_cases():
 def _check_temperature_probabilities(c: Checker) -> None:
     for name, x, temperature in _temperature_cases():
         what = f"probabilities of {name} {x.shape} at T={temperature:g}"
-        hint = "one probability per vocabulary entry, same shape as the logits"
-        array = c.expect_array(what, as_array_answer(c, what, c.call(x.copy(), temperature), hint), x.shape, hint=hint)
+        hint, got = "one probability per vocabulary entry: the logits' shape", c.call(x, temperature, read_only=True)
+        array = c.expect_array(what, as_array_answer(c, what, got, hint), x.shape, hint=hint)
         dtype, array = array.dtype, array.astype(np.float64)
         expected = _softmax(x.astype(np.float64) / temperature)
         # float32 rounds logits / T (and a log-sum-exp of it) to about eps * |logits / T|: allow that per row

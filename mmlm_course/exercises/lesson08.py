@@ -106,6 +106,14 @@ def _target_cases() -> list:
                     for i, (ids, lengths) in enumerate(_drawn_batches())]
 
 
+def _pads_through_a_view(token_ids, prompt_lengths):
+    """Mistake: the right arrays, but the targets are a view of token_ids, padded in place."""
+    inputs, targets = token_ids[:, :-1].astype(np.int32), token_ids[:, 1:]
+    for row, length in enumerate(prompt_lengths):
+        targets[row, :length - 1] = 0
+    return inputs, targets.astype(np.int32)
+
+
 @exercise(
     "08.answer_only_targets",
     reference=instructions.answer_only_targets,
@@ -121,11 +129,12 @@ def _target_cases() -> list:
         "drops the <eos> target": lambda ids, n: (lambda i, t: (i, np.where(t == 3, 0, t).astype(np.int32)))(
             *instructions.answer_only_targets(ids, n)),
         "masks every target that is a word of the prompt (by value, not position)": _masks_prompt_words,
+        "pads the prompt's targets in token_ids itself (through a view)": _pads_through_a_view,
     },
 )
 def _check_answer_only_targets(c: Checker) -> None:
     for what, ids, lengths in _target_cases():
-        got = c.call(ids.copy(), lengths.copy())
+        got = c.call(ids, lengths, read_only=True)
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             got_what = f"a {type(got).__name__} of {len(got)}" if isinstance(got, (tuple, list)) else type(got).__name__
             c.fail(f"result for {what}", f"expected a tuple of two (inputs, targets), got {got_what}",
@@ -238,7 +247,7 @@ def _check_project_tokens(c: Checker) -> None:
         pre = features.astype(np.float64) @ w1 + b1
         exact, tanh_form = _gelu(pre) @ w2 + b2, _gelu(pre, approximate=True) @ w2 + b2
         what = f"projected tokens for features {features.shape}"
-        got = c.call(features, w1, b1, w2, b2)
+        got = c.call(features, w1, b1, w2, b2, read_only=True)
         array = _array(c, what, got, exact.shape,
                        hint="one output token per input token: (batch, tokens, D_out); project each token, "
                             "do not pool them")
@@ -289,7 +298,7 @@ def _check_prepend_image_tokens(c: Checker) -> None:
         image, text, table = _prepend_case(seed, **sizes)
         p, t = image.shape[1], text.shape[1]
         expected = np.concatenate([image, text], axis=1).astype(np.float64) + table[:p + t]
-        got = c.call(image, text, table)
+        got = c.call(image, text, table, read_only=True)
         what = f"sequence for image tokens {image.shape} and text {text.shape}"
         array = _array(c, what, got, expected.shape,
                        hint="concatenate along the time axis (axis=1): (batch, P + T, D)")

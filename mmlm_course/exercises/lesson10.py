@@ -468,7 +468,7 @@ def _truth_hint(got: float, captions: list, scenes: list, truths: list) -> str:
 )
 def _check_caption_truth_rate(c: Checker) -> None:
     for what, captions, scenes, truths in _truth_cases():
-        got = c.call(list(captions), list(scenes))
+        got = c.call(list(captions), list(scenes), read_only=True)
         if isinstance(got, np.ndarray) and got.shape == ():
             got = got[()]
         if isinstance(got, (bool, np.bool_)) or not isinstance(got, (int, float, np.integer, np.floating)):
