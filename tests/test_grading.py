@@ -337,6 +337,19 @@ def test_outputs_refuse_links_and_fifos(tmp_path):
     assert target.read_text() == "precious"
 
 
+def test_reading_the_source_flags_the_checks_internals_not_honest_words():
+    import ast
+
+    from mmlm_course.tools.grading_source import uses_internals
+
+    for hostile in ("from mmlm_course.exercises import registry", "x = registry()['01.encode'].reference",
+                    "f = m.exercises.checker._lookup('01.encode').reference", "f = check.__globals__['checker']"):
+        assert uses_internals(ast.parse(hostile)), hostile
+    for honest in ("from mmlm_course.exercises import check", "best = row['reference']",
+                   "score = bleu(candidate, self.reference)", "check('01.encode', encode)"):
+        assert not uses_internals(ast.parse(honest)), honest
+
+
 def test_common_mistakes_come_from_the_registry():
     entries = mistakes.common_mistakes("01")
     assert [e["exercise"] for e in entries] == subs.IDS

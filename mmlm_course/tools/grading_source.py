@@ -21,7 +21,9 @@ import ast
 
 MAX_SOURCE_CHARS = 2_000_000          # code the grader reads (a notebook with more is not graded)
 _NESTED = 3                           # strings inside strings inside cells, at most
-_INTERNAL_ATTRS = {"registry", "_REGISTRY", "reference", "_lookup", "run_check", "Checker"}
+# the names that lead to a reference; ``.reference`` itself is left out, as honest code may use the word
+# (``row["reference"]``) and every way to a check's entry goes through one of these
+_INTERNAL_ATTRS = {"registry", "_REGISTRY", "_lookup", "run_check", "Checker"}
 _ATTR_CALLS = {"getattr", "setattr", "delattr", "hasattr"}
 _DYNAMIC_CALLS = {"exec", "eval", "compile", "__import__", "globals", "locals", "vars"}
 _DYNAMIC_MODULES = {"importlib", "imp", "runpy", "pkgutil", "codeop", "code", "marshal", "ctypes", "gc", "inspect",
